@@ -1,0 +1,188 @@
+"""The one error tree of device_sdk.
+
+Users catch these and nothing else: paho, dnspython, ssl and socket errors are
+translated at the adapter edge (``raise ... from exc``), so the original cause
+stays on ``__cause__`` for logs.
+
+::
+
+    DeviceSDKError
+    ├── ConfigError                 a config value is invalid (names field, value, allowed)
+    ├── ConnectError                one connect attempt to one hub failed
+    │   ├── ResolveError            DNS gave no usable address (retryable)
+    │   │   ├── NameNotFound        NXDOMAIN
+    │   │   ├── NoAddress           the name exists but has no A/AAAA
+    │   │   ├── ResolverFailure     SERVFAIL / REFUSED / malformed answer
+    │   │   └── ResolveTimeout      no nameserver answered in time
+    │   ├── DialError               TCP connect refused, unreachable or timed out
+    │   ├── TlsError                handshake failed or the certificate did not verify
+    │   ├── ConnectTimeout          no CONNACK within the connect deadline
+    │   └── ConnectRefused          the hub answered CONNACK with a failure code
+    │       ├── TransientRefusal    unavailable, busy, quota, rate: retry later
+    │       ├── PermanentRefusal    bad credentials, not authorised, banned: no fast retry
+    │       └── Redirected          0x9C use another server / 0x9D server moved
+    ├── LinkLost                    an established link died (socket error, ack or ping deadline)
+    ├── RecoveryFailed              a whole recovery cycle gave up; carries every attempt's cause
+    ├── PublishError                a publish could not be accepted or completed
+    │   ├── QueueFull               the bounded queue/outbox refused the message
+    │   └── ClientClosed            the client was closed before the message was acknowledged
+    ├── StateMachineError           an impossible (state, input) pair reached a pure machine
+    └── TestbedError                the local testbed could not start or control a part
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class DeviceSDKError(Exception):
+    """Root of every error device_sdk raises."""
+
+
+class ConfigError(DeviceSDKError, ValueError):
+    """A configuration value is invalid.
+
+    The message names the field, the bad value and what is allowed.
+    """
+
+    def __init__(self, field: str, value: object, allowed: str, *, source: str = "") -> None:
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{field} = {value!r} is invalid; allowed: {allowed}")
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        self.source = source
+
+
+class ConnectError(DeviceSDKError):
+    """One connect attempt to one hub failed.
+
+    ``hub`` is the hub's name and ``address`` the IP that was dialled (``None``
+    when the attempt failed before dialling, for example in DNS).
+    """
+
+    retryable: bool = True
+
+    def __init__(self, message: str, *, hub: str = "", address: str | None = None) -> None:
+        super().__init__(message)
+        self.hub = hub
+        self.address = address
+
+
+class ResolveError(ConnectError):
+    """DNS gave no usable address for the hub's FQDN. Retryable; counts toward failover."""
+
+
+class NameNotFound(ResolveError):
+    """The FQDN does not exist (NXDOMAIN)."""
+
+
+class NoAddress(ResolveError):
+    """The FQDN exists but has neither A nor AAAA records."""
+
+
+class ResolverFailure(ResolveError):
+    """A nameserver answered SERVFAIL/REFUSED or something unusable."""
+
+
+class ResolveTimeout(ResolveError):
+    """No nameserver answered within the resolver's lifetime."""
+
+
+class DialError(ConnectError):
+    """The TCP connection could not be opened (refused, unreachable, timed out)."""
+
+
+class TlsError(ConnectError):
+    """The TLS handshake failed or the hub's certificate did not verify for its FQDN.
+
+    Never answered by switching verification off: the attempt fails, the hub
+    counts a failure, and the device moves on.
+    """
+
+    retryable = False
+
+
+class ConnectTimeout(ConnectError):
+    """The hub accepted the socket but sent no CONNACK before the connect deadline."""
+
+
+class ConnectRefused(ConnectError):
+    """The hub answered CONNACK with a failure reason code."""
+
+    def __init__(
+        self, message: str, *, hub: str = "", address: str | None = None, reason_code: int = 0
+    ) -> None:
+        super().__init__(message, hub=hub, address=address)
+        self.reason_code = reason_code
+
+
+class TransientRefusal(ConnectRefused):
+    """Server unavailable, busy, quota exceeded or rate limited: back off and retry."""
+
+
+class PermanentRefusal(ConnectRefused):
+    """Bad credentials, not authorised or banned on this hub.
+
+    The engine does not retry this hub quickly: it fails over when it can and
+    backs off long otherwise, and reports this error to the application.
+    """
+
+    retryable = False
+
+
+class Redirected(ConnectRefused):
+    """MQTT 5 CONNACK 0x9C (use another server) or 0x9D (server moved)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hub: str = "",
+        address: str | None = None,
+        reason_code: int = 0,
+        server_reference: str | None = None,
+    ) -> None:
+        super().__init__(message, hub=hub, address=address, reason_code=reason_code)
+        self.server_reference = server_reference
+
+
+class LinkLost(DeviceSDKError):
+    """An established link died: socket error, PUBACK deadline or PINGRESP deadline."""
+
+    def __init__(self, message: str, *, hub: str = "", unresponsive: bool = False) -> None:
+        super().__init__(message)
+        self.hub = hub
+        # True when the hub stopped answering (deadline passed) rather than closing the
+        # socket: the failover machine treats that as a stronger signal.
+        self.unresponsive = unresponsive
+
+
+class RecoveryFailed(DeviceSDKError):
+    """A recovery cycle gave up. ``attempts`` holds every attempt's cause, oldest first."""
+
+    def __init__(self, message: str, attempts: Sequence[BaseException] = ()) -> None:
+        super().__init__(message)
+        self.attempts = tuple(attempts)
+
+
+class PublishError(DeviceSDKError):
+    """A message could not be accepted or completed."""
+
+
+class QueueFull(PublishError):
+    """The bounded queue refused a message (backpressure). Nothing already queued was lost."""
+
+
+class ClientClosed(PublishError):
+    """The client was closed before the message was acknowledged."""
+
+
+class StateMachineError(DeviceSDKError):
+    """A pure state machine received an input that is impossible in its current state."""
+
+
+class TestbedError(DeviceSDKError):
+    """The local testbed could not start, stop or control one of its parts."""
+
+    __test__ = False  # not a pytest test class, despite the name
