@@ -23,6 +23,7 @@ stays on ``__cause__`` for logs.
     │       └── Redirected          0x9C use another server / 0x9D server moved
     ├── LinkLost                    an established link died (socket error, ack or ping deadline)
     ├── RecoveryFailed              a whole recovery cycle gave up; carries every attempt's cause
+    │   └── NotConnected            connect() timed out; the client keeps trying in the background
     ├── PublishError                a publish could not be accepted or completed
     │   ├── QueueFull               the bounded queue/outbox refused the message
     │   └── ClientClosed            the client was closed before the message was acknowledged
@@ -164,6 +165,11 @@ class RecoveryFailed(DeviceSDKError):
     def __init__(self, message: str, attempts: Sequence[BaseException] = ()) -> None:
         super().__init__(message)
         self.attempts = tuple(attempts)
+
+
+class NotConnected(RecoveryFailed):
+    """``connect(timeout=...)`` ran out of time. The client keeps trying in the background;
+    ``attempts`` holds the causes so far."""
 
 
 class PublishError(DeviceSDKError):

@@ -1,0 +1,79 @@
+"""device_sdk: keep a device connected to its cloud hub through outages and failovers,
+and never lose the telemetry it was handed."""
+
+from device_sdk import events
+from device_sdk.client import DeviceClient
+from device_sdk.config import ClientConfig, Credentials, DnsSettings, HubEndpoint, TlsSettings
+from device_sdk.core.failover import FailoverPolicy
+from device_sdk.core.liveness import LivenessPolicy
+from device_sdk.core.retry import RetryPolicy
+from device_sdk.errors import (
+    ClientClosed,
+    ConfigError,
+    ConnectError,
+    ConnectRefused,
+    ConnectTimeout,
+    DeviceSDKError,
+    DialError,
+    LinkLost,
+    NameNotFound,
+    NoAddress,
+    NotConnected,
+    PermanentRefusal,
+    PublishError,
+    QueueFull,
+    RecoveryFailed,
+    Redirected,
+    ResolveError,
+    ResolverFailure,
+    ResolveTimeout,
+    StateMachineError,
+    TestbedError,
+    TlsError,
+    TransientRefusal,
+)
+from device_sdk.metrics import Metrics
+from device_sdk.outbox import MemoryOutbox, Outbox, PublishHandle
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClientClosed",
+    "ClientConfig",
+    "ConfigError",
+    "ConnectError",
+    "ConnectRefused",
+    "ConnectTimeout",
+    "Credentials",
+    "DeviceClient",
+    "DeviceSDKError",
+    "DialError",
+    "DnsSettings",
+    "FailoverPolicy",
+    "HubEndpoint",
+    "LinkLost",
+    "LivenessPolicy",
+    "MemoryOutbox",
+    "Metrics",
+    "NameNotFound",
+    "NoAddress",
+    "NotConnected",
+    "Outbox",
+    "PermanentRefusal",
+    "PublishError",
+    "PublishHandle",
+    "QueueFull",
+    "RecoveryFailed",
+    "Redirected",
+    "ResolveError",
+    "ResolveTimeout",
+    "ResolverFailure",
+    "RetryPolicy",
+    "StateMachineError",
+    "TestbedError",
+    "TlsError",
+    "TlsSettings",
+    "TransientRefusal",
+    "__version__",
+    "events",
+]

@@ -1,0 +1,328 @@
+"""The MQTT transport seam over paho-mqtt 2.x: the only module that imports paho.
+
+One :class:`PahoLink` is one MQTT connection to one hub at one resolved
+address. The engine owns the loop: it selects on :meth:`PahoLink.fileno` and
+calls :meth:`PahoLink.service`, so paho never runs a thread or a reconnect of
+its own. Only the SDK reconnects, which is how resolving fresh, choosing a hub
+and backing off happen on every attempt.
+
+paho is given the hub's FQDN as its host (so TLS sends SNI = FQDN and verifies
+the certificate against the FQDN) and never resolves it: the private hook
+``_create_socket_connection`` is overridden to dial the address the SDK
+resolved. Every private paho name used here is listed in
+:data:`PAHO_PRIVATE_HOOKS`, and ``tests/unit/test_paho_contract.py`` fails if
+paho changes any of them under us.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from device_sdk.config import Credentials, HubEndpoint, TlsSettings
+from device_sdk.core.outcomes import FailureKind, classify_connack, classify_disconnect
+from device_sdk.errors import (
+    ConnectError,
+    ConnectTimeout,
+    DialError,
+    PermanentRefusal,
+    Redirected,
+    TlsError,
+    TransientRefusal,
+)
+
+# The private paho names this module relies on, each with the reason.
+PAHO_PRIVATE_HOOKS = {
+    "_create_socket_connection": "dial the SDK-resolved IP instead of resolving _host",
+    "_ssl_wrap_socket": "must keep using _host (the FQDN) as server_hostname",
+    "_handle_pingresp": "report PINGRESPs so the watchdog can measure round trips",
+    "_send_pingreq": "send a PINGREQ when the watchdog wants a liveness probe",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkSettings:
+    """What a link needs from the client config, flattened for one connection."""
+
+    client_id: str
+    mqtt_version: Literal["3.1.1", "5"]
+    keepalive: float
+    connect_timeout: float
+    inflight_window: int
+    credentials: Credentials | None = None
+
+
+class LinkListener(Protocol):
+    """What a link reports to the engine. Called on the engine thread, from service()."""
+
+    def on_ack(self, mid: int) -> None: ...
+
+    def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None: ...
+
+    def on_pingresp(self) -> None: ...
+
+    def on_link_closed(
+        self, reason: str, kind: FailureKind, server_reference: str | None
+    ) -> None: ...
+
+
+def make_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
+    """A verifying client context: CERT_REQUIRED and check_hostname, always."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
+    context.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    )
+    if tls.client_cert_file is not None:
+        context.load_cert_chain(tls.client_cert_file, tls.client_key_file)
+    return context
+
+
+class _DialingClient(paho.Client):
+    """paho's client with two hooks: dial a given address, and report PINGRESP."""
+
+    def __init__(self, *, dial_address: str, on_pingresp: Callable[[], None], **kwargs: Any):
+        super().__init__(**kwargs)
+        self._sdk_dial_address = dial_address
+        self._sdk_on_pingresp = on_pingresp
+
+    def _create_socket_connection(self) -> socket.socket:
+        # paho would pass self._host (the FQDN) to create_connection and let the OS
+        # resolve and cache it. The SDK resolved it fresh a moment ago: dial that.
+        sock = socket.create_connection(
+            (self._sdk_dial_address, self._port), timeout=self._connect_timeout
+        )
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _handle_pingresp(self) -> MQTTErrorCode:
+        rc = super()._handle_pingresp()
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._sdk_on_pingresp()
+        return rc
+
+    def send_pingreq(self) -> bool:
+        return self._send_pingreq() == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+class PahoLink:
+    """One MQTT connection to one hub at one address. Not thread-safe: engine thread only."""
+
+    def __init__(self, hub: HubEndpoint, address: str, settings: LinkSettings) -> None:
+        self.hub = hub
+        self.address = address
+        self._settings = settings
+        self._listener: LinkListener | None = None
+        self._connack: tuple[int, bool, str | None] | None = None
+        self._closed_reported = False
+        self.session_present = False
+        self._client = self._build_client()
+
+    def _build_client(self) -> _DialingClient:
+        mqtt5 = self._settings.mqtt_version == "5"
+        client = _DialingClient(
+            dial_address=self.address,
+            on_pingresp=self._pingresp,
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self._settings.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if mqtt5 else MQTTProtocolVersion.MQTTv311,
+            reconnect_on_failure=False,
+        )
+        if self.hub.tls is not None:
+            client.tls_set_context(make_ssl_context(self.hub.tls))
+        if self._settings.credentials is not None:
+            creds = self._settings.credentials
+            client.username_pw_set(creds.username, creds.password)
+        # The engine enforces the in-flight window; paho must never hold messages back.
+        client.max_inflight_messages_set(self._settings.inflight_window)
+        client.connect_timeout = self._settings.connect_timeout
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def open(self, listener: LinkListener, deadline: float) -> None:
+        """Dial, handshake TLS, send CONNECT and wait for CONNACK until ``deadline``.
+
+        Raises a :class:`ConnectError` subclass; never a paho, ssl or socket error.
+        """
+        try:
+            self._dial()
+            self._await_connack(deadline)
+        except ConnectError:
+            self.abort()
+            raise
+        code, self.session_present, reference = self._connack or (0, False, None)
+        self._raise_for_connack(code, reference)
+        # Only a link that is up reports to the engine; failures above are raised instead.
+        self._listener = listener
+
+    def _dial(self) -> None:
+        keepalive = max(1, round(self._settings.keepalive))
+        where = f"{self.hub.name} at {self.address}:{self.hub.port}"
+        try:
+            self._client.connect(self.hub.fqdn, self.hub.port, keepalive=keepalive)
+        except ssl.SSLCertVerificationError as exc:
+            message = f"certificate of {self.hub.fqdn} did not verify ({exc.verify_message})"
+            raise TlsError(message, hub=self.hub.name, address=self.address) from exc
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            raise TlsError(
+                f"TLS handshake with {where} failed: {exc}", hub=self.hub.name, address=self.address
+            ) from exc
+        except (TimeoutError, OSError, ValueError) as exc:
+            raise DialError(
+                f"could not open {where}: {exc}", hub=self.hub.name, address=self.address
+            ) from exc
+
+    def _await_connack(self, deadline: float) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.fileno(), selectors.EVENT_READ)
+            while self._connack is None and not self._closed_reported:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ConnectTimeout(
+                        f"no CONNACK from {self.hub.name} at {self.address} in time",
+                        hub=self.hub.name,
+                        address=self.address,
+                    )
+                if selector.select(remaining):
+                    self._client.loop_read()
+                if self._client.want_write():
+                    self._client.loop_write()
+        if self._connack is None:
+            raise DialError(
+                f"{self.hub.name} at {self.address} closed the connection before CONNACK",
+                hub=self.hub.name,
+                address=self.address,
+            )
+
+    def _raise_for_connack(self, code: int, reference: str | None) -> None:
+        kind = classify_connack(code, mqtt5=True)  # paho 2 maps 3.1.1 codes to v5 ones
+        if kind is None:
+            return
+        reason = ReasonCode(PacketTypes.CONNACK, identifier=code).getName()
+        text = f"{self.hub.name} refused CONNECT: {reason} (0x{code:02X})"
+        hub, address = self.hub.name, self.address
+        self.abort()
+        if kind is FailureKind.REDIRECT:
+            raise Redirected(
+                text, hub=hub, address=address, reason_code=code, server_reference=reference
+            )
+        error_type = PermanentRefusal if kind is FailureKind.PERMANENT else TransientRefusal
+        raise error_type(text, hub=hub, address=address, reason_code=code)
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def fileno(self) -> int:
+        sock = self._client.socket()
+        return -1 if sock is None else sock.fileno()
+
+    def want_write(self) -> bool:
+        return self._client.want_write()
+
+    def service(self, *, readable: bool, writable: bool) -> None:
+        """Let paho read, write and run its housekeeping. Callbacks fire from here."""
+        if readable:
+            self._client.loop_read()
+        if writable:
+            self._client.loop_write()
+        self._client.loop_misc()
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> int:
+        """Send one PUBLISH; returns its packet id. False-y link → a closed report."""
+        info = self._client.publish(topic, payload, qos=qos)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._report_closed(f"publish failed: {paho.error_string(info.rc)}")
+        return info.mid
+
+    def subscribe(self, topic: str, qos: int) -> None:
+        result, _mid = self._client.subscribe(topic, qos=qos)
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._report_closed(f"subscribe failed: {paho.error_string(result)}")
+
+    def send_ping(self) -> None:
+        if not self._client.send_pingreq():
+            self._report_closed("PINGREQ could not be sent")
+
+    def disconnect(self) -> None:
+        """Say goodbye (DISCONNECT) on a healthy link, then close the socket."""
+        self._closed_reported = True  # our own decision: not a link loss
+        self._client.disconnect()
+        self.abort()
+
+    def abort(self) -> None:
+        """Close the socket at once, without a DISCONNECT (the hub may be hung)."""
+        self._closed_reported = True
+        sock = self._client.socket()
+        if sock is not None:
+            sock.close()
+
+    # -- paho callbacks: translate and forward, nothing more ------------------------------
+
+    def _on_connect(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        flags: paho.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        reference = getattr(properties, "ServerReference", None) if properties else None
+        self._connack = (reason_code.value, bool(flags.session_present), reference)
+
+    def _on_disconnect(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        _flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        reference = getattr(properties, "ServerReference", None) if properties else None
+        code = reason_code.value
+        kind = classify_disconnect(code) if code >= 0x80 else FailureKind.TRANSIENT
+        self._report_closed(f"{reason_code.getName()} (0x{code:02X})", kind, reference)
+
+    def _on_publish(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        mid: int,
+        _reason_code: ReasonCode,
+        _properties: Properties,
+    ) -> None:
+        if self._listener is not None:
+            self._listener.on_ack(mid)
+
+    def _on_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+        if self._listener is not None:
+            self._listener.on_message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain))
+
+    def _pingresp(self) -> None:
+        if self._listener is not None:
+            self._listener.on_pingresp()
+
+    def _report_closed(
+        self,
+        reason: str,
+        kind: FailureKind = FailureKind.TRANSIENT,
+        server_reference: str | None = None,
+    ) -> None:
+        if self._closed_reported:
+            return
+        self._closed_reported = True
+        if self._listener is not None:
+            self._listener.on_link_closed(reason, kind, server_reference)

@@ -1,0 +1,94 @@
+"""The synchronous face: :class:`DeviceClient`.
+
+A thin face over :class:`~device_sdk.engine.Engine`, which holds the whole
+recovery path. The asyncio face wraps the same engine.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from device_sdk.adapters.resolver import Resolver
+from device_sdk.config import ClientConfig
+from device_sdk.core.topics import check_topic_filter, check_topic_name
+from device_sdk.engine import Engine, EventCallback, MessageHandler
+from device_sdk.errors import ConfigError
+from device_sdk.metrics import Metrics
+from device_sdk.outbox import Outbox, PublishHandle
+
+
+class DeviceClient:
+    """A device's connection to its hubs, kept alive through outages and failovers.
+
+    Use it as a context manager::
+
+        with DeviceClient(config) as client:          # connects
+            client.publish("telemetry", b"21.5").wait(10)
+
+    ``publish()`` never blocks on the network: the message goes to the outbox
+    and is sent, and sent again after any reconnect, until its PUBACK arrives.
+    """
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        on_event: EventCallback | None = None,
+        resolver: Resolver | None = None,
+        outbox: Outbox | None = None,
+    ) -> None:
+        self._engine = Engine(config, resolver=resolver, outbox=outbox)
+        if on_event is not None:
+            self._engine.add_listener(on_event)
+
+    @property
+    def config(self) -> ClientConfig:
+        return self._engine.config
+
+    def connect(self, timeout: float | None = 30.0) -> None:
+        """Start the engine and wait until the first hub accepts us.
+
+        Raises :class:`~device_sdk.errors.NotConnected` after ``timeout`` (the
+        engine keeps trying), or :class:`~device_sdk.errors.RecoveryFailed` when
+        the retry policy gives up. Both carry every attempt's cause.
+        """
+        self._engine.start()
+        self._engine.wait_connected(timeout)
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> PublishHandle:
+        """Queue a message; returns a handle to wait on for its PUBACK."""
+        check_topic_name(topic)
+        if qos not in (0, 1):
+            raise ConfigError("qos", qos, "0 or 1 (QoS 1 gives at-least-once delivery)")
+        data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        return self._engine.publish(topic, data, qos)
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
+        """Call ``handler(topic, payload)`` for every matching message, across reconnects."""
+        check_topic_filter(topic_filter)
+        if qos not in (0, 1):
+            raise ConfigError("qos", qos, "0 or 1")
+        self._engine.subscribe(topic_filter, handler, qos)
+
+    def add_event_listener(self, callback: EventCallback) -> None:
+        """Also call ``callback(event)`` for every connection event."""
+        self._engine.add_listener(callback)
+
+    def metrics(self) -> Metrics:
+        return self._engine.metrics()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Disconnect and stop every thread. Unacknowledged handles raise ClientClosed."""
+        self._engine.close(timeout)
+
+    def __enter__(self) -> DeviceClient:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

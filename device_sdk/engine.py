@@ -1,0 +1,605 @@
+"""The one engine behind both client faces.
+
+One engine thread owns everything that touches the network: the failover
+machine, the current link, the liveness watchdog and the outbox drain. The
+faces (:class:`~device_sdk.client.DeviceClient`, and the asyncio face that
+wraps it) only hand it messages and commands and wait on handles, so the
+recovery path exists exactly once.
+
+Each reconnect cycle is a tenacity ``Retrying`` whose attempts are the steps
+of the recovery path, in order, every time:
+
+1. the pure :class:`~device_sdk.core.failover.FailoverMachine` names the hub;
+2. the hub's FQDN is resolved fresh (no cache anywhere);
+3. each resolved address is dialled while TLS verifies the FQDN;
+4. the CONNACK (or the failure) is classified and fed back to the machine;
+5. the retry policy, a value, decides the delay; tenacity executes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import tenacity
+
+from device_sdk import events
+from device_sdk.adapters.paho_link import LinkSettings, PahoLink
+from device_sdk.adapters.probe import hub_answers
+from device_sdk.adapters.resolver import FreshResolver, Resolver
+from device_sdk.config import ClientConfig, HubEndpoint
+from device_sdk.core import failover as fsm
+from device_sdk.core.liveness import Dead, LinkWatchdog, SendPing
+from device_sdk.core.outcomes import FailureKind
+from device_sdk.core.retry import Backoff
+from device_sdk.core.topics import topic_matches
+from device_sdk.dispatch import CallbackDispatcher
+from device_sdk.errors import (
+    ConnectError,
+    ConnectRefused,
+    ConnectTimeout,
+    DeviceSDKError,
+    NotConnected,
+    PermanentRefusal,
+    RecoveryFailed,
+    Redirected,
+    TlsError,
+)
+from device_sdk.metrics import Metrics, MetricsRecorder
+from device_sdk.outbox import MemoryOutbox, OutboundMessage, Outbox, PublishHandle
+
+log = logging.getLogger("device_sdk")
+
+EventCallback = Callable[[events.Event], None]
+MessageHandler = Callable[[str, bytes], None]
+LinkFactory = Callable[[HubEndpoint, str, LinkSettings], PahoLink]
+
+# The engine wakes at least this often while connected, so paho's own
+# housekeeping (keepalive bookkeeping) runs even on a silent link.
+_MAX_IDLE_WAIT = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _LinkEnd:
+    """Why the serve loop left a link."""
+
+    reason: str
+    unresponsive: bool = False
+    redirect_to: str | None = None
+    migrate: fsm.Migrate | None = None
+
+
+class Engine:
+    """Keeps one device connected to the best hub it can reach, and drains its outbox."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        resolver: Resolver | None = None,
+        outbox: Outbox | None = None,
+        link_factory: LinkFactory = PahoLink,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._resolver = resolver or FreshResolver(config.dns)
+        self._outbox = outbox or MemoryOutbox(
+            max_messages=config.queue_max_messages, max_bytes=config.queue_max_bytes
+        )
+        self._link_factory = link_factory
+        self._rng = rng or random.Random()
+        self._machine = fsm.FailoverMachine(config.hub_names, config.failover)
+        self._backoff = Backoff.start()
+        self._metrics = MetricsRecorder()
+        self._listeners: list[EventCallback] = []
+        self._subscriptions: dict[str, tuple[int, MessageHandler]] = {}
+        self._lock = threading.Lock()
+        self._commands: deque[Callable[[PahoLink], None]] = deque()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_pending = False
+        self._closing = threading.Event()
+        self._connected = threading.Event()
+        self._finished = threading.Event()
+        self._fatal: DeviceSDKError | None = None
+        self._cycle_errors: list[ConnectError] = []
+        self._next: fsm.Attempt | None = None
+        self._attempt_no = 0
+        self._waited = 0.0
+        self._link_end: _LinkEnd | None = None
+        self._link: PahoLink | None = None
+        self._watchdog: LinkWatchdog | None = None
+        self._inflight: dict[int, OutboundMessage] = {}
+        self._outage_started: float | None = None
+        self._awaiting_first_ack = False
+        self._probe: threading.Thread | None = None
+        self._next_probe_at = 0.0
+        self._dispatcher = CallbackDispatcher(f"device-sdk-callbacks-{config.client_id}")
+        self._thread = threading.Thread(
+            target=self._run, name=f"device-sdk-engine-{config.client_id}", daemon=True
+        )
+
+    # -- the thread-safe surface the faces use ---------------------------------------------
+
+    def start(self) -> None:
+        if not self._thread.is_alive() and not self._finished.is_set():
+            self._thread.start()
+
+    def wait_connected(self, timeout: float | None) -> None:
+        """Block until connected. Raises RecoveryFailed or NotConnected."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._connected.is_set():
+            if self._fatal is not None:
+                raise self._fatal
+            if self._finished.is_set():
+                raise RecoveryFailed("the client is closed", self._cycle_errors)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise NotConnected(
+                    f"not connected within {timeout} s; still trying in the background",
+                    attempts=list(self._cycle_errors),
+                )
+            self._connected.wait(0.05 if remaining is None else min(remaining, 0.05))
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> PublishHandle:
+        message = self._outbox.put(topic, payload, qos)
+        self._metrics.add(published=1)
+        self._wake()
+        assert message.handle is not None
+        return message.handle
+
+    def subscribe(self, topic: str, handler: MessageHandler, qos: int) -> None:
+        with self._lock:
+            self._subscriptions[topic] = (qos, handler)
+        self._command(lambda link: link.subscribe(topic, qos))
+
+    def add_listener(self, callback: EventCallback) -> None:
+        with self._lock:
+            self._listeners.append(callback)
+
+    def metrics(self) -> Metrics:
+        return self._metrics.snapshot(queue_depth=self._outbox.depth())
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Disconnect cleanly and stop every thread this engine started (bounded)."""
+        self._closing.set()
+        self._wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        probe = self._probe
+        if probe is not None:
+            probe.join(timeout)
+        self._outbox.close()
+        self._dispatcher.close(timeout)
+        self._wake_r.close()
+        self._wake_w.close()
+        self._finished.set()
+
+    # -- engine thread: the recovery cycle --------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            attempt = self._single(self._machine.handle(fsm.Start(), time.monotonic()))
+            while attempt is not None and not self._closing.is_set():
+                link = self._recover(attempt)
+                if link is None:
+                    break
+                attempt = self._serve(link)
+        except RecoveryFailed as exc:
+            self._fatal = exc
+            log.error("device_sdk gave up: %s", exc)
+        finally:
+            self._connected.clear()
+            self._finished.set()
+
+    def _recover(self, attempt: fsm.Attempt) -> PahoLink | None:
+        self._next = attempt
+        self._cycle_errors = []
+        retrying = tenacity.Retrying(
+            sleep=self._sleep,
+            wait=self._wait_before_next,
+            stop=self.config.retry.tenacity_stop() | tenacity.stop_when_event_set(self._closing),
+            retry=tenacity.retry_if_exception_type(ConnectError),
+            reraise=True,
+        )
+        try:
+            return retrying(self._attempt_once)
+        except ConnectError as exc:
+            if self._closing.is_set():
+                return None
+            raise RecoveryFailed(
+                f"gave up after {len(self._cycle_errors)} attempts: {exc}", self._cycle_errors
+            ) from exc
+
+    def _wait_before_next(self, _state: tenacity.RetryCallState) -> float:
+        assert self._next is not None
+        self._waited, self._backoff = self.config.retry.next_delay(
+            self._backoff, self._next.delay, self._rng
+        )
+        return self._waited
+
+    def _sleep(self, seconds: float) -> None:
+        # Interruptible: close() must not wait out a long backoff.
+        self._closing.wait(seconds)
+
+    def _attempt_once(self) -> PahoLink | None:
+        if self._closing.is_set():
+            return None
+        assert self._next is not None
+        hub = self.config.hub(self._next.hub)
+        self._attempt_no += 1
+        self._metrics.add(attempts=1)
+        self._emit(
+            events.Attempting(
+                at=time.monotonic(), hub=hub.name, attempt=self._attempt_no, delay=self._waited
+            )
+        )
+        self._waited = 0.0
+        try:
+            link = self._open_link(hub)
+        except ConnectError as exc:
+            self._attempt_failed(hub, exc)
+            raise
+        self._on_connected(link)
+        return link
+
+    def _open_link(self, hub: HubEndpoint) -> PahoLink:
+        started = time.monotonic()
+        try:
+            resolution = self._resolver.resolve_fresh(hub.fqdn)
+        except ConnectError as exc:
+            exc.hub = hub.name
+            raise
+        self._metrics.add(dns_queries=resolution.queried)
+        now = time.monotonic()
+        self._emit(
+            events.Resolved(
+                at=now,
+                hub=hub.name,
+                fqdn=hub.fqdn,
+                addresses=resolution.addresses,
+                seconds=now - started,
+            )
+        )
+        return self._dial_each(hub, resolution.addresses)
+
+    def _dial_each(self, hub: HubEndpoint, addresses: tuple[str, ...]) -> PahoLink:
+        """Try every resolved address in turn; a CONNACK refusal ends the attempt at once."""
+        settings = self._link_settings()
+        last_error: ConnectError | None = None
+        for address in addresses:
+            link = self._link_factory(hub, address, settings)
+            deadline = time.monotonic() + self.config.liveness.connect_timeout
+            try:
+                link.open(self, deadline)
+            except ConnectRefused:
+                raise  # the hub itself answered: another address of it will say the same
+            except ConnectError as exc:
+                last_error = exc
+                continue
+            return link
+        assert last_error is not None
+        raise last_error
+
+    def _link_settings(self) -> LinkSettings:
+        return LinkSettings(
+            client_id=self.config.client_id,
+            mqtt_version=self.config.mqtt_version,
+            keepalive=self.config.liveness.keepalive,
+            connect_timeout=self.config.liveness.connect_timeout,
+            inflight_window=self.config.inflight_window,
+            credentials=self.config.credentials,
+        )
+
+    def _attempt_failed(self, hub: HubEndpoint, error: ConnectError) -> None:
+        now = time.monotonic()
+        self._cycle_errors.append(error)
+        self._backoff = self._backoff.failed()
+        self._emit(events.AttemptFailed(at=now, hub=hub.name, address=error.address, error=error))
+        if isinstance(error, Redirected):
+            target = self._hub_for_reference(error.server_reference)
+            actions = self._machine.handle(fsm.Redirect(hub=hub.name, target=target), now)
+        else:
+            actions = self._machine.handle(
+                fsm.AttemptFailed(hub=hub.name, kind=_failure_kind(error)), now
+            )
+        # An empty answer means "carry on as you were": keep the attempt already planned.
+        self._next = self._single(actions) or self._next
+
+    def _hub_for_reference(self, reference: str | None) -> str | None:
+        """Map an MQTT 5 server reference to a configured hub; unknown hosts are ignored."""
+        if not reference:
+            return None
+        for candidate in reference.split():
+            for hub in self.config.hubs:
+                if candidate in (hub.fqdn, hub.authority):
+                    return hub.name
+        return None
+
+    def _single(self, actions: tuple[fsm.Action, ...]) -> fsm.Attempt | None:
+        """Announce the machine's events and return the attempt it asks for."""
+        attempt: fsm.Attempt | None = None
+        now = time.monotonic()
+        for action in actions:
+            if isinstance(action, fsm.Attempt):
+                attempt = action
+            elif isinstance(action, fsm.FailedOver):
+                self._metrics.add(failovers=1)
+                self._emit(
+                    events.FailedOver(
+                        at=now, from_hub=action.from_hub, to_hub=action.to_hub, reason=action.reason
+                    )
+                )
+            elif isinstance(action, fsm.FailedBack):
+                self._metrics.add(failbacks=1)
+                self._emit(
+                    events.FailedBack(at=now, from_hub=action.from_hub, to_hub=action.to_hub)
+                )
+        return attempt
+
+    # -- engine thread: serving one link ----------------------------------------------------
+
+    def _on_connected(self, link: PahoLink) -> None:
+        now = time.monotonic()
+        self._machine.handle(fsm.Connected(hub=link.hub.name), now)
+        self._backoff = self._backoff.link_up(now)
+        self._link = link
+        self._watchdog = LinkWatchdog(self.config.liveness, now)
+        self._inflight.clear()
+        self._outbox.rewind()
+        outage = None if self._outage_started is None else now - self._outage_started
+        self._awaiting_first_ack = True
+        self._next_probe_at = now + self.config.failback_probe_interval
+        self._metrics.add(connects=1)
+        self._metrics.set(current_hub=link.hub.name, last_reconnect_seconds=outage)
+        self._connected.set()
+        self._emit(
+            events.Connected(
+                at=now,
+                hub=link.hub.name,
+                address=link.address,
+                session_present=link.session_present,
+                outage_seconds=outage,
+            )
+        )
+        with self._lock:
+            subscriptions = [(topic, qos) for topic, (qos, _h) in self._subscriptions.items()]
+            self._commands.clear()  # subscriptions are restored below, from the registry
+        for topic, qos in subscriptions:
+            link.subscribe(topic, qos)
+
+    def _serve(self, link: PahoLink) -> fsm.Attempt | None:
+        self._link_end = None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            selector.register(link.fileno(), selectors.EVENT_READ)
+            while self._link_end is None and not self._closing.is_set():
+                self._serve_once(link, selector)
+        if self._closing.is_set():
+            link.disconnect()
+            self._connected.clear()
+            return None
+        return self._after_link(link, self._link_end)
+
+    def _serve_once(self, link: PahoLink, selector: selectors.BaseSelector) -> None:
+        self._run_commands(link)
+        self._drain(link)
+        timeout = self._check_liveness(link)
+        if self._link_end is not None:
+            return
+        events_mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if link.want_write() else 0)
+        selector.modify(link.fileno(), events_mask)
+        readable = writable = False
+        for key, mask in selector.select(timeout):
+            if key.fileobj is self._wake_r:
+                self._drain_wakeups()
+            else:
+                readable = bool(mask & selectors.EVENT_READ)
+                writable = bool(mask & selectors.EVENT_WRITE)
+        if self._link_end is None:
+            link.service(readable=readable, writable=writable)
+        self._maybe_probe()
+
+    def _check_liveness(self, link: PahoLink) -> float:
+        """Run the watchdog; returns how long the loop may sleep before checking again."""
+        assert self._watchdog is not None
+        now = time.monotonic()
+        verdict = self._watchdog.check(now)
+        if isinstance(verdict, Dead):
+            link.abort()
+            self._link_end = _LinkEnd(reason=verdict.reason, unresponsive=True)
+            return 0.0
+        if isinstance(verdict, SendPing):
+            link.send_ping()
+            self._watchdog.on_ping_sent(now)
+            verdict = self._watchdog.check(now)
+        wake_at = min(getattr(verdict, "next_check_at", now + _MAX_IDLE_WAIT), self._next_probe_at)
+        return max(0.0, min(wake_at - now, _MAX_IDLE_WAIT))
+
+    def _drain(self, link: PahoLink) -> None:
+        room = self.config.inflight_window - len(self._inflight)
+        if room <= 0:
+            return
+        assert self._watchdog is not None
+        for message in self._outbox.take_unsent(room):
+            mid = link.publish(message.topic, message.payload, message.qos)
+            if self._link_end is not None:
+                return  # the link died under the publish; rewind will resend it
+            if message.qos == 0:
+                self._outbox.ack(message.seq)
+                continue
+            self._inflight[mid] = message
+            self._watchdog.on_ack_expected(mid, time.monotonic())
+
+    def _run_commands(self, link: PahoLink) -> None:
+        while True:
+            with self._lock:
+                if not self._commands:
+                    return
+                command = self._commands.popleft()
+            command(link)
+
+    def _after_link(self, link: PahoLink, end: _LinkEnd | None) -> fsm.Attempt | None:
+        assert end is not None
+        now = time.monotonic()
+        self._link = None
+        self._connected.clear()
+        self._inflight.clear()
+        self._outbox.rewind()
+        self._metrics.set(current_hub=None)
+        if end.migrate is not None:
+            self._emit(
+                events.Migrating(
+                    at=now,
+                    from_hub=end.migrate.from_hub,
+                    to_hub=end.migrate.to_hub,
+                    reason=end.migrate.reason,
+                )
+            )
+            return fsm.Attempt(
+                hub=end.migrate.to_hub, delay=fsm.Delay.NONE, reason=end.migrate.reason
+            )
+        self._outage_started = now
+        self._backoff = self._backoff.link_down(now, self.config.retry)
+        self._metrics.add(disconnects=1)
+        self._emit(
+            events.Disconnected(
+                at=now, hub=link.hub.name, reason=end.reason, unresponsive=end.unresponsive
+            )
+        )
+        self._emit(events.QueueDepth(at=now, depth=self._outbox.depth()))
+        if end.redirect_to is not None or end.reason.startswith("redirect"):
+            target = self._hub_for_reference(end.redirect_to)
+            actions = self._machine.handle(fsm.Redirect(hub=link.hub.name, target=target), now)
+        else:
+            actions = self._machine.handle(
+                fsm.LinkDown(hub=link.hub.name, unresponsive=end.unresponsive), now
+            )
+        return self._single(actions)
+
+    # -- LinkListener: called by the link from service(), on this thread -------------------
+
+    def on_ack(self, mid: int) -> None:
+        message = self._inflight.pop(mid, None)
+        if message is None:
+            return
+        now = time.monotonic()
+        assert self._watchdog is not None
+        self._watchdog.on_received(now)
+        self._watchdog.on_acked(mid, now)
+        self._outbox.ack(message.seq)
+        self._metrics.add(acknowledged=1)
+        if self._awaiting_first_ack:
+            self._first_ack(now)
+
+    def _first_ack(self, now: float) -> None:
+        self._awaiting_first_ack = False
+        recovery = None if self._outage_started is None else now - self._outage_started
+        self._outage_started = None
+        assert self._link is not None and self._watchdog is not None
+        self._metrics.set(
+            last_recovery_seconds=recovery, ack_deadline_seconds=self._watchdog.deadline
+        )
+        self._emit(events.FirstAck(at=now, hub=self._link.hub.name, recovery_seconds=recovery))
+
+    def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if self._watchdog is not None:
+            self._watchdog.on_received(time.monotonic())
+        with self._lock:
+            handlers = [
+                h for flt, (_q, h) in self._subscriptions.items() if topic_matches(flt, topic)
+            ]
+        for handler in handlers:
+            self._dispatcher.submit(lambda h=handler: h(topic, payload))  # type: ignore[misc]
+
+    def on_pingresp(self) -> None:
+        if self._watchdog is not None:
+            now = time.monotonic()
+            self._watchdog.on_received(now)
+            self._watchdog.on_pingresp(now)
+
+    def on_link_closed(self, reason: str, kind: FailureKind, server_reference: str | None) -> None:
+        if kind is FailureKind.REDIRECT:
+            self._link_end = _LinkEnd(reason=f"redirect: {reason}", redirect_to=server_reference)
+        else:
+            self._link_end = _LinkEnd(reason=reason)
+
+    # -- failback probes --------------------------------------------------------------------
+
+    def _maybe_probe(self) -> None:
+        now = time.monotonic()
+        if now < self._next_probe_at or (self._probe is not None and self._probe.is_alive()):
+            return
+        self._next_probe_at = now + self.config.failback_probe_interval
+        candidate = self._machine.failback_candidate(now)
+        if candidate is None:
+            return
+        hub = self.config.hub(candidate)
+        self._probe = threading.Thread(
+            target=self._probe_hub, args=(hub,), name="device-sdk-probe", daemon=True
+        )
+        self._probe.start()
+
+    def _probe_hub(self, hub: HubEndpoint) -> None:
+        healthy = hub_answers(hub, self._resolver, self.config.liveness.connect_timeout)
+        self._command(lambda _link: self._probe_result(hub.name, healthy))
+
+    def _probe_result(self, hub: str, healthy: bool) -> None:
+        now = time.monotonic()
+        actions = self._machine.handle(fsm.ProbeResult(hub=hub, healthy=healthy), now)
+        self._single(actions)
+        for action in actions:
+            if isinstance(action, fsm.Migrate) and self._link is not None:
+                self._link.disconnect()
+                self._link_end = _LinkEnd(reason=action.reason, migrate=action)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _command(self, command: Callable[[PahoLink], None]) -> None:
+        with self._lock:
+            if self._link is None:
+                return  # applied from the registry on the next connect
+            self._commands.append(command)
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def _drain_wakeups(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        with contextlib.suppress(BlockingIOError):
+            self._wake_r.recv(4096)
+
+    def _emit(self, event: events.Event) -> None:
+        level = (
+            logging.WARNING
+            if isinstance(event, events.AttemptFailed | events.Disconnected)
+            else logging.INFO
+        )
+        log.log(level, "%s", event.describe())
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            self._dispatcher.submit(lambda cb=listener: cb(event))  # type: ignore[misc]
+
+
+def _failure_kind(error: ConnectError) -> FailureKind:
+    if isinstance(error, PermanentRefusal | TlsError):
+        return FailureKind.PERMANENT
+    if isinstance(error, ConnectTimeout):
+        return FailureKind.UNRESPONSIVE
+    return FailureKind.TRANSIENT

@@ -1,0 +1,149 @@
+"""Connection events, each carrying its reason.
+
+The engine emits these as they happen. Applications receive them through
+``DeviceClient(on_event=...)``, through ``client.events()`` and through the
+``device_sdk`` logger, all with the same text from :meth:`Event.describe`.
+``at`` is the engine's monotonic clock, so a sequence of events is a timeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from device_sdk.errors import DeviceSDKError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of every connection event."""
+
+    at: float
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempting(Event):
+    """A connect attempt to ``hub`` begins (after any backoff)."""
+
+    hub: str
+    attempt: int
+    delay: float  # the backoff waited before this attempt
+
+    def describe(self) -> str:
+        return f"attempt #{self.attempt} to {self.hub} (after {self.delay * 1000:.0f} ms backoff)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resolved(Event):
+    """The hub's FQDN was resolved fresh; ``addresses`` are tried in this order."""
+
+    hub: str
+    fqdn: str
+    addresses: tuple[str, ...]
+    seconds: float
+
+    def describe(self) -> str:
+        took = self.seconds * 1000
+        return f"resolved {self.fqdn} -> {', '.join(self.addresses)} in {took:.1f} ms"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptFailed(Event):
+    """An attempt failed; ``error`` is the typed cause."""
+
+    hub: str
+    address: str | None
+    error: DeviceSDKError
+
+    def describe(self) -> str:
+        where = f" at {self.address}" if self.address else ""
+        return f"attempt to {self.hub}{where} failed: {type(self.error).__name__}: {self.error}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Connected(Event):
+    """The device is connected to ``hub`` at ``address``."""
+
+    hub: str
+    address: str
+    session_present: bool
+    outage_seconds: float | None  # from losing the previous link to this CONNACK
+
+    def describe(self) -> str:
+        text = f"connected to {self.hub} at {self.address}"
+        if self.outage_seconds is not None:
+            text += f" ({self.outage_seconds * 1000:.1f} ms after the link was lost)"
+        return text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Disconnected(Event):
+    """The link to ``hub`` ended; ``reason`` says why."""
+
+    hub: str
+    reason: str
+    unresponsive: bool
+
+    def describe(self) -> str:
+        return f"disconnected from {self.hub}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailedOver(Event):
+    """The device moved from one hub to another because the first one failed."""
+
+    from_hub: str
+    to_hub: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"failover {self.from_hub} -> {self.to_hub}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailedBack(Event):
+    """The device returned to its home hub after the dwell time."""
+
+    from_hub: str
+    to_hub: str
+
+    def describe(self) -> str:
+        return f"failback {self.from_hub} -> {self.to_hub}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Migrating(Event):
+    """The device leaves a healthy link to move to another hub (failback or concierge)."""
+
+    from_hub: str
+    to_hub: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"migrating {self.from_hub} -> {self.to_hub}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FirstAck(Event):
+    """The first PUBACK after a (re)connect: the device is recovered end to end."""
+
+    hub: str
+    recovery_seconds: float | None  # from losing the previous link to this PUBACK
+
+    def describe(self) -> str:
+        if self.recovery_seconds is None:
+            return f"first PUBACK from {self.hub}"
+        took = self.recovery_seconds * 1000
+        return f"first PUBACK from {self.hub}: recovered {took:.1f} ms after the link was lost"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueDepth(Event):
+    """How many messages wait for a PUBACK, reported when the link changes."""
+
+    depth: int
+
+    def describe(self) -> str:
+        return f"{self.depth} message(s) waiting for PUBACK"

@@ -1,0 +1,50 @@
+"""The metrics snapshot: counters a gateway reports to its fleet monitoring."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Metrics:
+    """A consistent copy of the client's counters at one moment."""
+
+    attempts: int = 0
+    connects: int = 0
+    disconnects: int = 0
+    failovers: int = 0
+    failbacks: int = 0
+    dns_queries: int = 0
+    published: int = 0
+    acknowledged: int = 0
+    queue_depth: int = 0
+    dropped: int = 0
+    current_hub: str | None = None
+    # From losing a link to the first PUBACK on the next one, for the last outage.
+    last_recovery_seconds: float | None = None
+    # From losing a link to the CONNACK of the next one, for the last outage.
+    last_reconnect_seconds: float | None = None
+    ack_deadline_seconds: float | None = None
+
+
+class MetricsRecorder:
+    """Thread-safe counters the engine bumps; ``snapshot()`` copies them for readers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values = Metrics()
+
+    def add(self, **increments: int) -> None:
+        with self._lock:
+            changes = {k: getattr(self._values, k) + v for k, v in increments.items()}
+            self._values = dataclasses.replace(self._values, **changes)
+
+    def set(self, **values: object) -> None:
+        with self._lock:
+            self._values = dataclasses.replace(self._values, **values)  # type: ignore[arg-type]
+
+    def snapshot(self, *, queue_depth: int) -> Metrics:
+        with self._lock:
+            return dataclasses.replace(self._values, queue_depth=queue_depth)

@@ -1,0 +1,170 @@
+"""The outbox: every message ``publish()`` accepted, kept until its PUBACK.
+
+:class:`Outbox` is the interface the engine drains; :class:`MemoryOutbox` is
+the bounded in-memory implementation. A message leaves an outbox only when
+:meth:`Outbox.ack` is called for it, which the engine does on PUBACK. When a
+link dies, :meth:`Outbox.rewind` puts every unacknowledged message back in
+line, in its original order, so the next link sends them again first: that
+keeps order per topic across reconnects and failovers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from device_sdk.errors import ClientClosed, PublishError, QueueFull
+
+
+class PublishHandle:
+    """What ``publish()`` returns: wait on it for the message's PUBACK.
+
+    ``wait()`` returns once the hub acknowledged the message (QoS 1) or the
+    message was written to the socket (QoS 0). It raises :class:`ClientClosed`
+    if the client closed first, and ``TimeoutError`` if ``timeout`` passed; the
+    message stays queued in both of those cases until the client closes.
+    """
+
+    __slots__ = ("_done", "_error", "message_id")
+
+    def __init__(self, message_id: str) -> None:
+        self.message_id = message_id
+        self._done = threading.Event()
+        self._error: PublishError | None = None
+
+    def wait(self, timeout: float | None = None) -> None:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"message {self.message_id} not acknowledged within {timeout} s")
+        if self._error is not None:
+            raise self._error
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def acknowledged(self) -> bool:
+        return self._done.is_set() and self._error is None
+
+    def _resolve(self, error: PublishError | None = None) -> None:
+        self._error = error
+        self._done.set()
+
+
+@dataclass(slots=True, kw_only=True)
+class OutboundMessage:
+    """One accepted message. ``seq`` orders messages; ``message_id`` is stable across resends."""
+
+    seq: int
+    message_id: str
+    topic: str
+    payload: bytes
+    qos: int
+    handle: PublishHandle | None = field(default=None, repr=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.payload) + len(self.topic)
+
+
+class Outbox(Protocol):
+    """The interface between ``publish()`` and the engine's drain.
+
+    ``put`` is called from application threads; the rest from the engine thread.
+    Implementations must be thread-safe between the two.
+    """
+
+    def put(self, topic: str, payload: bytes, qos: int) -> OutboundMessage: ...
+
+    def take_unsent(self, limit: int) -> list[OutboundMessage]: ...
+
+    def ack(self, seq: int) -> None: ...
+
+    def rewind(self) -> None: ...
+
+    def depth(self) -> int: ...
+
+    def close(self) -> list[OutboundMessage]: ...
+
+
+def new_message_id_source() -> itertools.count[int]:
+    """Ids sortable by acceptance time: microseconds at start, then +1 per message."""
+    return itertools.count(time.time_ns() // 1000)
+
+
+class MemoryOutbox:
+    """A bounded in-memory outbox. Lost on process exit; use it only where that is acceptable."""
+
+    def __init__(self, *, max_messages: int, max_bytes: int) -> None:
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._pending: OrderedDict[int, OutboundMessage] = OrderedDict()
+        self._unsent: deque[int] = deque()
+        self._bytes = 0
+        self._seq = itertools.count(1)
+        self._ids = new_message_id_source()
+        self._closed = False
+
+    def put(self, topic: str, payload: bytes, qos: int) -> OutboundMessage:
+        size = len(payload) + len(topic)
+        with self._lock:
+            if self._closed:
+                raise ClientClosed("the client is closed; the message was not accepted")
+            if len(self._pending) >= self._max_messages or self._bytes + size > self._max_bytes:
+                raise QueueFull(
+                    f"outbox full ({len(self._pending)} messages, {self._bytes} bytes; "
+                    f"limits {self._max_messages} messages, {self._max_bytes} bytes); "
+                    "nothing queued was dropped"
+                )
+            message = OutboundMessage(
+                seq=next(self._seq),
+                message_id=f"{next(self._ids):016x}",
+                topic=topic,
+                payload=payload,
+                qos=qos,
+                handle=None,
+            )
+            message.handle = PublishHandle(message.message_id)
+            self._pending[message.seq] = message
+            self._unsent.append(message.seq)
+            self._bytes += size
+        return message
+
+    def take_unsent(self, limit: int) -> list[OutboundMessage]:
+        taken: list[OutboundMessage] = []
+        with self._lock:
+            while self._unsent and len(taken) < limit:
+                message = self._pending.get(self._unsent.popleft())
+                if message is not None:
+                    taken.append(message)
+        return taken
+
+    def ack(self, seq: int) -> None:
+        with self._lock:
+            message = self._pending.pop(seq, None)
+            if message is not None:
+                self._bytes -= message.size
+        if message is not None and message.handle is not None:
+            message.handle._resolve()
+
+    def rewind(self) -> None:
+        with self._lock:
+            self._unsent = deque(self._pending)
+
+    def depth(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def close(self) -> list[OutboundMessage]:
+        """Refuse new messages; fail the handles of those never acknowledged."""
+        with self._lock:
+            self._closed = True
+            left = list(self._pending.values())
+        for message in left:
+            if message.handle is not None and not message.handle.done():
+                message.handle._resolve(ClientClosed("closed before the hub acknowledged it"))
+        return left

@@ -1,0 +1,39 @@
+"""The public local testbed: real mosquitto hubs, an authoritative DNS server and
+a throwaway CA on loopback, for integration tests of device apps (ours and yours).
+
+Use :class:`Testbed` directly, or the pytest fixtures of
+:mod:`device_sdk.testbed.pytest_plugin` (registered automatically when
+device_sdk is installed).
+"""
+
+from device_sdk.testbed.bed import (
+    DOMAIN,
+    FAST_FAILOVER,
+    FAST_LIVENESS,
+    FAST_RETRY,
+    Testbed,
+    TestbedHub,
+)
+from device_sdk.testbed.broker import BrokerSpec, BrokerTls, MosquittoBroker, find_mosquitto
+from device_sdk.testbed.collector import Collector
+from device_sdk.testbed.dns_server import DnsServer
+from device_sdk.testbed.pki import CertificateAuthority, ServerCertificate
+from device_sdk.testbed.proxy import FaultProxy
+
+__all__ = [
+    "DOMAIN",
+    "FAST_FAILOVER",
+    "FAST_LIVENESS",
+    "FAST_RETRY",
+    "BrokerSpec",
+    "BrokerTls",
+    "CertificateAuthority",
+    "Collector",
+    "DnsServer",
+    "FaultProxy",
+    "MosquittoBroker",
+    "ServerCertificate",
+    "Testbed",
+    "TestbedHub",
+    "find_mosquitto",
+]

@@ -1,0 +1,221 @@
+"""The whole local testbed in one object: hubs, their DNS, and a throwaway CA.
+
+:class:`Testbed` starts one mosquitto broker per hub, each on its own loopback
+address but on the same ports, so flipping a hub's DNS record from one broker
+to another is exactly what a regional failover behind a stable FQDN looks
+like. An authoritative DNS server on loopback serves the hubs' FQDNs; the
+device resolves them there, fresh, on every attempt. With ``tls=True`` each
+broker also has a TLS listener whose certificate names only its hub's FQDN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from device_sdk.config import ClientConfig, Credentials, DnsSettings, HubEndpoint, TlsSettings
+from device_sdk.core.failover import FailoverPolicy
+from device_sdk.core.liveness import LivenessPolicy
+from device_sdk.core.retry import RetryPolicy
+from device_sdk.errors import TestbedError
+from device_sdk.testbed.broker import BrokerSpec, BrokerTls, MosquittoBroker
+from device_sdk.testbed.collector import Collector
+from device_sdk.testbed.dns_server import DnsServer
+from device_sdk.testbed.pki import CertificateAuthority
+from device_sdk.testbed.ports import pick_free_ports
+
+DOMAIN = "hubs.device-sdk.test"
+
+# Policies for tests and drills on loopback, where a round trip is well under a
+# millisecond: tight deadlines, short dwell, quick probes. Field profiles are
+# far more patient.
+FAST_LIVENESS = LivenessPolicy(
+    keepalive=5.0,
+    deadline_floor=0.25,
+    deadline_ceiling=2.0,
+    initial_deadline=0.5,
+    connect_timeout=0.5,
+)
+FAST_RETRY = RetryPolicy(initial=0.05, maximum=1.0, long_delay=5.0, stable_after=1.0)
+FAST_FAILOVER = FailoverPolicy(
+    failover_after_failures=2,
+    failover_after_seconds=5.0,
+    failback_dwell_seconds=2.0,
+    failback_healthy_probes=2,
+    permanent_penalty_seconds=30.0,
+    stable_after_seconds=1.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TestbedHub:
+    """One hub of the testbed: its name, FQDN, loopback address and broker."""
+
+    __test__ = False
+
+    name: str
+    fqdn: str
+    address: str
+    broker: MosquittoBroker
+
+
+class Testbed:
+    """Brokers, DNS and a CA on loopback for integration tests and drills.
+
+    ``hubs`` names the hubs in priority order; hub *i* listens on 127.0.0.(*first_octet* + *i*).
+    ``users`` maps a hub name to the only user names and passwords it accepts.
+    Everything it starts, it stops (by PID) in :meth:`stop`, also on errors.
+    """
+
+    __test__ = False
+
+    def __init__(
+        self,
+        *,
+        hubs: Sequence[str] = ("primary", "secondary"),
+        tls: bool = False,
+        users: Mapping[str, Mapping[str, str]] | None = None,
+        work_dir: Path | str | None = None,
+        first_octet: int = 2,
+        dns_ttl: int = 1,
+    ) -> None:
+        self._hub_names = tuple(hubs)
+        self._tls = tls
+        self._users = dict(users or {})
+        self._first_octet = first_octet
+        self._dns_ttl = dns_ttl
+        self._own_dir = work_dir is None
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="device-sdk-testbed-"))
+        self._stack = ExitStack()
+        self._hubs: dict[str, TestbedHub] = {}
+        self.ca: CertificateAuthority | None = None
+        self.ca_file: Path | None = None
+        self.dns: DnsServer | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        addresses = [f"127.0.0.{self._first_octet + i}" for i in range(len(self._hub_names))]
+        plain_port, tls_port = pick_free_ports(2, addresses)
+        if self._tls:
+            self.ca = CertificateAuthority.create()
+            self.ca_file = self.ca.write_to(self.work_dir)
+        self.dns = self._stack.enter_context(DnsServer(host="127.0.0.1", port=0))
+        for name, address in zip(self._hub_names, addresses, strict=True):
+            fqdn = f"{name}.{DOMAIN}"
+            spec = BrokerSpec(
+                name=name,
+                host=address,
+                port=plain_port,
+                tls=self._broker_tls(name, fqdn, tls_port),
+                users=self._users.get(name),
+            )
+            broker = MosquittoBroker(spec, work_dir=self.work_dir / name)
+            self._stack.callback(broker.close)
+            broker.start()
+            self._hubs[name] = TestbedHub(name, fqdn, address, broker)
+            self.dns.set_address(fqdn, [address], ttl=self._dns_ttl)
+
+    def _broker_tls(self, name: str, fqdn: str, port: int) -> BrokerTls | None:
+        if self.ca is None:
+            return None
+        files = self.ca.issue_server_certificate([fqdn]).write_to(self.work_dir, stem=name)
+        return BrokerTls(cert_file=files.cert_file, key_file=files.key_file, port=port)
+
+    def stop(self) -> None:
+        """Stop every process and thread the testbed started; remove its own work dir."""
+        self._stack.close()
+        if self._own_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- what tests use ----------------------------------------------------------------------
+
+    def hub(self, name: str) -> TestbedHub:
+        try:
+            return self._hubs[name]
+        except KeyError:
+            raise TestbedError(f"no hub {name!r}; the testbed has {list(self._hubs)}") from None
+
+    @property
+    def hubs(self) -> tuple[TestbedHub, ...]:
+        return tuple(self._hubs.values())
+
+    def point(self, hub: str, *, at: str) -> None:
+        """Flip ``hub``'s FQDN to the address of hub ``at`` (a failover behind one FQDN)."""
+        assert self.dns is not None
+        self.dns.set_address(self.hub(hub).fqdn, [self.hub(at).address], ttl=self._dns_ttl)
+
+    def endpoint(self, name: str, *, tls: bool | None = None) -> HubEndpoint:
+        """The HubEndpoint a device uses for hub ``name`` (TLS when the testbed has it)."""
+        hub = self.hub(name)
+        use_tls = self._tls if tls is None else tls
+        if use_tls:
+            port = hub.broker.tls_port
+            if port is None or self.ca_file is None:
+                raise TestbedError("this testbed was started without tls=True")
+            return HubEndpoint(
+                name=name, fqdn=hub.fqdn, port=port, tls=TlsSettings(ca_file=str(self.ca_file))
+            )
+        return HubEndpoint(name=name, fqdn=hub.fqdn, port=hub.broker.port, tls=None)
+
+    def dns_settings(self) -> DnsSettings:
+        assert self.dns is not None
+        return DnsSettings(
+            nameservers=(self.dns.host,), port=self.dns.port, timeout=0.5, lifetime=1.0
+        )
+
+    def client_config(
+        self,
+        client_id: str,
+        *,
+        hubs: Sequence[str] | None = None,
+        credentials: Credentials | None = None,
+        **overrides: Any,
+    ) -> ClientConfig:
+        """A ClientConfig for a device on this testbed, with the fast test policies."""
+        names = self._hub_names if hubs is None else tuple(hubs)
+        config = ClientConfig(
+            client_id=client_id,
+            hubs=tuple(self.endpoint(name) for name in names),
+            dns=self.dns_settings(),
+            retry=FAST_RETRY,
+            failover=FAST_FAILOVER,
+            liveness=FAST_LIVENESS,
+            credentials=credentials,
+            failback_probe_interval=0.5,
+        )
+        return dataclasses.replace(config, **overrides) if overrides else config
+
+    def collector(self, hub: str, topic: str) -> Collector:
+        """An independent subscriber on ``hub``'s broker; stopped with the testbed."""
+        broker = self.hub(hub).broker
+        collector = Collector(broker.host, broker.port, topic, name=f"collector-{hub}")
+        collector.start()
+        self._stack.callback(collector.stop)
+        return collector

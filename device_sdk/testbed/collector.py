@@ -1,0 +1,81 @@
+"""An independent observer: counts what actually reached a hub.
+
+The collector subscribes on one broker with plain paho-mqtt, deliberately not
+through device_sdk, so a bug in the SDK cannot hide itself from the tests that
+judge it. Payloads it understands are ``<seq>`` or ``<seq>:<anything>``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from device_sdk.errors import TestbedError
+
+
+class Collector:
+    """Subscribes to ``topic`` on one broker and records every sequence number seen."""
+
+    def __init__(self, host: str, port: int, topic: str, *, name: str = "collector") -> None:
+        self.host, self.port, self.topic = host, port, topic
+        self._lock = threading.Condition()
+        self._seen: Counter[int] = Counter()
+        self._ready = threading.Event()
+        self._client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=f"{name}-{host}-{port}",
+            protocol=paho.MQTTv311,
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+
+    def start(self, timeout: float = 5.0) -> Collector:
+        try:
+            self._client.connect(self.host, self.port, keepalive=5)
+        except OSError as exc:
+            raise TestbedError(f"collector could not reach {self.host}:{self.port}") from exc
+        self._client.loop_start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise TestbedError(f"collector on {self.host}:{self.port} not subscribed in time")
+        return self
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def seen(self) -> Counter[int]:
+        with self._lock:
+            return Counter(self._seen)
+
+    def wait_for(self, numbers: set[int], timeout: float) -> bool:
+        """Wait (bounded) until every number in ``numbers`` was seen."""
+        with self._lock:
+            return self._lock.wait_for(lambda: numbers.issubset(self._seen), timeout)
+
+    def _on_connect(
+        self, client: paho.Client, _u: object, _f: object, rc: object, _p: object
+    ) -> None:
+        client.subscribe(self.topic, qos=1)
+
+    def _on_subscribe(self, *_args: object) -> None:
+        self._ready.set()
+
+    def _on_message(self, _client: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
+        head = bytes(message.payload).split(b":", 1)[0]
+        if head.isdigit():
+            with self._lock:
+                self._seen[int(head)] += 1
+                self._lock.notify_all()
+
+
+def merge(*collectors: Collector) -> Counter[int]:
+    """Every sequence number seen by any of the collectors, with total counts."""
+    total: Counter[int] = Counter()
+    for collector in collectors:
+        total.update(collector.seen())
+    return total

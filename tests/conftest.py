@@ -1,0 +1,3 @@
+"""Shared test configuration. The testbed fixtures come from device_sdk's pytest plugin."""
+
+from __future__ import annotations

@@ -1,0 +1,194 @@
+"""The recovery path end to end: real mosquitto hubs, real DNS, real TLS, on loopback.
+
+Each test publishes numbered QoS 1 messages through DeviceClient while it
+breaks something, then asks independent collectors (plain paho subscribers on
+each hub) whether every number arrived at least once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from device_sdk import DeviceClient, events
+from device_sdk.outbox import PublishHandle
+from device_sdk.testbed import Testbed
+from device_sdk.testbed.collector import Collector, merge
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "test/telemetry"
+
+
+class EventLog:
+    """Thread-safe record of the events a client emitted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self.items: list[events.Event] = []
+
+    def __call__(self, event: events.Event) -> None:
+        with self._lock:
+            self.items.append(event)
+            self._lock.notify_all()
+
+    def of(self, kind: type[events.Event]) -> list[events.Event]:
+        with self._lock:
+            return [e for e in self.items if isinstance(e, kind)]
+
+    def wait_for(
+        self, kind: type[events.Event], timeout: float, *, after: float = 0.0, **match: object
+    ) -> events.Event:
+        """The first ``kind`` event at or after ``after`` whose fields equal ``match``."""
+
+        def found() -> events.Event | None:
+            for event in self.items:
+                if event.at < after or not isinstance(event, kind):
+                    continue
+                if all(getattr(event, k) == v for k, v in match.items()):
+                    return event
+            return None
+
+        with self._lock:
+            assert self._lock.wait_for(lambda: found() is not None, timeout), (
+                f"no {kind.__name__} {match} within {timeout} s; saw {self.items}"
+            )
+            event = found()
+            assert event is not None
+            return event
+
+
+class SteadyPublisher:
+    """Publishes ``<seq>:x`` at ``rate`` per second from its own thread (bounded count)."""
+
+    def __init__(self, client: DeviceClient, rate: float = 50.0, limit: int = 2000) -> None:
+        self.client, self.period, self.limit = client, 1.0 / rate, limit
+        self.handles: list[PublishHandle] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period) and len(self.handles) < self.limit:
+            self.handles.append(self.client.publish(TOPIC, f"{len(self.handles)}:x"))
+
+    @contextmanager
+    def running(self) -> Iterator[SteadyPublisher]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join(5)
+
+    def wait_all_acked(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        for handle in self.handles:
+            handle.wait(max(0.0, deadline - time.monotonic()))
+
+
+def assert_nothing_lost(publisher: SteadyPublisher, *collectors: Collector) -> None:
+    publisher.wait_all_acked()
+    expected = set(range(len(publisher.handles)))
+    deadline = time.monotonic() + 5.0  # acked by a hub; give its subscriber a moment
+    while not expected <= set(merge(*collectors)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    missing = sorted(expected - set(merge(*collectors)))
+    assert not missing, f"lost {len(missing)} of {len(expected)}: {missing[:20]}"
+    assert len(expected) > 20, "the publisher barely ran; the test proves nothing"
+
+
+def collectors_for(bed: Testbed) -> list[Collector]:
+    return [bed.collector(hub.name, TOPIC) for hub in bed.hubs]
+
+
+def test_primary_crash_fails_over_to_secondary_and_loses_nothing(testbed: Testbed) -> None:
+    collectors = collectors_for(testbed)
+    log = EventLog()
+    with DeviceClient(testbed.client_config("crash-device"), on_event=log) as client:
+        publisher = SteadyPublisher(client)
+        with publisher.running():
+            time.sleep(0.5)
+            testbed.hub("primary").broker.kill()
+            log.wait_for(events.Connected, 5.0, hub="secondary")
+            time.sleep(0.5)
+        assert_nothing_lost(publisher, *collectors)
+        metrics = client.metrics()
+    assert metrics.failovers >= 1
+    assert metrics.current_hub == "secondary"
+    assert metrics.last_recovery_seconds is not None
+    assert log.of(events.FailedOver)[0].to_hub == "secondary"  # type: ignore[attr-defined]
+
+
+def test_dns_flip_dials_the_new_address_and_never_the_stale_one(testbed: Testbed) -> None:
+    collectors = collectors_for(testbed)
+    log = EventLog()
+    primary = testbed.hub("primary")
+    stale, fresh = primary.address, testbed.hub("secondary").address
+    config = testbed.client_config("flip-device", hubs=["primary"])
+    assert testbed.dns is not None
+    with DeviceClient(config, on_event=log) as client:
+        publisher = SteadyPublisher(client)
+        with publisher.running():
+            time.sleep(0.3)
+            testbed.point("primary", at="secondary")
+            flipped_at = time.monotonic()
+            attempts_before = client.metrics().attempts
+            primary.broker.kill()
+            log.wait_for(events.Connected, 5.0, address=fresh)
+            time.sleep(0.3)
+        assert_nothing_lost(publisher, *collectors)
+        attempts_after = client.metrics().attempts - attempts_before
+    after_flip = [e for e in log.items if e.at >= flipped_at]
+    dialled = [getattr(e, "address", None) for e in after_flip]
+    assert stale not in dialled, f"dialled the stale address after the flip: {after_flip}"
+    resolved = [e for e in after_flip if isinstance(e, events.Resolved)]
+    assert resolved and all(e.addresses == (fresh,) for e in resolved)
+    # One fresh A query per attempt: nothing was answered from a cache.
+    a_queries = [
+        q for q in testbed.dns.queries(name=primary.fqdn, rdtype="A") if q.time >= flipped_at
+    ]
+    assert len(a_queries) == attempts_after >= 1
+
+
+def test_hung_primary_is_detected_within_the_liveness_bound(testbed: Testbed) -> None:
+    collectors = collectors_for(testbed)
+    log = EventLog()
+    config = testbed.client_config("hang-device")
+    with DeviceClient(config, on_event=log) as client:
+        publisher = SteadyPublisher(client)
+        try:
+            with publisher.running():
+                time.sleep(0.5)
+                hung_at = time.monotonic()
+                testbed.hub("primary").broker.hang()
+                lost = log.wait_for(events.Disconnected, 5.0, hub="primary")
+                log.wait_for(events.Connected, 5.0, hub="secondary")
+                time.sleep(0.3)
+            assert_nothing_lost(publisher, *collectors)
+        finally:
+            testbed.hub("primary").broker.resume()
+    assert lost.unresponsive  # type: ignore[attr-defined]
+    detection = lost.at - hung_at
+    # Detected by the RTT-derived ack deadline, bounded by the configured ceiling,
+    # plus one publish period for an ack to be outstanding at all.
+    assert detection <= config.liveness.deadline_ceiling + 0.1
+
+
+def test_failback_waits_for_the_dwell_and_does_not_flap(testbed: Testbed) -> None:
+    log = EventLog()
+    config = testbed.client_config("failback-device")
+    with DeviceClient(config, on_event=log) as client:
+        testbed.hub("primary").broker.kill()
+        on_secondary = log.wait_for(events.Connected, 5.0, hub="secondary")
+        testbed.hub("primary").broker.restart()
+        back = log.wait_for(events.Connected, 10.0, hub="primary", after=on_secondary.at)
+        time.sleep(1.0)
+        client.publish(TOPIC, "0:x").wait(5)
+    assert back.at - on_secondary.at >= config.failover.failback_dwell_seconds
+    assert len(log.of(events.FailedBack)) == 1
+    hubs = [e.hub for e in log.of(events.Connected)]  # type: ignore[attr-defined]
+    assert hubs == ["primary", "secondary", "primary"]

@@ -1,0 +1,34 @@
+"""Pins the public names: adding or removing one is a deliberate, reviewed change."""
+
+from __future__ import annotations
+
+import device_sdk
+import device_sdk.testbed
+
+PUBLIC = {
+    "ClientClosed", "ClientConfig", "ConfigError", "ConnectError", "ConnectRefused",
+    "ConnectTimeout", "Credentials", "DeviceClient", "DeviceSDKError", "DialError",
+    "DnsSettings", "FailoverPolicy", "HubEndpoint", "LinkLost", "LivenessPolicy",
+    "MemoryOutbox", "Metrics", "NameNotFound", "NoAddress", "NotConnected", "Outbox",
+    "PermanentRefusal", "PublishError", "PublishHandle", "QueueFull", "RecoveryFailed",
+    "Redirected", "ResolveError", "ResolveTimeout", "ResolverFailure", "RetryPolicy",
+    "StateMachineError", "TestbedError", "TlsError", "TlsSettings", "TransientRefusal", "__version__", "events",
+}  # fmt: skip
+
+
+def test_public_names_are_pinned() -> None:
+    assert set(device_sdk.__all__) == PUBLIC
+    for name in device_sdk.__all__:
+        assert hasattr(device_sdk, name), name
+
+
+def test_every_error_derives_from_the_root() -> None:
+    for name in device_sdk.__all__:
+        value = getattr(device_sdk, name)
+        if isinstance(value, type) and issubclass(value, Exception):
+            assert issubclass(value, device_sdk.DeviceSDKError), name
+
+
+def test_testbed_names_resolve() -> None:
+    for name in device_sdk.testbed.__all__:
+        assert hasattr(device_sdk.testbed, name), name

@@ -1,0 +1,631 @@
+"""FailoverMachine as scenario tables on virtual time.
+
+Each row is ``(now, input, expected actions)``: the machine is fed the input
+at that virtual time and must answer with exactly those actions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from device_sdk.core.failover import (
+    TRANSITIONS,
+    Action,
+    Attempt,
+    AttemptFailed,
+    Close,
+    ConciergeNamed,
+    Connected,
+    Delay,
+    FailedBack,
+    FailedOver,
+    FailoverMachine,
+    FailoverPolicy,
+    Input,
+    LinkDown,
+    Migrate,
+    Phase,
+    ProbeResult,
+    Redirect,
+    Start,
+)
+from device_sdk.core.outcomes import FailureKind
+from device_sdk.errors import ConfigError, StateMachineError
+
+PRIMARY, SECONDARY, TERTIARY = "primary", "secondary", "tertiary"
+TWO = (PRIMARY, SECONDARY)
+THREE = (PRIMARY, SECONDARY, TERTIARY)
+TRANSIENT, PERMANENT = FailureKind.TRANSIENT, FailureKind.PERMANENT
+UNRESPONSIVE, REDIRECT = FailureKind.UNRESPONSIVE, FailureKind.REDIRECT
+NONE, BACKOFF, LONG = Delay.NONE, Delay.BACKOFF, Delay.LONG
+
+Row = tuple[float, Input, tuple[Action, ...]]
+
+
+def run(rows: Sequence[Row], hubs: Sequence[str] = TWO, **policy: Any) -> FailoverMachine:
+    machine = FailoverMachine(hubs, FailoverPolicy(**policy))
+    for now, event, expected in rows:
+        assert machine.handle(event, now) == expected, f"t={now} {event}"
+        assert machine.current_hub in hubs
+    return machine
+
+
+def over(src: str, dst: str, reason: str, delay: Delay = NONE) -> tuple[Action, ...]:
+    return (FailedOver(src, dst, reason), Attempt(dst, delay, reason))
+
+
+def retry(hub: str) -> tuple[Action, ...]:
+    return (Attempt(hub, BACKOFF, "retry"),)
+
+
+START = (0.0, Start(), (Attempt(PRIMARY, NONE, "start"),))
+UP = (0.05, Connected(PRIMARY), ())
+
+
+# --------------------------------------------------------------------------- failover
+
+
+def test_crash_peer_closed_then_refused_twice_fails_over() -> None:
+    machine = run(
+        [
+            START,
+            UP,
+            (100.0, LinkDown(PRIMARY, unresponsive=False), (Attempt(PRIMARY, NONE, "link lost"),)),
+            (100.01, AttemptFailed(PRIMARY, TRANSIENT), retry(PRIMARY)),
+            (
+                100.1,
+                AttemptFailed(PRIMARY, TRANSIENT),
+                over(PRIMARY, SECONDARY, "3 consecutive failures"),
+            ),
+            (100.12, Connected(SECONDARY), ()),
+        ],
+        failover_after_failures=3,
+    )
+    assert machine.phase is Phase.CONNECTED
+    assert machine.current_hub == SECONDARY
+    assert machine.failure_history[PRIMARY].failures == 3
+
+
+def test_crash_with_default_policy_fails_over_after_the_first_refusal() -> None:
+    run(
+        [
+            START,
+            UP,
+            (100.0, LinkDown(PRIMARY, unresponsive=False), (Attempt(PRIMARY, NONE, "link lost"),)),
+            (
+                100.01,
+                AttemptFailed(PRIMARY, TRANSIENT),
+                over(PRIMARY, SECONDARY, "2 consecutive failures"),
+            ),
+        ]
+    )
+
+
+def test_hung_hub_fails_over_at_once() -> None:
+    run(
+        [
+            START,
+            UP,
+            (50.0, LinkDown(PRIMARY, unresponsive=True), over(PRIMARY, SECONDARY, "unresponsive")),
+            (50.02, Connected(SECONDARY), ()),
+        ]
+    )
+
+
+def test_connect_timeout_fails_over_at_once() -> None:
+    run(
+        [
+            START,
+            (10.0, AttemptFailed(PRIMARY, UNRESPONSIVE), over(PRIMARY, SECONDARY, "unresponsive")),
+        ]
+    )
+
+
+def test_single_hub_never_fails_over_it_backs_off() -> None:
+    run(
+        [
+            START,
+            (0.1, AttemptFailed(PRIMARY, TRANSIENT), retry(PRIMARY)),
+            (0.3, AttemptFailed(PRIMARY, TRANSIENT), retry(PRIMARY)),
+            (60.0, AttemptFailed(PRIMARY, UNRESPONSIVE), retry(PRIMARY)),
+        ],
+        hubs=(PRIMARY,),
+    )
+
+
+def test_failover_after_seconds_counts_from_the_first_failure_of_the_streak() -> None:
+    run(
+        [
+            START,
+            (10.0, AttemptFailed(PRIMARY, TRANSIENT), retry(PRIMARY)),
+            (25.0, AttemptFailed(PRIMARY, TRANSIENT), retry(PRIMARY)),
+            (39.9, AttemptFailed(PRIMARY, TRANSIENT), retry(PRIMARY)),
+            (
+                40.0,
+                AttemptFailed(PRIMARY, TRANSIENT),
+                over(PRIMARY, SECONDARY, "no success for 30 s"),
+            ),
+        ],
+        failover_after_failures=100,
+        failover_after_seconds=30.0,
+    )
+
+
+def test_wrap_around_in_order_and_back_off_once_every_hub_failed() -> None:
+    # Why BACKOFF on the second round: every hub failed in this outage, and
+    # dialling each at once would be a hot loop against a dead region.
+    run(
+        [
+            START,
+            (
+                0.1,
+                AttemptFailed(PRIMARY, TRANSIENT),
+                over(PRIMARY, SECONDARY, "1 consecutive failures"),
+            ),
+            (
+                0.2,
+                AttemptFailed(SECONDARY, TRANSIENT),
+                over(SECONDARY, TERTIARY, "1 consecutive failures"),
+            ),
+            (
+                0.3,
+                AttemptFailed(TERTIARY, TRANSIENT),
+                over(TERTIARY, PRIMARY, "1 consecutive failures", BACKOFF),
+            ),
+            (
+                0.9,
+                AttemptFailed(PRIMARY, TRANSIENT),
+                over(PRIMARY, SECONDARY, "2 consecutive failures", BACKOFF),
+            ),
+        ],
+        hubs=THREE,
+        failover_after_failures=1,
+    )
+
+
+def test_hub_that_accepts_and_drops_at_once_keeps_its_streak() -> None:
+    # Why: resetting the streak on CONNACK would retry such a hub instantly forever.
+    # Only the first drop gets an undelayed retry; then it backs off, then fails over.
+    dropped = LinkDown(PRIMARY, unresponsive=False)
+    run(
+        [
+            START,
+            (0.01, Connected(PRIMARY), ()),
+            (0.02, dropped, (Attempt(PRIMARY, NONE, "link lost"),)),
+            (0.03, Connected(PRIMARY), ()),
+            (0.04, dropped, retry(PRIMARY)),
+            (0.5, Connected(PRIMARY), ()),
+            (0.51, dropped, over(PRIMARY, SECONDARY, "3 consecutive failures")),
+        ],
+        failover_after_failures=3,
+    )
+
+
+def test_a_stable_link_starts_a_fresh_cycle() -> None:
+    machine = run(
+        [
+            START,
+            (0.1, AttemptFailed(PRIMARY, TRANSIENT), retry(PRIMARY)),
+            (0.5, Connected(PRIMARY), ()),
+            (20.0, LinkDown(PRIMARY, unresponsive=False), (Attempt(PRIMARY, NONE, "link lost"),)),
+        ]
+    )
+    assert machine.failure_history[PRIMARY].failures == 1
+    assert machine.failure_history[PRIMARY].failing_since == 20.0
+
+
+def test_superseded_attempt_only_updates_history() -> None:
+    machine = run(
+        [
+            START,
+            (0.1, ConciergeNamed(SECONDARY), over(PRIMARY, SECONDARY, "concierge")),
+            (0.2, AttemptFailed(PRIMARY, TRANSIENT), ()),
+        ]
+    )
+    assert machine.current_hub == SECONDARY
+    assert machine.failure_history[PRIMARY].failures == 1
+
+
+# --------------------------------------------------------------------------- permanent refusals
+
+
+def test_permanent_refusal_on_primary_goes_to_secondary_and_skips_primary() -> None:
+    machine = run(
+        [
+            START,
+            (0.1, AttemptFailed(PRIMARY, PERMANENT), over(PRIMARY, SECONDARY, "permanent refusal")),
+            (0.2, AttemptFailed(SECONDARY, TRANSIENT), retry(SECONDARY)),
+            # the streak would fail over, but the primary is still penalized
+            (0.5, AttemptFailed(SECONDARY, TRANSIENT), retry(SECONDARY)),
+            # penalty over (0.1 + 300): the primary is usable again
+            (
+                300.2,
+                AttemptFailed(SECONDARY, TRANSIENT),
+                over(SECONDARY, PRIMARY, "3 consecutive failures", BACKOFF),
+            ),
+        ]
+    )
+    assert machine.failure_history[PRIMARY].penalized_until == pytest.approx(300.1)
+
+
+def test_all_hubs_refusing_permanently_backs_off_long() -> None:
+    run(
+        [
+            START,
+            (0.1, AttemptFailed(PRIMARY, PERMANENT), over(PRIMARY, SECONDARY, "permanent refusal")),
+            (
+                0.2,
+                AttemptFailed(SECONDARY, PERMANENT),
+                over(SECONDARY, PRIMARY, "all hubs refused", LONG),
+            ),
+            (
+                300.2,
+                AttemptFailed(PRIMARY, PERMANENT),
+                over(PRIMARY, SECONDARY, "permanent refusal", BACKOFF),
+            ),
+            (
+                300.3,
+                AttemptFailed(SECONDARY, PERMANENT),
+                over(SECONDARY, PRIMARY, "all hubs refused", LONG),
+            ),
+        ]
+    )
+
+
+def test_single_hub_refusing_permanently_backs_off_long() -> None:
+    run(
+        [
+            START,
+            (0.1, AttemptFailed(PRIMARY, PERMANENT), (Attempt(PRIMARY, LONG, "all hubs refused"),)),
+            (
+                300.1,
+                AttemptFailed(PRIMARY, PERMANENT),
+                (Attempt(PRIMARY, LONG, "all hubs refused"),),
+            ),
+            (600.1, Connected(PRIMARY), ()),
+        ],
+        hubs=(PRIMARY,),
+    )
+
+
+def test_connecting_clears_the_penalty() -> None:
+    machine = run(
+        [
+            START,
+            (0.1, AttemptFailed(PRIMARY, PERMANENT), (Attempt(PRIMARY, LONG, "all hubs refused"),)),
+            (300.1, Connected(PRIMARY), ()),
+        ],
+        hubs=(PRIMARY,),
+    )
+    assert machine.failure_history[PRIMARY].penalized_until is None
+
+
+# --------------------------------------------------------------------------- redirects
+
+
+def test_connack_redirect_goes_to_the_next_hub_at_once() -> None:
+    run([START, (0.1, AttemptFailed(PRIMARY, REDIRECT), over(PRIMARY, SECONDARY, "redirect"))])
+
+
+def test_redirect_to_a_named_hub() -> None:
+    run(
+        [START, (0.1, Redirect(PRIMARY, TERTIARY), over(PRIMARY, TERTIARY, "redirect"))], hubs=THREE
+    )
+
+
+def test_redirect_to_an_unlisted_server_goes_to_the_next_listed_hub() -> None:
+    # Why: a broker-supplied reference is never followed outside the allow-list.
+    run(
+        [START, (0.1, Redirect(PRIMARY, "evil.example"), over(PRIMARY, SECONDARY, "redirect"))],
+        hubs=THREE,
+    )
+
+
+def test_disconnect_redirect_while_connected() -> None:
+    run([START, UP, (60.0, Redirect(PRIMARY, None), over(PRIMARY, SECONDARY, "redirect"))])
+
+
+def test_redirect_ping_pong_backs_off() -> None:
+    run(
+        [
+            START,
+            (0.1, Redirect(PRIMARY, SECONDARY), over(PRIMARY, SECONDARY, "redirect")),
+            (0.2, Redirect(SECONDARY, PRIMARY), over(SECONDARY, PRIMARY, "redirect", BACKOFF)),
+        ]
+    )
+
+
+def test_redirect_with_one_hub_backs_off() -> None:
+    run(
+        [START, (0.1, Redirect(PRIMARY, None), (Attempt(PRIMARY, BACKOFF, "redirect"),))],
+        hubs=(PRIMARY,),
+    )
+
+
+# --------------------------------------------------------------------------- concierge
+
+
+def test_concierge_switch_while_connected_migrates_without_dwell() -> None:
+    machine = run(
+        [
+            START,
+            UP,
+            (5.0, ConciergeNamed(SECONDARY), (Migrate(PRIMARY, SECONDARY, "concierge"),)),
+            (5.1, Connected(SECONDARY), ()),
+            (65.0, ConciergeNamed(SECONDARY), ()),  # repeated answer: nothing to do
+        ]
+    )
+    assert machine.home_hub == SECONDARY
+    assert machine.failback_candidate(66.0) is None
+
+
+def test_concierge_switch_while_connecting_redirects_the_next_attempt() -> None:
+    run(
+        [
+            START,
+            (0.1, AttemptFailed(PRIMARY, TRANSIENT), retry(PRIMARY)),
+            (0.2, ConciergeNamed(SECONDARY), over(PRIMARY, SECONDARY, "concierge")),
+            (0.3, ConciergeNamed(SECONDARY), ()),
+        ]
+    )
+
+
+def test_concierge_before_start_chooses_the_first_hub() -> None:
+    machine = run(
+        [
+            (0.0, ConciergeNamed(SECONDARY), ()),
+            (0.0, Start(), (Attempt(SECONDARY, NONE, "start"),)),
+        ]
+    )
+    assert machine.home_hub == SECONDARY
+
+
+def test_concierge_repeating_the_home_hub_does_not_undo_a_failover() -> None:
+    # Why: the concierge repeats itself on every poll; only a change is a decision.
+    run(
+        [
+            (0.0, ConciergeNamed(PRIMARY), ()),
+            START,
+            UP,
+            (50.0, LinkDown(PRIMARY, unresponsive=True), over(PRIMARY, SECONDARY, "unresponsive")),
+            (50.1, Connected(SECONDARY), ()),
+            (60.0, ConciergeNamed(PRIMARY), ()),
+        ]
+    )
+
+
+def test_failed_concierge_migration_returns_to_the_working_hub() -> None:
+    run(
+        [
+            START,
+            UP,
+            (5.0, ConciergeNamed(SECONDARY), (Migrate(PRIMARY, SECONDARY, "concierge"),)),
+            (
+                5.1,
+                AttemptFailed(SECONDARY, TRANSIENT),
+                over(SECONDARY, PRIMARY, "migration failed"),
+            ),
+            (5.2, Connected(PRIMARY), ()),
+        ]
+    )
+
+
+def test_unknown_hub_name_is_rejected() -> None:
+    machine = FailoverMachine(TWO, FailoverPolicy())
+    with pytest.raises(StateMachineError, match="elsewhere"):
+        machine.handle(ConciergeNamed("elsewhere"), 0.0)
+
+
+# --------------------------------------------------------------------------- failback
+
+
+def on_secondary_since(t: float) -> list[Row]:
+    return [
+        START,
+        (t - 0.2, AttemptFailed(PRIMARY, UNRESPONSIVE), over(PRIMARY, SECONDARY, "unresponsive")),
+        (t, Connected(SECONDARY), ()),
+    ]
+
+
+FAILBACK = (FailedBack(SECONDARY, PRIMARY), Migrate(SECONDARY, PRIMARY, "failback"))
+
+
+def test_failback_needs_dwell_and_healthy_probes() -> None:
+    machine = run(
+        [
+            *on_secondary_since(10.0),
+            (100.0, ProbeResult(PRIMARY, healthy=True), ()),
+            (200.0, ProbeResult(PRIMARY, healthy=True), ()),  # two probes, no dwell yet
+            (311.0, ProbeResult(PRIMARY, healthy=False), ()),  # dwell met, streak broken
+            (312.0, ProbeResult(PRIMARY, healthy=True), ()),  # only one in a row
+            (313.0, ProbeResult(SECONDARY, healthy=True), ()),  # not the candidate: ignored
+            (314.0, ProbeResult(PRIMARY, healthy=True), FAILBACK),
+            (314.1, Connected(PRIMARY), ()),
+        ]
+    )
+    assert machine.failback_candidate(400.0) is None
+
+
+def test_failback_candidate_is_home_only_while_connected_elsewhere() -> None:
+    machine = FailoverMachine(TWO, FailoverPolicy())
+    assert machine.failback_candidate(0.0) is None
+    for now, event, _ in on_secondary_since(10.0):
+        machine.handle(event, now)
+    assert machine.failback_candidate(11.0) == PRIMARY
+
+
+def test_failed_failback_returns_to_the_hub_it_left() -> None:
+    run(
+        [
+            *on_secondary_since(10.0),
+            (300.0, ProbeResult(PRIMARY, healthy=True), ()),
+            (310.0, ProbeResult(PRIMARY, healthy=True), FAILBACK),
+            (
+                315.0,
+                AttemptFailed(PRIMARY, UNRESPONSIVE),
+                over(PRIMARY, SECONDARY, "migration failed"),
+            ),
+            (315.1, Connected(SECONDARY), ()),
+            # the dwell restarts from the new connection
+            (320.0, ProbeResult(PRIMARY, healthy=True), ()),
+            (330.0, ProbeResult(PRIMARY, healthy=True), ()),
+        ],
+        failback_dwell_seconds=300.0,
+    )
+
+
+def test_late_probe_result_while_connecting_is_ignored() -> None:
+    run(
+        [
+            *on_secondary_since(10.0),
+            (
+                20.0,
+                LinkDown(SECONDARY, unresponsive=False),
+                (Attempt(SECONDARY, NONE, "link lost"),),
+            ),
+            (20.1, ProbeResult(PRIMARY, healthy=True), ()),
+        ]
+    )
+
+
+def flapping_run(horizon: float, policy: FailoverPolicy) -> int:
+    """The primary is up 4 s, down 4 s, forever; the secondary is always up.
+
+    Drives the machine like the engine would and returns the number of failbacks.
+    """
+
+    def primary_up(t: float) -> bool:
+        return int(t // 4) % 2 == 0
+
+    machine = FailoverMachine(TWO, policy)
+    now, failbacks = 0.0, 0
+    actions = machine.handle(Start(), now)
+    while now < horizon:
+        failbacks += sum(isinstance(a, FailedBack) for a in actions)
+        if machine.phase is Phase.CONNECTING:
+            wait = 1.0 if any(getattr(a, "delay", None) is BACKOFF for a in actions) else 0.0
+            now += wait + 0.01
+            hub = machine.current_hub
+            ok = hub == SECONDARY or primary_up(now)
+            event: Input = Connected(hub) if ok else AttemptFailed(hub, TRANSIENT)
+        elif machine.current_hub == PRIMARY:
+            now = (now // 8 + 1) * 8 - 4 if primary_up(now) else now  # next fall
+            event = LinkDown(PRIMARY, unresponsive=False)
+        else:
+            now += 3.0
+            event = ProbeResult(PRIMARY, healthy=primary_up(now))
+        actions = machine.handle(event, now)
+    return failbacks
+
+
+def test_flapping_primary_cannot_make_the_device_flap() -> None:
+    policy = FailoverPolicy(failback_dwell_seconds=60.0, failback_healthy_probes=2)
+    horizon = 3600.0
+    failbacks = flapping_run(horizon, policy)
+    assert 1 <= failbacks <= horizon / policy.failback_dwell_seconds + 1
+
+
+# --------------------------------------------------------------------------- the table itself
+
+
+def test_impossible_input_in_closed_names_phase_and_input() -> None:
+    machine = run([START, (1.0, Close(), ()), (2.0, Close(), ())])
+    with pytest.raises(StateMachineError, match=r"AttemptFailed.*CLOSED"):
+        machine.handle(AttemptFailed(PRIMARY, TRANSIENT), 3.0)
+    assert machine.phase is Phase.CLOSED
+
+
+def test_start_twice_is_impossible() -> None:
+    machine = run([START])
+    with pytest.raises(StateMachineError, match=r"Start.*CONNECTING"):
+        machine.handle(Start(), 1.0)
+
+
+def test_every_table_row_names_a_handler_method() -> None:
+    for (phase, kind), handler in TRANSITIONS.items():
+        assert isinstance(phase, Phase)
+        assert handler.__name__.startswith("_on_"), (phase, kind)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("failover_after_failures", 0),
+        ("failover_after_failures", True),
+        ("failover_after_seconds", 0.0),
+        ("failback_dwell_seconds", -1.0),
+        ("failback_healthy_probes", 1.5),
+        ("permanent_penalty_seconds", float("inf")),
+        ("stable_after_seconds", "10"),
+    ],
+)
+def test_policy_validation(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"failover.{field}"):
+        FailoverPolicy(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("hubs", [(), (PRIMARY, PRIMARY), "primary"])
+def test_hub_list_validation(hubs: Sequence[str]) -> None:
+    with pytest.raises(ConfigError, match="hubs"):
+        FailoverMachine(hubs, FailoverPolicy())
+
+
+# --------------------------------------------------------------------------- properties
+
+HUB_NAMES = st.sampled_from(THREE)
+GAPS = st.one_of(st.floats(0.0, 2.0), st.floats(0.0, 400.0))
+# "current" (resolved when fed) keeps most inputs about the hub the engine is on.
+WHO = st.sampled_from(("current", "current", "current", *THREE))
+MakeInput = Callable[[str], Input]
+TEMPLATES: st.SearchStrategy[MakeInput] = st.one_of(
+    st.just(lambda hub: Start()),
+    st.builds(lambda kind: partial(AttemptFailed, kind=kind), st.sampled_from(FailureKind)),
+    st.just(Connected),
+    st.builds(lambda down: partial(LinkDown, unresponsive=down), st.booleans()),
+    st.builds(
+        lambda to: partial(Redirect, target=to),
+        st.one_of(st.none(), HUB_NAMES, st.just("unlisted")),
+    ),
+    st.just(ConciergeNamed),
+    st.builds(lambda ok: partial(ProbeResult, healthy=ok), st.booleans()),
+)
+STEPS = st.lists(st.tuples(GAPS, WHO, st.integers(0, 40), TEMPLATES), max_size=80)
+
+
+@settings(max_examples=300, deadline=None)
+@given(STEPS)
+def test_random_inputs_never_crash_nor_hot_loop(
+    steps: list[tuple[float, str, int, MakeInput]],
+) -> None:
+    machine = FailoverMachine(THREE, FailoverPolicy())
+    now, undelayed, concierge = 0.0, 0, 0
+    for gap, who, dice, make in steps:
+        now += gap
+        hub = machine.current_hub if who == "current" else who
+        event = Close() if dice == 0 else make(hub)
+        before = (machine.phase, machine.current_hub, dict(machine.failure_history))
+        try:
+            actions = machine.handle(event, now)
+        except StateMachineError:
+            # a refused input leaves the machine untouched
+            assert before == (machine.phase, machine.current_hub, dict(machine.failure_history))
+            continue
+        assert machine.current_hub in THREE
+        assert machine.home_hub in THREE
+        if isinstance(event, Connected):
+            undelayed = concierge = 0
+        concierge += isinstance(event, ConciergeNamed)
+        for action in actions:
+            hubs = [getattr(action, name, None) for name in ("hub", "from_hub", "to_hub")]
+            assert all(h in THREE for h in hubs if h is not None)
+            if isinstance(action, Attempt) and action.delay is NONE:
+                undelayed += action.reason not in ("concierge", "migration failed")
+        # No hot loop: without a success, each hub is dialled at once at most
+        # once per outage (plus once per operator decision).
+        assert undelayed <= len(THREE) + concierge

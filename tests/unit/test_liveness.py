@@ -1,0 +1,232 @@
+"""Dead-link detection on virtual time: RTT-derived deadlines, pings, exact wake-ups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from device_sdk.core.liveness import (
+    Dead,
+    Healthy,
+    LinkWatchdog,
+    LivenessPolicy,
+    RttEstimator,
+    SendPing,
+)
+from device_sdk.errors import ConfigError
+
+POLICY = LivenessPolicy(keepalive=60.0, deadline_floor=1.0, deadline_ceiling=30.0)
+
+
+def settled(rtt: float, samples: int = 30, policy: LivenessPolicy = POLICY) -> LinkWatchdog:
+    """A watchdog that has seen ``samples`` round trips of ``rtt``, ending before t=20."""
+    dog = LinkWatchdog(policy, now=0.0)
+    now = 0.0
+    for token in range(samples):
+        dog.on_ack_expected(token, now)
+        assert dog.on_acked(token, now + rtt) == pytest.approx(rtt)
+        now += max(0.5, rtt)
+    return dog
+
+
+# --------------------------------------------------------------------------- the estimator
+
+
+def test_rfc6298_first_and_second_sample() -> None:
+    first = RttEstimator().sample(0.2)
+    assert (first.srtt, first.rttvar) == (0.2, 0.1)
+    second = first.sample(0.4)
+    assert second.rttvar == pytest.approx(0.75 * 0.1 + 0.25 * 0.2)
+    assert second.srtt == pytest.approx(0.875 * 0.2 + 0.125 * 0.4)
+
+
+@pytest.mark.parametrize(
+    ("estimator", "deadline"),
+    [
+        (RttEstimator(), 5.0),  # no sample yet: initial_deadline
+        (RttEstimator(srtt=0.001, rttvar=0.0), 1.0),  # floor
+        (RttEstimator(srtt=2.0, rttvar=0.5), 4.0),  # srtt + 4 * rttvar
+        (RttEstimator(srtt=20.0, rttvar=5.0), 30.0),  # ceiling
+    ],
+)
+def test_deadline_is_clamped(estimator: RttEstimator, deadline: float) -> None:
+    assert estimator.deadline(POLICY) == pytest.approx(deadline)
+
+
+def test_loopback_rtt_converges_to_the_floor() -> None:
+    fast = LivenessPolicy(deadline_floor=0.2, initial_deadline=1.0)
+    assert settled(0.002, policy=fast).deadline == 0.2
+
+
+def test_gradual_climb_to_two_seconds_never_trips_and_raises_the_deadline() -> None:
+    dog = settled(0.3)
+    assert dog.deadline == 1.0  # a 300 ms link sits at the floor
+    now = 20.0
+    for k in range(40):
+        rtt = 0.3 + 1.7 * k / 39  # 300 ms -> 2 s over 40 round trips
+        dog.on_ack_expected(k, now)
+        verdict = dog.check(now + rtt - 1e-6)  # the worst moment: just before the ack
+        assert not isinstance(verdict, Dead), (k, rtt, dog.deadline)
+        dog.on_acked(k, now + rtt)
+        now += rtt + 0.5
+    assert dog.deadline > 2.0
+
+
+def test_sudden_spike_past_the_deadline_is_dead() -> None:
+    # The other side of the trade: a floor-level deadline does not wait for 2 s.
+    dog = settled(0.3)
+    dog.on_ack_expected("spike", 20.0)
+    assert isinstance(dog.check(21.0), Dead)
+
+
+def test_karns_rule_no_sample_from_a_retransmission() -> None:
+    dog = settled(0.3)
+    before = dog.estimator
+    dog.on_ack_expected("m", 20.0, retransmitted=True)
+    assert dog.on_acked("m", 20.9) is None
+    dog.on_ack_expected("n", 21.0)
+    dog.on_ack_expected("n", 21.5)  # sent again: ambiguous too
+    assert dog.on_acked("n", 21.6) is None
+    assert dog.estimator == before
+
+
+def test_unknown_ack_is_no_sample() -> None:
+    assert LinkWatchdog(POLICY, 0.0).on_acked("never sent", 1.0) is None
+
+
+# --------------------------------------------------------------------------- verdicts
+
+Row = tuple[float, str, Any]
+
+
+def play(dog: LinkWatchdog, rows: list[Row]) -> None:
+    """Rows of (virtual time, what happened, expected verdict of check() right after)."""
+    for now, what, expected in rows:
+        if what.startswith("publish "):
+            dog.on_ack_expected(what.split()[1], now)
+        elif what.startswith("puback "):
+            dog.on_acked(what.split()[1], now)
+        elif what == "ping":
+            dog.on_ping_sent(now)
+        elif what == "pingresp":
+            dog.on_pingresp(now)
+        elif what == "inbound":
+            dog.on_received(now)
+        assert dog.check(now) == expected, (now, what)
+
+
+def test_hung_hub_is_dead_within_floor_to_deadline() -> None:
+    dog = settled(0.01)
+    deadline = dog.deadline
+    assert deadline == 1.0
+    play(
+        dog,
+        [
+            (20.0, "publish a", Healthy(next_check_at=21.0)),
+            (20.2, "publish b", Healthy(next_check_at=21.0)),  # the oldest sets the clock
+            (20.999, "check", Healthy(next_check_at=21.0)),
+            (21.0, "check", Dead("hub silent for 1.000 s while owing a reply (deadline 1.000 s)")),
+        ],
+    )
+
+
+def test_acks_that_keep_coming_keep_the_link_alive() -> None:
+    # Why: after a burst, the last PUBACK comes long after its PUBLISH was queued.
+    dog = settled(0.01)
+    for token in range(10):
+        dog.on_ack_expected(token, 20.0)
+    for token in range(10):
+        now = 20.0 + 0.9 * (token + 1)
+        dog.on_acked(token, now)
+        assert isinstance(dog.check(now), Healthy)
+    assert dog.outstanding == 0
+
+
+def test_idle_link_pings_then_dies_when_the_pingresp_misses_its_deadline() -> None:
+    policy = LivenessPolicy(keepalive=10.0, idle_probe_after=4.0, initial_deadline=2.0)
+    play(
+        LinkWatchdog(policy, now=0.0),
+        [
+            (0.0, "check", Healthy(next_check_at=4.0)),
+            (4.0, "check", SendPing()),
+            (4.0, "ping", Healthy(next_check_at=6.0)),
+            (5.9, "check", Healthy(next_check_at=6.0)),
+            (6.0, "check", Dead("hub silent for 2.000 s while owing a reply (deadline 2.000 s)")),
+        ],
+    )
+
+
+def test_answered_ping_is_an_rtt_sample_and_rearms_the_probe() -> None:
+    policy = LivenessPolicy(keepalive=10.0, idle_probe_after=4.0, initial_deadline=2.0)
+    dog = LinkWatchdog(policy, now=0.0)
+    play(
+        dog,
+        [
+            (4.0, "ping", Healthy(next_check_at=6.0)),
+            (4.1, "pingresp", Healthy(next_check_at=8.1)),
+            (8.1, "check", SendPing()),
+        ],
+    )
+    assert dog.estimator.srtt == pytest.approx(0.1)
+
+
+def test_default_probe_is_half_the_keepalive() -> None:
+    dog = LinkWatchdog(LivenessPolicy(keepalive=30.0), now=0.0)
+    assert dog.check(0.0) == Healthy(next_check_at=15.0)
+    assert dog.check(15.0) == SendPing()
+
+
+def test_we_ping_when_we_have_sent_nothing_for_a_keepalive() -> None:
+    # Inbound traffic alone does not satisfy MQTT: the client must send within keepalive.
+    policy = LivenessPolicy(keepalive=10.0, idle_probe_after=8.0)
+    play(
+        LinkWatchdog(policy, now=0.0),
+        [
+            (5.0, "inbound", Healthy(next_check_at=10.0)),
+            (9.0, "inbound", Healthy(next_check_at=10.0)),
+            (10.0, "inbound", SendPing()),
+        ],
+    )
+
+
+def test_next_check_at_is_the_earliest_deadline() -> None:
+    policy = LivenessPolicy(keepalive=10.0, idle_probe_after=4.0, initial_deadline=2.0)
+    play(
+        LinkWatchdog(policy, now=0.0),
+        [
+            (1.0, "publish x", Healthy(next_check_at=3.0)),  # ack deadline first
+            (1.5, "puback x", Healthy(next_check_at=5.5)),  # then the idle probe
+        ],
+    )
+
+
+def test_a_second_ping_while_one_is_outstanding_keeps_the_first_time() -> None:
+    dog = LinkWatchdog(LivenessPolicy(initial_deadline=2.0), now=0.0)
+    dog.on_ping_sent(1.0)
+    dog.on_ping_sent(2.0)
+    assert dog.check(3.0) == Dead("hub silent for 2.000 s while owing a reply (deadline 2.000 s)")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"keepalive": 0},
+        {"keepalive": 70000},
+        {"idle_probe_after": 0.0},
+        {"idle_probe_after": 61.0},
+        {"deadline_floor": 0.0},
+        {"deadline_ceiling": 0.5},
+        {"initial_deadline": 0.5},
+        {"initial_deadline": 31.0},
+        {"connect_timeout": -1.0},
+        {"deadline_floor": "1"},
+        {"keepalive": float("inf")},
+    ],
+)
+def test_validation(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=f"liveness.{next(iter(options))}"):
+        LivenessPolicy(**options)

@@ -1,0 +1,57 @@
+"""Fails when paho-mqtt changes a private hook device_sdk overrides.
+
+device_sdk dials the address it resolved itself while paho's TLS code verifies
+the FQDN; that rests on the private names in PAHO_PRIVATE_HOOKS. If a paho
+release renames or reshapes one, these tests fail before any device does.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import paho.mqtt.client as paho
+import pytest
+
+from device_sdk.adapters.paho_link import PAHO_PRIVATE_HOOKS, _DialingClient
+
+
+def test_paho_major_version_is_2() -> None:
+    import paho.mqtt
+
+    assert paho.mqtt.__version__.split(".")[0] == "2"
+
+
+@pytest.mark.parametrize("name", sorted(PAHO_PRIVATE_HOOKS))
+def test_private_hook_exists_and_takes_only_self(name: str) -> None:
+    hook = getattr(paho.Client, name)
+    parameters = list(inspect.signature(hook).parameters)
+    expected = ["self", "tcp_sock"] if name == "_ssl_wrap_socket" else ["self"]
+    assert parameters == expected
+
+
+def test_socket_creation_goes_through_the_overridden_hook() -> None:
+    source = inspect.getsource(paho.Client._create_socket)
+    assert "self._create_socket_connection()" in source
+    assert "self._ssl_wrap_socket(sock)" in source
+
+
+def test_tls_uses_the_host_as_server_hostname() -> None:
+    # The FQDN is paho's _host; the certificate must be checked against it, not the IP.
+    source = inspect.getsource(paho.Client._ssl_wrap_socket)
+    assert "server_hostname=self._host" in source
+
+
+def test_paho_reads_attributes_the_override_uses() -> None:
+    source = inspect.getsource(paho.Client._create_socket_connection)
+    assert "self._port" in source
+    assert "self._connect_timeout" in source
+
+
+def test_pingresp_hook_is_called_by_the_packet_dispatcher() -> None:
+    source = inspect.getsource(paho.Client._packet_handle)
+    assert "self._handle_pingresp()" in source
+
+
+def test_override_is_what_the_client_uses() -> None:
+    assert _DialingClient._create_socket_connection is not paho.Client._create_socket_connection
+    assert _DialingClient._handle_pingresp is not paho.Client._handle_pingresp

@@ -1,0 +1,212 @@
+"""RetryPolicy builds tenacity values; tenacity records the delays instead of sleeping."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+import tenacity
+
+from device_sdk.core.failover import Delay
+from device_sdk.core.retry import Backoff, RetryPolicy
+from device_sdk.errors import ConfigError
+
+
+def recorded_sleeps(policy: RetryPolicy, attempts: int = 12, seed: int = 7) -> list[float]:
+    """Run a always-failing call under the policy; return the sleeps tenacity asked for."""
+    sleeps: list[float] = []
+    calls: list[None] = []
+
+    def always_refused() -> None:
+        calls.append(None)
+        raise ConnectionRefusedError
+
+    retrying = tenacity.Retrying(
+        sleep=sleeps.append,
+        wait=policy.tenacity_wait(random.Random(seed)),
+        stop=policy.tenacity_stop() | tenacity.stop_after_attempt(attempts),
+        reraise=True,
+    )
+    with pytest.raises(ConnectionRefusedError):
+        retrying(always_refused)
+    assert len(sleeps) == len(calls) - 1
+    return sleeps
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_full_jitter_stays_in_the_widening_window_and_is_capped(seed: int) -> None:
+    policy = RetryPolicy.exponential(initial=0.1, maximum=5.0, multiplier=2.0)
+    sleeps = recorded_sleeps(policy, attempts=15, seed=seed)
+    assert len(sleeps) == 14
+    for n, slept in enumerate(sleeps, start=1):
+        assert 0.0 <= slept <= min(5.0, 0.1 * 2.0 ** (n - 1)), n
+
+
+def test_full_jitter_spreads_a_fleet() -> None:
+    # Ten thousand devices failing at once do not retry at once.
+    policy = RetryPolicy()
+    first = [
+        policy.delay_for(Backoff(failures=8), Delay.BACKOFF, random.Random(i))
+        for i in range(10_000)
+    ]
+    window = min(policy.maximum, policy.initial * policy.multiplier**7)
+    buckets = {int(d / window * 10) for d in first}
+    assert buckets == set(range(10))
+    assert sum(first) / len(first) == pytest.approx(window / 2, rel=0.05)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_decorrelated_jitter_bounds(seed: int) -> None:
+    policy = RetryPolicy.decorrelated(initial=0.1, maximum=3.0)
+    sleeps = recorded_sleeps(policy, attempts=20, seed=seed)
+    previous = 0.1
+    for slept in sleeps:
+        assert 0.1 <= slept <= min(3.0, previous * 3)
+        previous = slept
+
+
+def test_fixed_and_immediate() -> None:
+    assert recorded_sleeps(RetryPolicy.fixed(0.5), attempts=4) == [0.5, 0.5, 0.5]
+    assert recorded_sleeps(RetryPolicy.immediate(), attempts=4) == [0.0, 0.0, 0.0]
+
+
+def test_none_stops_after_the_first_attempt() -> None:
+    assert recorded_sleeps(RetryPolicy.never()) == []
+
+
+def test_max_attempts_stops_tenacity() -> None:
+    assert len(recorded_sleeps(RetryPolicy(max_attempts=3), attempts=100)) == 2
+
+
+def test_retries_forever_by_default() -> None:
+    assert RetryPolicy().tenacity_stop() is tenacity.stop.stop_never
+
+
+def test_tenacity_values_compose() -> None:
+    # a policy's wait is a plain tenacity value: it composes with others
+    wait = RetryPolicy.fixed(1.0).tenacity_wait() + tenacity.wait_fixed(0.5)
+    sleeps: list[float] = []
+    retrying = tenacity.Retrying(
+        sleep=sleeps.append, wait=wait, stop=tenacity.stop_after_attempt(2), reraise=True
+    )
+    with pytest.raises(ZeroDivisionError):
+        retrying(lambda: 1 / 0)
+    assert sleeps == [1.5]
+
+
+# --------------------------------------------------------------------------- delay_for
+
+
+def test_delay_kinds() -> None:
+    policy = RetryPolicy(long_delay=120.0)
+    rng = random.Random(1)
+    backoff = Backoff.start().failed().failed().failed()
+    assert policy.delay_for(backoff, Delay.NONE, rng) == 0.0
+    assert policy.delay_for(backoff, Delay.LONG, rng) == 120.0
+    assert 0.0 <= policy.delay_for(backoff, Delay.BACKOFF, rng) <= 0.4
+
+
+def test_delay_for_is_deterministic_with_a_seeded_rng() -> None:
+    policy = RetryPolicy()
+    backoff = Backoff(failures=5)
+    first = policy.delay_for(backoff, Delay.BACKOFF, random.Random(42))
+    assert first == policy.delay_for(backoff, Delay.BACKOFF, random.Random(42))
+
+
+def test_delay_for_caps_at_maximum() -> None:
+    policy = RetryPolicy.fixed(2.0)
+    assert policy.delay_for(Backoff(failures=1), Delay.BACKOFF) == 2.0
+    exp = RetryPolicy(initial=1.0, maximum=4.0)
+    delays = [
+        exp.delay_for(Backoff(failures=60), Delay.BACKOFF, random.Random(i)) for i in range(50)
+    ]
+    assert max(delays) <= 4.0
+
+
+def test_next_delay_remembers_the_sleep_for_decorrelated_jitter() -> None:
+    policy = RetryPolicy.decorrelated(initial=0.1, maximum=30.0)
+    rng = random.Random(3)
+    backoff = Backoff.start()
+    for _ in range(10):
+        previous = max(0.1, backoff.last_delay)
+        seconds, backoff = policy.next_delay(backoff.failed(), Delay.BACKOFF, rng)
+        assert 0.1 <= seconds <= previous * 3
+        assert backoff.last_delay == seconds
+
+
+def test_exhausted() -> None:
+    assert not RetryPolicy().exhausted(Backoff(failures=10_000))
+    assert RetryPolicy(max_attempts=3).exhausted(Backoff(failures=3))
+    assert not RetryPolicy(max_attempts=3).exhausted(Backoff(failures=2))
+    assert RetryPolicy.never().exhausted(Backoff(failures=1))
+
+
+# --------------------------------------------------------------------------- Backoff across cycles
+
+POLICY = RetryPolicy(stable_after=10.0)
+
+
+@pytest.mark.parametrize(
+    ("up_at", "down_at", "failures_after"),
+    [
+        (100.0, 100.5, 3),  # accepted then dropped at once: keep the schedule
+        (100.0, 109.9, 3),
+        (100.0, 110.0, 0),  # stayed up for stable_after: start over
+        (100.0, 5000.0, 0),
+    ],
+)
+def test_backoff_resets_only_after_a_stable_link(
+    up_at: float, down_at: float, failures_after: int
+) -> None:
+    backoff = Backoff.start().failed().failed().failed()
+    backoff = backoff.link_up(up_at).link_down(down_at, POLICY)
+    assert backoff.failures == failures_after
+    assert backoff.up_since is None
+
+
+def test_link_down_without_link_up_keeps_the_count() -> None:
+    assert Backoff(failures=2).link_down(50.0, POLICY).failures == 2
+
+
+def test_backoff_is_immutable() -> None:
+    start = Backoff.start()
+    assert start.failed() is not start
+    assert start.failures == 0
+    with pytest.raises(AttributeError):
+        start.failures = 3  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"strategy": "linear"},
+        {"initial": -1.0},
+        {"initial": 0.0},  # a jittered window of zero would never back off
+        {"maximum": 1.0, "initial": 2.0},
+        {"multiplier": 0.5},
+        {"long_delay": float("nan")},
+        {"stable_after": -1.0},
+        {"max_attempts": 0},
+        {"max_attempts": True},
+        {"maximum": "30"},
+        {"initial": "0.1"},
+    ],
+)
+def test_validation(options: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=f"retry.{next(iter(options))}"):
+        RetryPolicy(**options)
+
+
+def test_named_constructors_pass_extra_fields() -> None:
+    policy = RetryPolicy.fixed(1.0, max_attempts=5, long_delay=60.0)
+    assert (policy.strategy, policy.initial, policy.max_attempts, policy.long_delay) == (
+        "fixed",
+        1.0,
+        5,
+        60.0,
+    )
+    assert RetryPolicy.immediate().strategy == "immediate"
