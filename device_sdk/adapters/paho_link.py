@@ -45,7 +45,7 @@ from device_sdk.errors import (
 # The private paho names this module relies on, each with the reason.
 PAHO_PRIVATE_HOOKS = {
     "_create_socket_connection": "dial the SDK-resolved IP instead of resolving _host",
-    "_ssl_wrap_socket": "must keep using _host (the FQDN) as server_hostname",
+    "_ssl_wrap_socket": "wrap with SNI = FQDN, and close the socket when the handshake fails",
     "_handle_pingresp": "report PINGRESPs so the watchdog can measure round trips",
     "_send_pingreq": "send a PINGREQ when the watchdog wants a liveness probe",
 }
@@ -91,9 +91,17 @@ def make_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
 class _DialingClient(paho.Client):
     """paho's client with two hooks: dial a given address, and report PINGRESP."""
 
-    def __init__(self, *, dial_address: str, on_pingresp: Callable[[], None], **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        dial_address: str,
+        server_hostname: str,
+        on_pingresp: Callable[[], None],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._sdk_dial_address = dial_address
+        self._sdk_server_hostname = server_hostname
         self._sdk_on_pingresp = on_pingresp
 
     def _create_socket_connection(self) -> socket.socket:
@@ -102,8 +110,28 @@ class _DialingClient(paho.Client):
         sock = socket.create_connection(
             (self._sdk_dial_address, self._port), timeout=self._connect_timeout
         )
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            sock.close()
+            raise
         return sock
+
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        # SNI and verification use the FQDN, never the IP we dialled; the context has
+        # check_hostname on. paho's own version leaks the socket when the handshake
+        # fails (a certificate that does not verify): close it here.
+        assert self._ssl_context is not None
+        tls_sock = self._ssl_context.wrap_socket(
+            tcp_sock, server_hostname=self._sdk_server_hostname, do_handshake_on_connect=False
+        )
+        try:
+            tls_sock.settimeout(self._connect_timeout)
+            tls_sock.do_handshake()
+        except BaseException:
+            tls_sock.close()
+            raise
+        return tls_sock
 
     def _handle_pingresp(self) -> MQTTErrorCode:
         rc = super()._handle_pingresp()
@@ -132,6 +160,7 @@ class PahoLink:
         mqtt5 = self._settings.mqtt_version == "5"
         client = _DialingClient(
             dial_address=self.address,
+            server_hostname=self.hub.fqdn.rstrip("."),
             on_pingresp=self._pingresp,
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self._settings.client_id,

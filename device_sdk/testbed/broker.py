@@ -84,6 +84,12 @@ _TAIL_LINES = 25
 _NEW_CONNECTION = re.compile(
     r"New connection from (?P<host>\S+):(?P<port>\d+) on port (?P<lp>\d+)\."
 )
+# Both kinds of line, in log order: an accepted connection, or a TLS handshake
+# that failed inside mosquitto's accept (which logs neither port then).
+_ATTEMPT = re.compile(
+    _NEW_CONNECTION.pattern
+    + r"|Client connection from (?P<tls_host>\S+) failed: (?P<tls_error>.*)\."
+)
 _NEW_CLIENT = re.compile(
     r"New client connected from (?P<host>\S+):(?P<port>\d+) as (?P<id>.*?) "
     r"\(p(?P<proto>\d+), c(?P<clean>\d), k(?P<keepalive>\d+)(?:, u'(?P<user>.*)')?\)\."
@@ -154,11 +160,21 @@ class BrokerSpec:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionAttempt:
-    """A TCP connection the broker accepted ("New connection from ..." in its log)."""
+    """A TCP connection that reached the broker, from its log.
+
+    Usually a "New connection from <host>:<port> on port <listener>." line.
+    When a TLS client aborts its handshake so fast that it fails inside
+    mosquitto's accept (a certificate the client rejects, on loopback), the
+    line is "Client connection from <host> failed: <reason>." instead:
+    ``peer_port`` and ``listener_port`` are then None and ``tls_error`` holds
+    the reason. (OpenSSL may queue more than one error for one handshake, so
+    such an attempt can rarely appear twice: counts err on the high side.)
+    """
 
     peer_host: str
-    peer_port: int
-    listener_port: int
+    peer_port: int | None
+    listener_port: int | None
+    tls_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,10 +354,7 @@ class MosquittoBroker:
         readiness probes and sentinels are not included.
         """
         self._sync_log()
-        attempts = [
-            ConnectionAttempt(m["host"], int(m["port"]), int(m["lp"]))
-            for m in _matches(_NEW_CONNECTION, self.log_text())
-        ]
+        attempts = [_attempt(m) for m in _matches(_ATTEMPT, self.log_text())]
         return _without_own(attempts, self._own_peers)
 
     def clients_connected(self) -> list[ClientConnected]:
@@ -519,6 +532,12 @@ def mosquitto_password_hash(password: str, *, salt: bytes | None = None, rounds:
     return f"$7${rounds}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
+def _attempt(match: re.Match[str]) -> ConnectionAttempt:
+    if match["tls_host"] is not None:
+        return ConnectionAttempt(match["tls_host"], None, None, tls_error=match["tls_error"])
+    return ConnectionAttempt(match["host"], int(match["port"]), int(match["lp"]))
+
+
 def _is_stopped(pid: int) -> bool:
     # WNOWAIT leaves the child waitable, so Popen still reaps it later as usual.
     result = os.waitid(os.P_PID, pid, os.WSTOPPED | os.WNOHANG | os.WNOWAIT)
@@ -537,9 +556,10 @@ def _without_own(
     remaining = Counter(own)
     kept = []
     for attempt in attempts:
-        peer = (attempt.peer_host, attempt.peer_port)
-        if remaining[peer] > 0:
-            remaining[peer] -= 1
-            continue
+        if attempt.peer_port is not None:
+            peer = (attempt.peer_host, attempt.peer_port)
+            if remaining[peer] > 0:
+                remaining[peer] -= 1
+                continue
         kept.append(attempt)
     return kept

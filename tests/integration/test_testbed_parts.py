@@ -386,8 +386,10 @@ def test_tls_listener_authenticates_the_fqdn_while_the_client_dials_the_ip(
     ):
         context.wrap_socket(raw, server_hostname="hub-b.device-sdk.test").close()
 
-    listeners = [attempt.listener_port for attempt in broker.connection_attempts()]
-    assert listeners == [broker.tls_port, broker.tls_port], broker.log_text()
+    # The refused handshake may fail inside mosquitto's accept, which logs no ports.
+    first, second = broker.connection_attempts()
+    assert first.listener_port == broker.tls_port and first.tls_error is None
+    assert second.listener_port in (broker.tls_port, None)
 
 
 @needs_mosquitto

@@ -12,7 +12,8 @@ PUBLIC = {
     "MemoryOutbox", "Metrics", "NameNotFound", "NoAddress", "NotConnected", "Outbox",
     "PermanentRefusal", "PublishError", "PublishHandle", "QueueFull", "RecoveryFailed",
     "Redirected", "ResolveError", "ResolveTimeout", "ResolverFailure", "RetryPolicy",
-    "StateMachineError", "TestbedError", "TlsError", "TlsSettings", "TransientRefusal", "__version__", "events",
+    "StateMachineError", "TestbedError", "TlsError", "TlsSettings", "TransientRefusal",
+    "__version__", "events",
 }  # fmt: skip
 
 

@@ -35,10 +35,10 @@ def test_socket_creation_goes_through_the_overridden_hook() -> None:
     assert "self._ssl_wrap_socket(sock)" in source
 
 
-def test_tls_uses_the_host_as_server_hostname() -> None:
-    # The FQDN is paho's _host; the certificate must be checked against it, not the IP.
+def test_tls_wrap_reads_the_attributes_the_override_uses() -> None:
     source = inspect.getsource(paho.Client._ssl_wrap_socket)
-    assert "server_hostname=self._host" in source
+    assert "self._ssl_context" in source
+    assert "self._connect_timeout" in source
 
 
 def test_paho_reads_attributes_the_override_uses() -> None:
@@ -55,3 +55,4 @@ def test_pingresp_hook_is_called_by_the_packet_dispatcher() -> None:
 def test_override_is_what_the_client_uses() -> None:
     assert _DialingClient._create_socket_connection is not paho.Client._create_socket_connection
     assert _DialingClient._handle_pingresp is not paho.Client._handle_pingresp
+    assert _DialingClient._ssl_wrap_socket is not paho.Client._ssl_wrap_socket
