@@ -166,11 +166,9 @@ def _inject(
     primary = bed.hub("primary").broker
     if scenario == "dns-flip":
         bed.point("primary", at="secondary")
-        recorder.fault_at = recorder.mark(
-            f"DNS: {bed.hub('primary').fqdn} now -> {bed.hub('secondary').address}"
-        )
+        recorder.mark(f"DNS: {bed.hub('primary').fqdn} now -> {bed.hub('secondary').address}")
+        recorder.fault_at = recorder.mark(f"primary killed (SIGKILL pid {primary.pid})")
         primary.kill()
-        recorder.mark(f"primary killed (SIGKILL, was pid {primary.pid})")
     elif scenario == "hang":
         recorder.fault_at = recorder.mark(f"primary hung (SIGSTOP pid {primary.pid})")
         primary.hang()

@@ -11,6 +11,7 @@ from device_sdk.testbed.bed import (
     FAST_FAILOVER,
     FAST_LIVENESS,
     FAST_RETRY,
+    IMPOSTOR,
     Testbed,
     TestbedHub,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "FAST_FAILOVER",
     "FAST_LIVENESS",
     "FAST_RETRY",
+    "IMPOSTOR",
     "BrokerSpec",
     "BrokerTls",
     "CertificateAuthority",

@@ -32,6 +32,8 @@ from device_sdk.testbed.pki import CertificateAuthority
 from device_sdk.testbed.ports import pick_free_ports
 
 DOMAIN = "hubs.device-sdk.test"
+# A name no testbed certificate carries: point it at a broker to stage a DNS hijack.
+IMPOSTOR = f"impostor.{DOMAIN}"
 
 # Policies for tests and drills on loopback, where a round trip is well under a
 # millisecond: tight deadlines, short dwell, quick probes. Field profiles are
@@ -122,8 +124,11 @@ class Testbed:
                 name=name,
                 host=address,
                 port=plain_port,
-                tls=self._broker_tls(name, fqdn, tls_port),
+                tls=self._broker_tls(name, tls_port),
                 users=self._users.get(name),
+                # Without it, mosquitto's CONNACK can wait ~40 ms for a delayed ACK of
+                # the TLS session tickets (Nagle): cloud hubs and EMQX/HiveMQ set it.
+                extra_config=("set_tcp_nodelay true",),
             )
             broker = MosquittoBroker(spec, work_dir=self.work_dir / name)
             self._stack.callback(broker.close)
@@ -131,10 +136,14 @@ class Testbed:
             self._hubs[name] = TestbedHub(name, fqdn, address, broker)
             self.dns.set_address(fqdn, [address], ttl=self._dns_ttl)
 
-    def _broker_tls(self, name: str, fqdn: str, port: int) -> BrokerTls | None:
+    def _broker_tls(self, name: str, port: int) -> BrokerTls | None:
         if self.ca is None:
             return None
-        files = self.ca.issue_server_certificate([fqdn]).write_to(self.work_dir, stem=name)
+        # Every broker may serve every hub FQDN, as the regions of one service do: that
+        # is what lets a DNS flip move a hub's name to another broker. A name outside
+        # the testbed (see IMPOSTOR) still fails verification.
+        names = [f"{hub}.{DOMAIN}" for hub in self._hub_names]
+        files = self.ca.issue_server_certificate(names).write_to(self.work_dir, stem=name)
         return BrokerTls(cert_file=files.cert_file, key_file=files.key_file, port=port)
 
     def stop(self) -> None:

@@ -25,7 +25,7 @@ from device_sdk import (
     events,
 )
 from device_sdk.errors import NameNotFound, ResolverFailure
-from device_sdk.testbed import CertificateAuthority, Testbed
+from device_sdk.testbed import IMPOSTOR, CertificateAuthority, Testbed
 from device_sdk.testbed.pytest_plugin import TestbedFactory
 from tests.integration.support import TOPIC, EventLog
 
@@ -45,11 +45,13 @@ def test_tls_dials_the_resolved_ip_and_verifies_the_fqdn(tls_testbed: Testbed) -
 
 
 def test_certificate_for_another_name_is_refused_and_never_bypassed(tls_testbed: Testbed) -> None:
-    # The primary's FQDN now leads to the secondary, whose certificate names only itself.
-    tls_testbed.point("primary", at="secondary")
-    log = EventLog()
+    # A hijacked name: it resolves to a real broker whose certificate does not carry it.
+    assert tls_testbed.dns is not None
+    tls_testbed.dns.set_address(IMPOSTOR, [tls_testbed.hub("primary").address])
+    impostor = dataclasses.replace(tls_testbed.endpoint("primary"), name="impostor", fqdn=IMPOSTOR)
     config = tls_testbed.client_config("mitm-device", hubs=["primary"])
-    client = DeviceClient(config, on_event=log)
+    log = EventLog()
+    client = DeviceClient(dataclasses.replace(config, hubs=(impostor,)), on_event=log)
     try:
         with pytest.raises(NotConnected) as caught:
             client.connect(timeout=1.0)
@@ -61,7 +63,7 @@ def test_certificate_for_another_name_is_refused_and_never_bypassed(tls_testbed:
         client.close()
     errors = caught.value.attempts
     assert errors and all(isinstance(e, TlsError) for e in errors)
-    assert "primary.hubs.device-sdk.test" in str(errors[0])
+    assert IMPOSTOR in str(errors[0])
     assert not log.of(events.Connected)
 
 
