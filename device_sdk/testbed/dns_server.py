@@ -60,6 +60,7 @@ _TCP_LENGTH_PREFIX = 2
 _LOG_LIMIT = 100_000
 _BIND_ATTEMPTS = 20
 _STOP_TIMEOUT = 5.0
+_IN = dns.rdataclass.IN
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -288,10 +289,12 @@ class DnsServer:
             query = dns.message.from_wire(wire)
         except dns.exception.DNSException:
             return None  # not DNS, or too mangled to echo an id back: stay silent
+        if query.flags & dns.flags.QR:
+            return None  # a response, not a query: answering it could start a loop
         response = self._answer(query)
         if len(query.question) == 1:
             question = query.question[0]
-            outcome = dns.rcode.to_text(response.rcode()) if response else "dropped"
+            outcome = "dropped" if response is None else dns.rcode.to_text(response.rcode())
             self._records.record(
                 DnsQuery(
                     time=time.monotonic(),
@@ -335,9 +338,6 @@ class DnsServer:
                 dns.rrset.from_rdata_list(question.name, rdataset.ttl, list(rdataset))
             )
         return response
-
-
-_IN = dns.rdataclass.IN
 
 
 class _ServeLoop:

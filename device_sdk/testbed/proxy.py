@@ -93,6 +93,7 @@ class FaultProxy:
         self.spec = spec
         self._port = spec.listen_port
         self._mode = ProxyMode.FORWARD
+        self._accepted_earlier = 0  # by runs before the current start()
         self._loop: _ProxyLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -111,17 +112,17 @@ class FaultProxy:
 
     @property
     def mode(self) -> ProxyMode:
-        return self._loop.mode if self._loop else self._mode
+        return self._mode if self._loop is None else self._loop.mode
 
     @property
     def accepted_connections(self) -> int:
-        """How many client connections the proxy has accepted since it started."""
-        return self._loop.accepted if self._loop else 0
+        """How many client connections the proxy has accepted, over all its runs."""
+        return self._accepted_earlier + (0 if self._loop is None else self._loop.accepted)
 
     @property
     def open_connections(self) -> int:
         """How many client connections are open right now (held ones included)."""
-        return self._loop.open_pipes if self._loop else 0
+        return 0 if self._loop is None else self._loop.open_pipes
 
     def start(self) -> None:
         """Listen and start the proxy thread."""
@@ -147,6 +148,7 @@ class FaultProxy:
             raise TestbedError(f"proxy thread did not stop within {timeout:g} s")
         loop.close_waker()
         self._mode = loop.mode
+        self._accepted_earlier += loop.accepted
         self._thread = self._loop = None
 
     def __enter__(self) -> Self:
