@@ -126,9 +126,6 @@ class Testbed:
                 port=plain_port,
                 tls=self._broker_tls(name, tls_port),
                 users=self._users.get(name),
-                # Without it, mosquitto's CONNACK can wait ~40 ms for a delayed ACK of
-                # the TLS session tickets (Nagle): cloud hubs and EMQX/HiveMQ set it.
-                extra_config=("set_tcp_nodelay true",),
             )
             broker = MosquittoBroker(spec, work_dir=self.work_dir / name)
             self._stack.callback(broker.close)

@@ -126,7 +126,9 @@ class BrokerSpec:
     created; they then stay fixed across restarts. ``users`` switches
     anonymous access off: only these user names and passwords may connect.
     ``log_types`` are mosquitto ``log_type`` values; ``("all",)`` adds a line
-    per packet, which slows a throughput run. ``extra_config`` lines go into
+    per packet, which slows a throughput run. ``tcp_nodelay`` (on by default,
+    unlike mosquitto's own default) keeps small replies such as a CONNACK
+    from waiting ~40 ms behind a delayed ACK. ``extra_config`` lines go into
     the global section of the generated config, verbatim.
     """
 
@@ -136,6 +138,7 @@ class BrokerSpec:
     tls: BrokerTls | None = None
     users: Mapping[str, str] | None = None
     log_types: tuple[str, ...] = ("error", "warning", "notice", "information")
+    tcp_nodelay: bool = True
     extra_config: tuple[str, ...] = ()
     start_timeout: float = 5.0
     stop_timeout: float = 3.0
@@ -494,6 +497,7 @@ def _global_config(spec: BrokerSpec, log_file: Path) -> list[str]:
         "connection_messages true",
         "log_timestamp true",
         "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+        f"set_tcp_nodelay {'true' if spec.tcp_nodelay else 'false'}",
     ]
     return lines
 
