@@ -47,6 +47,7 @@ from device_sdk.errors import (
     ConnectRefused,
     ConnectTimeout,
     DeviceSDKError,
+    LinkLost,
     NotConnected,
     PermanentRefusal,
     RecoveryFailed,
@@ -73,7 +74,8 @@ class _LinkEnd:
 
     reason: str
     unresponsive: bool = False
-    redirect_to: str | None = None
+    redirect: bool = False
+    server_reference: str | None = None
     migrate: fsm.Migrate | None = None
 
 
@@ -107,8 +109,10 @@ class Engine:
         self._wake_r.setblocking(False)
         self._wake_pending = False
         self._closing = threading.Event()
-        self._connected = threading.Event()
-        self._finished = threading.Event()
+        # Guards _is_connected and _is_finished; notified whenever either changes.
+        self._status = threading.Condition()
+        self._is_connected = False
+        self._is_finished = False
         self._fatal: DeviceSDKError | None = None
         self._cycle_errors: list[ConnectError] = []
         self._next: fsm.Attempt | None = None
@@ -130,26 +134,37 @@ class Engine:
     # -- the thread-safe surface the faces use ---------------------------------------------
 
     def start(self) -> None:
-        if not self._thread.is_alive() and not self._finished.is_set():
-            self._thread.start()
+        with self._status:
+            if self._is_finished or self._thread.is_alive():
+                return
+        self._thread.start()
 
     def wait_connected(self, timeout: float | None) -> None:
         """Block until connected. Raises RecoveryFailed or NotConnected."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._connected.is_set():
+        with self._status:
+            self._status.wait_for(lambda: self._is_connected or self._is_finished, timeout)
+            if self._is_connected:
+                return
             if self._fatal is not None:
                 raise self._fatal
-            if self._finished.is_set():
+            if self._is_finished:
                 raise RecoveryFailed("the client is closed", self._cycle_errors)
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise NotConnected(
-                    f"not connected within {timeout} s; still trying in the background",
-                    attempts=list(self._cycle_errors),
-                )
-            self._connected.wait(0.05 if remaining is None else min(remaining, 0.05))
+        raise NotConnected(
+            f"not connected within {timeout} s; still trying in the background",
+            attempts=list(self._cycle_errors),
+        )
+
+    def _set_status(self, *, connected: bool | None = None, finished: bool | None = None) -> None:
+        with self._status:
+            if connected is not None:
+                self._is_connected = connected
+            if finished is not None:
+                self._is_finished = finished
+            self._status.notify_all()
 
     def publish(self, topic: str, payload: bytes, qos: int) -> PublishHandle:
+        if self._fatal is not None:
+            raise self._fatal  # the retry policy gave up: nothing would ever send it
         message = self._outbox.put(topic, payload, qos)
         self._metrics.add(published=1)
         self._wake()
@@ -181,7 +196,7 @@ class Engine:
         self._dispatcher.close(timeout)
         self._wake_r.close()
         self._wake_w.close()
-        self._finished.set()
+        self._set_status(connected=False, finished=True)
 
     # -- engine thread: the recovery cycle --------------------------------------------------
 
@@ -197,8 +212,7 @@ class Engine:
             self._fatal = exc
             log.error("device_sdk gave up: %s", exc)
         finally:
-            self._connected.clear()
-            self._finished.set()
+            self._set_status(connected=False, finished=True)
 
     def _recover(self, attempt: fsm.Attempt) -> PahoLink | None:
         self._next = attempt
@@ -360,7 +374,7 @@ class Engine:
         self._next_probe_at = now + self.config.failback_probe_interval
         self._metrics.add(connects=1)
         self._metrics.set(current_hub=link.hub.name, last_reconnect_seconds=outage)
-        self._connected.set()
+        self._set_status(connected=True)
         self._emit(
             events.Connected(
                 at=now,
@@ -385,7 +399,7 @@ class Engine:
                 self._serve_once(link, selector)
         if self._closing.is_set():
             link.disconnect()
-            self._connected.clear()
+            self._set_status(connected=False)
             return None
         return self._after_link(link, self._link_end)
 
@@ -451,7 +465,7 @@ class Engine:
         assert end is not None
         now = time.monotonic()
         self._link = None
-        self._connected.clear()
+        self._set_status(connected=False)
         self._inflight.clear()
         self._outbox.rewind()
         self._metrics.set(current_hub=None)
@@ -470,14 +484,11 @@ class Engine:
         self._outage_started = now
         self._backoff = self._backoff.link_down(now, self.config.retry)
         self._metrics.add(disconnects=1)
-        self._emit(
-            events.Disconnected(
-                at=now, hub=link.hub.name, reason=end.reason, unresponsive=end.unresponsive
-            )
-        )
+        error = LinkLost(end.reason, hub=link.hub.name, unresponsive=end.unresponsive)
+        self._emit(events.Disconnected(at=now, hub=link.hub.name, error=error))
         self._emit(events.QueueDepth(at=now, depth=self._outbox.depth()))
-        if end.redirect_to is not None or end.reason.startswith("redirect"):
-            target = self._hub_for_reference(end.redirect_to)
+        if end.redirect:
+            target = self._hub_for_reference(end.server_reference)
             actions = self._machine.handle(fsm.Redirect(hub=link.hub.name, target=target), now)
         else:
             actions = self._machine.handle(
@@ -528,7 +539,9 @@ class Engine:
 
     def on_link_closed(self, reason: str, kind: FailureKind, server_reference: str | None) -> None:
         if kind is FailureKind.REDIRECT:
-            self._link_end = _LinkEnd(reason=f"redirect: {reason}", redirect_to=server_reference)
+            self._link_end = _LinkEnd(
+                reason=f"redirected: {reason}", redirect=True, server_reference=server_reference
+            )
         else:
             self._link_end = _LinkEnd(reason=reason)
 

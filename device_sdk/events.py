@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from device_sdk.errors import DeviceSDKError
+from device_sdk.errors import DeviceSDKError, LinkLost
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,11 +80,18 @@ class Connected(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Disconnected(Event):
-    """The link to ``hub`` ended; ``reason`` says why."""
+    """The link to ``hub`` ended; ``error`` says why (``error.unresponsive``: a deadline passed)."""
 
     hub: str
-    reason: str
-    unresponsive: bool
+    error: LinkLost
+
+    @property
+    def reason(self) -> str:
+        return str(self.error)
+
+    @property
+    def unresponsive(self) -> bool:
+        return self.error.unresponsive
 
     def describe(self) -> str:
         return f"disconnected from {self.hub}: {self.reason}"
