@@ -106,7 +106,7 @@ class _Publisher(threading.Thread):
         while not self._stop_flag.wait(max(0.0, next_at - time.monotonic())):
             try:
                 self.handles.append(self._client.publish(self._topic, f"{seq}:{time.time():.3f}"))
-            except DeviceSDKError as exc:  # QueueFull: reported, never silently dropped
+            except DeviceSDKError as exc:  # OutboxFull: reported, never silently dropped
                 self.error = exc
                 return
             seq += 1

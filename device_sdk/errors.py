@@ -25,8 +25,25 @@ stays on ``__cause__`` for logs.
     ├── RecoveryFailed              a whole recovery cycle gave up; carries every attempt's cause
     │   └── NotConnected            connect() timed out; the client keeps trying in the background
     ├── PublishError                a publish could not be accepted or completed
-    │   ├── QueueFull               the bounded queue/outbox refused the message
-    │   └── ClientClosed            the client was closed before the message was acknowledged
+    │   ├── OutboxFull              the outbox is at its bound (reject policy); nothing was dropped
+    │   ├── MessageDropped          the drop_oldest policy pushed this message out (counted)
+    │   ├── ClientClosed            the client was closed before the message was acknowledged
+    │   └── OutboxStorageError      (also an OutboxError) storage refused the write: not accepted
+    ├── OutboxError                 the outbox's storage failed
+    │   ├── OutboxStorageError      disk full, read-only file system or I/O error
+    │   └── OutboxCorrupt           damaged or foreign file; reported, never overwritten
+    ├── ConciergeError              the concierge could not be used; the device carries on without it
+    │   ├── ConciergeUnavailable    unreachable, timed out, HTTP error, too slow or too large
+    │   └── DocumentRejected        a document failed verification (a security event)
+    │       ├── MalformedDocument   not JSON, wrong types, missing fields
+    │       ├── BadSignature        the signature does not verify
+    │       ├── UnknownKey          the key id is not pinned
+    │       ├── WrongAlgorithm      not the expected signature algorithm
+    │       ├── DocumentExpired     past expires_at (beyond the allowed clock skew)
+    │       ├── DocumentNotYetValid issued in the future (beyond the allowed clock skew)
+    │       ├── RollbackRejected    sequence not newer than the last accepted one (replay)
+    │       ├── ScopeMismatch       meant for another device or fleet
+    │       └── HubNotAllowed       names a hub FQDN outside the allow-list
     ├── StateMachineError           an impossible (state, input) pair reached a pure machine
     └── TestbedError                the local testbed could not start or control a part
 """
@@ -176,12 +193,83 @@ class PublishError(DeviceSDKError):
     """A message could not be accepted or completed."""
 
 
-class QueueFull(PublishError):
-    """The bounded queue refused a message (backpressure). Nothing already queued was lost."""
+class OutboxFull(PublishError):
+    """The outbox is at its bound under the ``reject`` policy (backpressure).
+
+    Nothing already queued was dropped; the caller decides what to do with this message.
+    """
+
+
+class MessageDropped(PublishError):
+    """The ``drop_oldest`` policy pushed this message out to make room (counted in metrics)."""
 
 
 class ClientClosed(PublishError):
     """The client was closed before the message was acknowledged."""
+
+
+class OutboxError(DeviceSDKError):
+    """The outbox's storage failed."""
+
+
+class OutboxStorageError(OutboxError, PublishError):
+    """Storage refused a write (disk full, read-only file system, I/O error).
+
+    Raised by ``publish()``: the message was not accepted. Messages accepted
+    earlier are untouched and are still delivered once the link allows.
+    """
+
+
+class OutboxCorrupt(OutboxError):
+    """The outbox file is damaged or is not an outbox. It is reported and never overwritten."""
+
+
+class ConciergeError(DeviceSDKError):
+    """The concierge could not be used. The device carries on from its own hub list."""
+
+
+class ConciergeUnavailable(ConciergeError):
+    """The concierge was unreachable, too slow, answered an HTTP error, or sent too much."""
+
+
+class DocumentRejected(ConciergeError):
+    """A concierge document failed verification. Always logged as a security event."""
+
+
+class MalformedDocument(DocumentRejected):
+    """Not JSON, wrong types, or missing fields."""
+
+
+class BadSignature(DocumentRejected):
+    """The signature does not verify with the pinned key."""
+
+
+class UnknownKey(DocumentRejected):
+    """The document is signed with a key id that is not pinned."""
+
+
+class WrongAlgorithm(DocumentRejected):
+    """The document names a signature algorithm other than the expected one."""
+
+
+class DocumentExpired(DocumentRejected):
+    """The document's ``expires_at`` has passed (beyond the allowed clock skew)."""
+
+
+class DocumentNotYetValid(DocumentRejected):
+    """The document's ``issued_at`` is in the future (beyond the allowed clock skew)."""
+
+
+class RollbackRejected(DocumentRejected):
+    """The document's sequence is not newer than the last accepted one (rollback or replay)."""
+
+
+class ScopeMismatch(DocumentRejected):
+    """The document is scoped to another device or fleet."""
+
+
+class HubNotAllowed(DocumentRejected):
+    """The document names a hub FQDN outside the configured allow-list."""
 
 
 class StateMachineError(DeviceSDKError):

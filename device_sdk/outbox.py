@@ -17,7 +17,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from device_sdk.errors import ClientClosed, PublishError, QueueFull
+from device_sdk.errors import ClientClosed, PublishError, OutboxFull
 
 
 class PublishHandle:
@@ -115,7 +115,7 @@ class MemoryOutbox:
             if self._closed:
                 raise ClientClosed("the client is closed; the message was not accepted")
             if len(self._pending) >= self._max_messages or self._bytes + size > self._max_bytes:
-                raise QueueFull(
+                raise OutboxFull(
                     f"outbox full ({len(self._pending)} messages, {self._bytes} bytes; "
                     f"limits {self._max_messages} messages, {self._max_bytes} bytes); "
                     "nothing queued was dropped"

@@ -10,7 +10,7 @@ PUBLIC = {
     "ConnectTimeout", "Credentials", "DeviceClient", "DeviceSDKError", "DialError",
     "DnsSettings", "FailoverPolicy", "HubEndpoint", "LinkLost", "LivenessPolicy",
     "MemoryOutbox", "Metrics", "NameNotFound", "NoAddress", "NotConnected", "Outbox",
-    "PermanentRefusal", "PublishError", "PublishHandle", "QueueFull", "RecoveryFailed",
+    "PermanentRefusal", "PublishError", "PublishHandle", "OutboxFull", "RecoveryFailed",
     "Redirected", "ResolveError", "ResolveTimeout", "ResolverFailure", "RetryPolicy",
     "StateMachineError", "TestbedError", "TlsError", "TlsSettings", "TransientRefusal",
     "__version__", "events",

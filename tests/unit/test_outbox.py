@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from device_sdk.errors import ClientClosed, QueueFull
+from device_sdk.errors import ClientClosed, OutboxFull
 from device_sdk.outbox import MemoryOutbox
 
 
@@ -35,7 +35,7 @@ def test_full_by_count_rejects_and_keeps_what_was_queued() -> None:
     outbox = make(max_messages=2)
     outbox.put("t", b"a", 1)
     outbox.put("t", b"b", 1)
-    with pytest.raises(QueueFull, match="nothing queued was dropped"):
+    with pytest.raises(OutboxFull, match="nothing queued was dropped"):
         outbox.put("t", b"c", 1)
     assert [m.payload for m in outbox.take_unsent(5)] == [b"a", b"b"]
 
@@ -43,7 +43,7 @@ def test_full_by_count_rejects_and_keeps_what_was_queued() -> None:
 def test_full_by_bytes_rejects() -> None:
     outbox = make(max_bytes=10)
     outbox.put("t", b"12345678", 1)
-    with pytest.raises(QueueFull):
+    with pytest.raises(OutboxFull):
         outbox.put("t", b"12", 1)
 
 
