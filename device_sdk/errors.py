@@ -32,7 +32,7 @@ stays on ``__cause__`` for logs.
     ├── OutboxError                 the outbox's storage failed
     │   ├── OutboxStorageError      disk full, read-only file system or I/O error
     │   └── OutboxCorrupt           damaged or foreign file; reported, never overwritten
-    ├── ConciergeError              the concierge could not be used; the device carries on without it
+    ├── ConciergeError              the concierge could not be used; the device carries on
     │   ├── ConciergeUnavailable    unreachable, timed out, HTTP error, too slow or too large
     │   └── DocumentRejected        a document failed verification (a security event)
     │       ├── MalformedDocument   not JSON, wrong types, missing fields

@@ -17,7 +17,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from device_sdk.errors import ClientClosed, PublishError, OutboxFull
+from device_sdk.errors import ClientClosed, OutboxFull, PublishError
 
 
 class PublishHandle:
