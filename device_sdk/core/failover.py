@@ -139,8 +139,23 @@ class Close:
     """Stop for good."""
 
 
+@dataclass(frozen=True, slots=True)
+class HubsChanged:
+    """A discovery source (DNS SRV, a concierge document) changed the ordered hub list."""
+
+    hubs: tuple[str, ...]
+
+
 Input: TypeAlias = (
-    Start | AttemptFailed | Connected | LinkDown | Redirect | ConciergeNamed | ProbeResult | Close
+    Start
+    | AttemptFailed
+    | Connected
+    | LinkDown
+    | Redirect
+    | ConciergeNamed
+    | ProbeResult
+    | HubsChanged
+    | Close
 )
 
 # --------------------------------------------------------------------------- actions
@@ -373,6 +388,30 @@ class FailoverMachine:
         # No dwell: the operator decided.
         return Phase.CONNECTING, (self._migrate(event.hub, now, "concierge"),)
 
+    def _on_hubs_changed(self, event: HubsChanged, now: float) -> Step:
+        hubs = event.hubs
+        if isinstance(hubs, str) or not hubs or len(set(hubs)) != len(hubs):
+            raise StateMachineError(f"{event!r} needs a non-empty list of distinct hub names")
+        # Known hubs keep their history (streaks, penalties); new ones start clean.
+        self._records = {hub: self._records.get(hub, HubRecord()) for hub in hubs}
+        self._hubs = tuple(hubs)
+        if self._home not in self._records:
+            self._home = self._hubs[0]
+        if self._current in self._records:
+            return self._phase, ()
+        # The hub we use was withdrawn: leave it now, as the operator asked.
+        if self._phase is Phase.CONNECTED:
+            migrate = self._migrate(self._home, now, "withdrawn")
+            self._migrated_from = None  # never fall back to a withdrawn hub
+            return Phase.CONNECTING, (migrate,)
+        previous, self._current = self._current, self._home
+        if self._phase is Phase.IDLE:
+            return Phase.IDLE, ()
+        return Phase.CONNECTING, (
+            FailedOver(previous, self._home, "withdrawn"),
+            Attempt(self._home, Delay.NONE, "withdrawn"),
+        )
+
     def _on_probe_result(self, event: ProbeResult, now: float) -> Step:
         if event.hub != self.failback_candidate(now):
             return Phase.CONNECTED, ()
@@ -490,6 +529,9 @@ TRANSITIONS: Mapping[tuple[Phase, type], Handler] = MappingProxyType(
         (Phase.IDLE, Start): FailoverMachine._on_start,
         (Phase.IDLE, ConciergeNamed): FailoverMachine._on_concierge_idle,
         (Phase.IDLE, Close): FailoverMachine._on_close,
+        (Phase.IDLE, HubsChanged): FailoverMachine._on_hubs_changed,
+        (Phase.CONNECTING, HubsChanged): FailoverMachine._on_hubs_changed,
+        (Phase.CONNECTED, HubsChanged): FailoverMachine._on_hubs_changed,
         (Phase.CONNECTING, AttemptFailed): FailoverMachine._on_attempt_failed,
         (Phase.CONNECTING, Connected): FailoverMachine._on_connected,
         (Phase.CONNECTING, Redirect): FailoverMachine._on_redirect,

@@ -27,6 +27,7 @@ from device_sdk.core.failover import (
     FailedOver,
     FailoverMachine,
     FailoverPolicy,
+    HubsChanged,
     Input,
     LinkDown,
     Migrate,
@@ -629,3 +630,43 @@ def test_random_inputs_never_crash_nor_hot_loop(
         # No hot loop: without a success, each hub is dialled at once at most
         # once per outage (plus once per operator decision).
         assert undelayed <= len(THREE) + concierge
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def test_new_hub_list_keeps_history_and_the_current_hub() -> None:
+    machine = run([START, (0.1, AttemptFailed(PRIMARY, TRANSIENT), retry(PRIMARY))], hubs=THREE)
+    assert machine.handle(HubsChanged((TERTIARY, PRIMARY)), 0.2) == ()
+    assert machine.hubs == (TERTIARY, PRIMARY)
+    assert machine.failure_history[PRIMARY].failures == 1
+    assert machine.failure_history[TERTIARY].failures == 0
+    # The streak continues on the kept hub: the second failure moves on, in the new order.
+    assert machine.handle(AttemptFailed(PRIMARY, TRANSIENT), 0.3) == over(
+        PRIMARY, TERTIARY, "2 consecutive failures"
+    )
+
+
+def test_withdrawn_hub_while_connecting_moves_the_next_attempt() -> None:
+    machine = run([START, (0.1, AttemptFailed(PRIMARY, TRANSIENT), retry(PRIMARY))])
+    actions = machine.handle(HubsChanged((SECONDARY,)), 0.2)
+    assert actions == over(PRIMARY, SECONDARY, "withdrawn")
+    assert machine.home_hub == SECONDARY
+
+
+def test_withdrawn_hub_while_connected_migrates_and_never_returns() -> None:
+    machine = run([START, UP])
+    actions = machine.handle(HubsChanged((SECONDARY,)), 1.0)
+    assert actions == (Migrate(PRIMARY, SECONDARY, "withdrawn"),)
+    assert machine.phase is Phase.CONNECTING
+    # The move fails: there is nothing to go back to, so it retries what is listed.
+    retry_actions = machine.handle(AttemptFailed(SECONDARY, TRANSIENT), 1.1)
+    assert all(getattr(a, "hub", SECONDARY) == SECONDARY for a in retry_actions)
+
+
+def test_empty_or_duplicate_hub_lists_are_impossible() -> None:
+    machine = run([START])
+    with pytest.raises(StateMachineError):
+        machine.handle(HubsChanged(()), 0.1)
+    with pytest.raises(StateMachineError):
+        machine.handle(HubsChanged((PRIMARY, PRIMARY)), 0.1)
