@@ -132,6 +132,33 @@ class Credentials:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxSettings:
+    """Where accepted messages wait for their PUBACK, and how much may wait.
+
+    ``path=None`` keeps them in memory: they survive hub crashes and failovers,
+    not the death of the process. A file path gives the durable SQLite outbox.
+    ``synchronous="FULL"`` survives power loss; ``"NORMAL"`` survives a crash of
+    the process but may lose the last commits on power loss (SQLite WAL).
+    """
+
+    path: str | None = None
+    max_messages: int = 10_000
+    max_bytes: int = 16 * 1024 * 1024
+    overflow: Literal["reject", "drop_oldest"] = "reject"
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+    def __post_init__(self) -> None:
+        for name in ("max_messages", "max_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"outbox.{name}", value, "an integer of at least 1")
+        if self.overflow not in ("reject", "drop_oldest"):
+            raise ConfigError("outbox.overflow", self.overflow, "'reject' or 'drop_oldest'")
+        if self.synchronous not in ("FULL", "NORMAL"):
+            raise ConfigError("outbox.synchronous", self.synchronous, "'FULL' or 'NORMAL'")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClientConfig:
     """Everything one device client needs. Build once; it never changes."""
 
@@ -143,10 +170,16 @@ class ClientConfig:
     liveness: LivenessPolicy = field(default_factory=LivenessPolicy)
     mqtt_version: Literal["3.1.1", "5"] = "5"
     credentials: Credentials | None = None
-    queue_max_messages: int = 10_000
-    queue_max_bytes: int = 16 * 1024 * 1024
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
     inflight_window: int = 20
     failback_probe_interval: float = 30.0
+    # > 0: ask the hub to keep the session this long, so a reconnect to the same hub
+    # resumes it and in-flight messages are resent with DUP and their packet ids.
+    session_expiry: int = 0
+    # MQTT 5 user property carrying each message's stable id (for downstream dedup).
+    message_id_property: str = "message-id"
+    # Wrap payloads in a JSON envelope carrying the message id (for MQTT 3.1.1 consumers).
+    envelope: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.client_id, str) or not 1 <= len(self.client_id) <= 128:
@@ -158,10 +191,11 @@ class ClientConfig:
             raise ConfigError("hubs", names, "hub names that are unique")
         if self.mqtt_version not in ("3.1.1", "5"):
             raise ConfigError("mqtt_version", self.mqtt_version, "'3.1.1' or '5'")
-        for name in ("queue_max_messages", "queue_max_bytes", "inflight_window"):
+        for name in ("inflight_window", "session_expiry"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(name, value, "an integer of at least 1")
+            minimum = 0 if name == "session_expiry" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(name, value, f"an integer of at least {minimum}")
         if self.inflight_window > 65535:
             raise ConfigError("inflight_window", self.inflight_window, "at most 65535")
         _check_positive("failback_probe_interval", self.failback_probe_interval)

@@ -35,7 +35,7 @@ from device_sdk import events
 from device_sdk.adapters.paho_link import LinkSettings, PahoLink
 from device_sdk.adapters.probe import hub_answers
 from device_sdk.adapters.resolver import FreshResolver, Resolver
-from device_sdk.config import ClientConfig, HubEndpoint
+from device_sdk.config import ClientConfig, HubEndpoint, OutboxSettings
 from device_sdk.core import failover as fsm
 from device_sdk.core.liveness import Dead, LinkWatchdog, SendPing
 from device_sdk.core.outcomes import FailureKind
@@ -93,9 +93,7 @@ class Engine:
     ) -> None:
         self.config = config
         self._resolver = resolver or FreshResolver(config.dns)
-        self._outbox = outbox or MemoryOutbox(
-            max_messages=config.queue_max_messages, max_bytes=config.queue_max_bytes
-        )
+        self._outbox = outbox or open_outbox(config.outbox)
         self._link_factory = link_factory
         self._rng = rng or random.Random()
         self._machine = fsm.FailoverMachine(config.hub_names, config.failover)
@@ -119,6 +117,7 @@ class Engine:
         self._attempt_no = 0
         self._waited = 0.0
         self._link_end: _LinkEnd | None = None
+        self._resumable: PahoLink | None = None
         self._link: PahoLink | None = None
         self._watchdog: LinkWatchdog | None = None
         self._inflight: dict[int, OutboundMessage] = {}
@@ -165,8 +164,12 @@ class Engine:
     def publish(self, topic: str, payload: bytes, qos: int) -> PublishHandle:
         if self._fatal is not None:
             raise self._fatal  # the retry policy gave up: nothing would ever send it
+        dropped_before = self._outbox.dropped()
         message = self._outbox.put(topic, payload, qos)
         self._metrics.add(published=1)
+        dropped = self._outbox.dropped() - dropped_before
+        if dropped:
+            self._emit(events.MessagesDropped(at=time.monotonic(), count=dropped))
         self._wake()
         assert message.handle is not None
         return message.handle
@@ -181,7 +184,9 @@ class Engine:
             self._listeners.append(callback)
 
     def metrics(self) -> Metrics:
-        return self._metrics.snapshot(queue_depth=self._outbox.depth())
+        return self._metrics.snapshot(
+            queue_depth=self._outbox.depth(), dropped=self._outbox.dropped()
+        )
 
     def close(self, timeout: float = 5.0) -> None:
         """Disconnect cleanly and stop every thread this engine started (bounded)."""
@@ -287,13 +292,16 @@ class Engine:
 
     def _dial_each(self, hub: HubEndpoint, addresses: tuple[str, ...]) -> PahoLink:
         """Try every resolved address in turn; a CONNACK refusal ends the attempt at once."""
-        settings = self._link_settings()
         last_error: ConnectError | None = None
         for address in addresses:
-            link = self._link_factory(hub, address, settings)
             deadline = time.monotonic() + self.config.liveness.connect_timeout
+            link = self._resumable_link(hub)
             try:
-                link.open(self, deadline)
+                if link is not None:
+                    link.reopen(address, self, deadline)
+                else:
+                    link = self._link_factory(hub, address, self._link_settings())
+                    link.open(self, deadline)
             except ConnectRefused:
                 raise  # the hub itself answered: another address of it will say the same
             except ConnectError as exc:
@@ -303,6 +311,14 @@ class Engine:
         assert last_error is not None
         raise last_error
 
+    def _resumable_link(self, hub: HubEndpoint) -> PahoLink | None:
+        """The last link's paho session, when it is worth resuming on this hub."""
+        link = self._resumable
+        if link is None or link.hub.name != hub.name:
+            self._resumable = None
+            return None
+        return link
+
     def _link_settings(self) -> LinkSettings:
         return LinkSettings(
             client_id=self.config.client_id,
@@ -311,6 +327,9 @@ class Engine:
             connect_timeout=self.config.liveness.connect_timeout,
             inflight_window=self.config.inflight_window,
             credentials=self.config.credentials,
+            session_expiry=self.config.session_expiry,
+            message_id_property=self.config.message_id_property,
+            envelope=self.config.envelope,
         )
 
     def _attempt_failed(self, hub: HubEndpoint, error: ConnectError) -> None:
@@ -367,8 +386,14 @@ class Engine:
         self._backoff = self._backoff.link_up(now)
         self._link = link
         self._watchdog = LinkWatchdog(self.config.liveness, now)
-        self._inflight.clear()
-        self._outbox.rewind()
+        self._resumable = None
+        if link.resumed:
+            # paho resends these with DUP and their packet ids: wait for their acks.
+            for mid in self._inflight:
+                self._watchdog.on_ack_expected(mid, now, retransmitted=True)
+        else:
+            self._inflight.clear()
+            self._outbox.rewind()
         outage = None if self._outage_started is None else now - self._outage_started
         self._awaiting_first_ack = True
         self._next_probe_at = now + self.config.failback_probe_interval
@@ -389,6 +414,7 @@ class Engine:
             self._commands.clear()  # subscriptions are restored below, from the registry
         for topic, qos in subscriptions:
             link.subscribe(topic, qos)
+        link.start_reporting()
 
     def _serve(self, link: PahoLink) -> fsm.Attempt | None:
         self._link_end = None
@@ -439,12 +465,13 @@ class Engine:
         return max(0.0, min(wake_at - now, _MAX_IDLE_WAIT))
 
     def _drain(self, link: PahoLink) -> None:
-        room = self.config.inflight_window - len(self._inflight)
+        window = min(self.config.inflight_window, link.receive_maximum)
+        room = window - len(self._inflight)
         if room <= 0:
             return
         assert self._watchdog is not None
         for message in self._outbox.take_unsent(room):
-            mid = link.publish(message.topic, message.payload, message.qos)
+            mid = link.publish(message.topic, message.payload, message.qos, message.message_id)
             if self._link_end is not None:
                 return  # the link died under the publish; rewind will resend it
             if message.qos == 0:
@@ -466,8 +493,11 @@ class Engine:
         now = time.monotonic()
         self._link = None
         self._set_status(connected=False)
-        self._inflight.clear()
-        self._outbox.rewind()
+        if self.config.session_expiry and end.migrate is None:
+            self._resumable = link  # its session (and in-flight messages) may be resumed
+        else:
+            self._inflight.clear()
+            self._outbox.rewind()
         self._metrics.set(current_hub=None)
         if end.migrate is not None:
             self._emit(
@@ -616,3 +646,22 @@ def _failure_kind(error: ConnectError) -> FailureKind:
     if isinstance(error, ConnectTimeout):
         return FailureKind.UNRESPONSIVE
     return FailureKind.TRANSIENT
+
+
+def open_outbox(settings: OutboxSettings) -> Outbox:
+    """The outbox the settings ask for: in memory, or durable SQLite at ``settings.path``."""
+    if settings.path is None:
+        return MemoryOutbox(
+            max_messages=settings.max_messages,
+            max_bytes=settings.max_bytes,
+            overflow=settings.overflow,
+        )
+    from device_sdk.adapters.sqlite_outbox import SqliteOutbox  # type: ignore[import-not-found]
+
+    return SqliteOutbox(  # type: ignore[no-any-return]
+        settings.path,
+        max_messages=settings.max_messages,
+        max_bytes=settings.max_bytes,
+        overflow=settings.overflow,
+        synchronous=settings.synchronous,
+    )

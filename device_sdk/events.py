@@ -154,3 +154,13 @@ class QueueDepth(Event):
 
     def describe(self) -> str:
         return f"{self.depth} message(s) waiting for PUBACK"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessagesDropped(Event):
+    """The outbox's drop_oldest policy pushed ``count`` old messages out to make room."""
+
+    count: int
+
+    def describe(self) -> str:
+        return f"outbox full: dropped the {self.count} oldest message(s) (drop_oldest policy)"

@@ -45,6 +45,6 @@ class MetricsRecorder:
         with self._lock:
             self._values = dataclasses.replace(self._values, **values)  # type: ignore[arg-type]
 
-    def snapshot(self, *, queue_depth: int) -> Metrics:
+    def snapshot(self, *, queue_depth: int, dropped: int) -> Metrics:
         with self._lock:
-            return dataclasses.replace(self._values, queue_depth=queue_depth)
+            return dataclasses.replace(self._values, queue_depth=queue_depth, dropped=dropped)

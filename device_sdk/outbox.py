@@ -15,9 +15,9 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
-from device_sdk.errors import ClientClosed, OutboxFull, PublishError
+from device_sdk.errors import ClientClosed, MessageDropped, OutboxFull, PublishError
 
 
 class PublishHandle:
@@ -87,6 +87,8 @@ class Outbox(Protocol):
 
     def depth(self) -> int: ...
 
+    def dropped(self) -> int: ...
+
     def close(self) -> list[OutboundMessage]: ...
 
 
@@ -98,9 +100,17 @@ def new_message_id_source() -> itertools.count[int]:
 class MemoryOutbox:
     """A bounded in-memory outbox. Lost on process exit; use it only where that is acceptable."""
 
-    def __init__(self, *, max_messages: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_messages: int,
+        max_bytes: int,
+        overflow: Literal["reject", "drop_oldest"] = "reject",
+    ) -> None:
         self._max_messages = max_messages
         self._max_bytes = max_bytes
+        self._overflow = overflow
+        self._dropped = 0
         self._lock = threading.Lock()
         self._pending: OrderedDict[int, OutboundMessage] = OrderedDict()
         self._unsent: deque[int] = deque()
@@ -111,15 +121,14 @@ class MemoryOutbox:
 
     def put(self, topic: str, payload: bytes, qos: int) -> OutboundMessage:
         size = len(payload) + len(topic)
+        if size > self._max_bytes:
+            raise OutboxFull(
+                f"message of {size} bytes exceeds the outbox bound of {self._max_bytes}"
+            )
         with self._lock:
             if self._closed:
                 raise ClientClosed("the client is closed; the message was not accepted")
-            if len(self._pending) >= self._max_messages or self._bytes + size > self._max_bytes:
-                raise OutboxFull(
-                    f"outbox full ({len(self._pending)} messages, {self._bytes} bytes; "
-                    f"limits {self._max_messages} messages, {self._max_bytes} bytes); "
-                    "nothing queued was dropped"
-                )
+            evicted = self._make_room(size)
             message = OutboundMessage(
                 seq=next(self._seq),
                 message_id=f"{next(self._ids):016x}",
@@ -132,7 +141,26 @@ class MemoryOutbox:
             self._pending[message.seq] = message
             self._unsent.append(message.seq)
             self._bytes += size
+        for old in evicted:
+            if old.handle is not None:
+                old.handle._resolve(MessageDropped(f"dropped by drop_oldest: {old.message_id}"))
         return message
+
+    def _make_room(self, size: int) -> list[OutboundMessage]:
+        """Under the lock: raise OutboxFull, or evict the oldest under drop_oldest."""
+        evicted: list[OutboundMessage] = []
+        while len(self._pending) >= self._max_messages or self._bytes + size > self._max_bytes:
+            if self._overflow == "reject":
+                raise OutboxFull(
+                    f"outbox full ({len(self._pending)} messages, {self._bytes} bytes; "
+                    f"limits {self._max_messages} messages, {self._max_bytes} bytes); "
+                    "nothing queued was dropped"
+                )
+            _seq, oldest = self._pending.popitem(last=False)
+            self._bytes -= oldest.size
+            self._dropped += 1
+            evicted.append(oldest)
+        return evicted
 
     def take_unsent(self, limit: int) -> list[OutboundMessage]:
         taken: list[OutboundMessage] = []
@@ -158,6 +186,11 @@ class MemoryOutbox:
     def depth(self) -> int:
         with self._lock:
             return len(self._pending)
+
+    def dropped(self) -> int:
+        """Messages pushed out by the drop_oldest policy since this outbox was opened."""
+        with self._lock:
+            return self._dropped
 
     def close(self) -> list[OutboundMessage]:
         """Refuse new messages; fail the handles of those never acknowledged."""

@@ -32,6 +32,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from device_sdk.config import Credentials, HubEndpoint, TlsSettings
 from device_sdk.core.outcomes import FailureKind, classify_connack, classify_disconnect
+from device_sdk.dedup import wrap_envelope
 from device_sdk.errors import (
     ConnectError,
     ConnectTimeout,
@@ -61,6 +62,9 @@ class LinkSettings:
     connect_timeout: float
     inflight_window: int
     credentials: Credentials | None = None
+    session_expiry: int = 0
+    message_id_property: str = "message-id"
+    envelope: bool = False
 
 
 class LinkListener(Protocol):
@@ -75,6 +79,10 @@ class LinkListener(Protocol):
     def on_link_closed(
         self, reason: str, kind: FailureKind, server_reference: str | None
     ) -> None: ...
+
+
+def _new_properties(packet_type: int) -> Properties:
+    return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
 
 
 def make_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
@@ -151,21 +159,30 @@ class PahoLink:
         self.address = address
         self._settings = settings
         self._listener: LinkListener | None = None
+        # Until the engine has taken the link on (start_reporting), what paho reports is
+        # held back: a resumed session's PUBACKs can arrive in the same read as its CONNACK.
+        self._held: list[Callable[[LinkListener], None]] | None = []
         self._connack: tuple[int, bool, str | None] | None = None
         self._closed_reported = False
         self.session_present = False
+        self.resumed = False  # True after reopen(): the same paho session, resent with DUP
+        self.receive_maximum = 65535
+        self._mqtt5 = settings.mqtt_version == "5"
         self._client = self._build_client()
 
     def _build_client(self) -> _DialingClient:
-        mqtt5 = self._settings.mqtt_version == "5"
+        session: dict[str, bool] = {}
+        if not self._mqtt5:  # MQTT 5 asks for session resumption in CONNECT instead
+            session["clean_session"] = self._settings.session_expiry == 0
         client = _DialingClient(
             dial_address=self.address,
             server_hostname=self.hub.fqdn.rstrip("."),
             on_pingresp=self._pingresp,
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self._settings.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5 if mqtt5 else MQTTProtocolVersion.MQTTv311,
+            protocol=MQTTProtocolVersion.MQTTv5 if self._mqtt5 else MQTTProtocolVersion.MQTTv311,
             reconnect_on_failure=False,
+            **session,
         )
         if self.hub.tls is not None:
             client.tls_set_context(make_ssl_context(self.hub.tls))
@@ -188,22 +205,64 @@ class PahoLink:
 
         Raises a :class:`ConnectError` subclass; never a paho, ssl or socket error.
         """
+        self._establish(self._dial, listener, deadline)
+
+    def reopen(self, address: str, listener: LinkListener, deadline: float) -> None:
+        """Connect the same paho session again, possibly at a new address of the same hub.
+
+        paho resends every unacknowledged QoS 1 message with DUP set and its
+        original packet id once the CONNACK arrives; the engine keeps its
+        in-flight table instead of resending them itself.
+        """
+        self.address = address
+        self._client._sdk_dial_address = address
+        self._held = []
+        self._connack = None
+        self._closed_reported = False
+        self.resumed = True
+        self._establish(self._redial, listener, deadline)
+
+    def _establish(self, dial: Callable[[], None], listener: LinkListener, deadline: float) -> None:
+        self._listener = listener
         try:
-            self._dial()
+            self._translating_dial_errors(dial)
             self._await_connack(deadline)
         except ConnectError:
             self.abort()
             raise
         code, self.session_present, reference = self._connack or (0, False, None)
         self._raise_for_connack(code, reference)
-        # Only a link that is up reports to the engine; failures above are raised instead.
-        self._listener = listener
+
+    def start_reporting(self) -> None:
+        """The engine is ready: deliver what arrived with the CONNACK, then report live."""
+        held, self._held = self._held or [], None
+        for report in held:
+            if self._listener is not None:
+                report(self._listener)
 
     def _dial(self) -> None:
         keepalive = max(1, round(self._settings.keepalive))
+        if not self._mqtt5:
+            self._client.connect(self.hub.fqdn, self.hub.port, keepalive=keepalive)
+            return
+        properties = _new_properties(PacketTypes.CONNECT)
+        if self._settings.session_expiry:
+            properties.SessionExpiryInterval = self._settings.session_expiry
+        self._client.connect(
+            self.hub.fqdn,
+            self.hub.port,
+            keepalive=keepalive,
+            clean_start=self._settings.session_expiry == 0,
+            properties=properties,
+        )
+
+    def _redial(self) -> None:
+        self._client.reconnect()
+
+    def _translating_dial_errors(self, dial: Callable[[], None]) -> None:
         where = f"{self.hub.name} at {self.address}:{self.hub.port}"
         try:
-            self._client.connect(self.hub.fqdn, self.hub.port, keepalive=keepalive)
+            dial()
         except ssl.SSLCertVerificationError as exc:
             message = f"certificate of {self.hub.fqdn} did not verify ({exc.verify_message})"
             raise TlsError(message, hub=self.hub.name, address=self.address) from exc
@@ -270,9 +329,18 @@ class PahoLink:
             self._client.loop_write()
         self._client.loop_misc()
 
-    def publish(self, topic: str, payload: bytes, qos: int) -> int:
-        """Send one PUBLISH; returns its packet id. False-y link → a closed report."""
-        info = self._client.publish(topic, payload, qos=qos)
+    def publish(self, topic: str, payload: bytes, qos: int, message_id: str) -> int:
+        """Send one PUBLISH carrying ``message_id``; returns its packet id.
+
+        A failure to queue it is reported as a closed link, never raised.
+        """
+        properties: Properties | None = None
+        if self._mqtt5:
+            properties = _new_properties(PacketTypes.PUBLISH)
+            properties.UserProperty = (self._settings.message_id_property, message_id)
+        if self._settings.envelope:
+            payload = wrap_envelope(message_id, payload)
+        info = self._client.publish(topic, payload, qos=qos, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._report_closed(f"publish failed: {paho.error_string(info.rc)}")
         return info.mid
@@ -310,6 +378,7 @@ class PahoLink:
         properties: Properties | None,
     ) -> None:
         reference = getattr(properties, "ServerReference", None) if properties else None
+        self.receive_maximum = getattr(properties, "ReceiveMaximum", 65535) if properties else 65535
         self._connack = (reason_code.value, bool(flags.session_present), reference)
 
     def _on_disconnect(
@@ -333,16 +402,14 @@ class PahoLink:
         _reason_code: ReasonCode,
         _properties: Properties,
     ) -> None:
-        if self._listener is not None:
-            self._listener.on_ack(mid)
+        self._report(lambda listener: listener.on_ack(mid))
 
     def _on_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
-        if self._listener is not None:
-            self._listener.on_message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain))
+        topic, payload, qos, retain = msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain)
+        self._report(lambda listener: listener.on_message(topic, payload, qos, retain))
 
     def _pingresp(self) -> None:
-        if self._listener is not None:
-            self._listener.on_pingresp()
+        self._report(lambda listener: listener.on_pingresp())
 
     def _report_closed(
         self,
@@ -353,5 +420,11 @@ class PahoLink:
         if self._closed_reported:
             return
         self._closed_reported = True
-        if self._listener is not None:
-            self._listener.on_link_closed(reason, kind, server_reference)
+        if self._connack is not None:  # before CONNACK, open() raises instead
+            self._report(lambda listener: listener.on_link_closed(reason, kind, server_reference))
+
+    def _report(self, report: Callable[[LinkListener], None]) -> None:
+        if self._held is not None:
+            self._held.append(report)
+        elif self._listener is not None:
+            report(self._listener)

@@ -25,7 +25,7 @@ from device_sdk.core.failover import FailoverPolicy
 from device_sdk.core.liveness import LivenessPolicy
 from device_sdk.core.retry import RetryPolicy
 from device_sdk.errors import TestbedError
-from device_sdk.testbed.broker import BrokerSpec, BrokerTls, MosquittoBroker
+from device_sdk.testbed.broker import DEFAULT_LOG_TYPES, BrokerSpec, BrokerTls, MosquittoBroker
 from device_sdk.testbed.collector import Collector
 from device_sdk.testbed.dns_server import DnsServer
 from device_sdk.testbed.pki import CertificateAuthority
@@ -73,6 +73,7 @@ class Testbed:
 
     ``hubs`` names the hubs in priority order; hub *i* listens on 127.0.0.(*first_octet* + *i*).
     ``users`` maps a hub name to the only user names and passwords it accepts.
+    ``broker_log_types`` overrides mosquitto's log types (``("all",)`` logs every packet).
     Everything it starts, it stops (by PID) in :meth:`stop`, also on errors.
     """
 
@@ -87,12 +88,14 @@ class Testbed:
         work_dir: Path | str | None = None,
         first_octet: int = 2,
         dns_ttl: int = 1,
+        broker_log_types: Sequence[str] | None = None,
     ) -> None:
         self._hub_names = tuple(hubs)
         self._tls = tls
         self._users = dict(users or {})
         self._first_octet = first_octet
         self._dns_ttl = dns_ttl
+        self._log_types = tuple(broker_log_types or DEFAULT_LOG_TYPES)
         self._own_dir = work_dir is None
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="device-sdk-testbed-"))
         self._stack = ExitStack()
@@ -126,6 +129,7 @@ class Testbed:
                 port=plain_port,
                 tls=self._broker_tls(name, tls_port),
                 users=self._users.get(name),
+                log_types=self._log_types,
             )
             broker = MosquittoBroker(spec, work_dir=self.work_dir / name)
             self._stack.callback(broker.close)

@@ -73,6 +73,7 @@ __all__ = [
 
 # Debian installs the broker in /usr/sbin, which is not on a normal user's PATH.
 _EXTRA_SEARCH_PATH = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin")
+DEFAULT_LOG_TYPES = ("error", "warning", "notice", "information")
 _LOG_TYPES = frozenset(
     {"debug", "error", "warning", "notice", "information", "subscribe", "unsubscribe", "all"}
 )
@@ -137,7 +138,7 @@ class BrokerSpec:
     port: int = 0
     tls: BrokerTls | None = None
     users: Mapping[str, str] | None = None
-    log_types: tuple[str, ...] = ("error", "warning", "notice", "information")
+    log_types: tuple[str, ...] = DEFAULT_LOG_TYPES
     tcp_nodelay: bool = True
     extra_config: tuple[str, ...] = ()
     start_timeout: float = 5.0

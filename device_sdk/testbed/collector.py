@@ -23,11 +23,12 @@ class Collector:
         self.host, self.port, self.topic = host, port, topic
         self._lock = threading.Condition()
         self._seen: Counter[int] = Counter()
+        self._ids: dict[int, set[str]] = {}
         self._ready = threading.Event()
         self._client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=f"{name}-{host}-{port}",
-            protocol=paho.MQTTv311,
+            protocol=paho.MQTTv5,
         )
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
@@ -52,6 +53,11 @@ class Collector:
         with self._lock:
             return Counter(self._seen)
 
+    def message_ids(self) -> dict[int, set[str]]:
+        """Sequence number -> the ``message-id`` user properties it arrived with (MQTT 5)."""
+        with self._lock:
+            return {seq: set(ids) for seq, ids in self._ids.items()}
+
     def wait_for(self, numbers: set[int], timeout: float) -> bool:
         """Wait (bounded) until every number in ``numbers`` was seen."""
         with self._lock:
@@ -67,10 +73,14 @@ class Collector:
 
     def _on_message(self, _client: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
         head = bytes(message.payload).split(b":", 1)[0]
-        if head.isdigit():
-            with self._lock:
-                self._seen[int(head)] += 1
-                self._lock.notify_all()
+        if not head.isdigit():
+            return
+        pairs = getattr(message.properties, "UserProperty", None) or ()
+        ids = {value for key, value in pairs if key == "message-id"}
+        with self._lock:
+            self._seen[int(head)] += 1
+            self._ids.setdefault(int(head), set()).update(ids)
+            self._lock.notify_all()
 
 
 def merge(*collectors: Collector) -> Counter[int]:
