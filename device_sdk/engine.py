@@ -97,6 +97,8 @@ class Engine:
         self._link_factory = link_factory
         self._rng = rng or random.Random()
         self._machine = fsm.FailoverMachine(config.hub_names, config.failover)
+        # Hubs by name: the configured list, plus any a discovery source adds later.
+        self._hubs: dict[str, HubEndpoint] = {hub.name: hub for hub in config.hubs}
         self._backoff = Backoff.start()
         self._metrics = MetricsRecorder()
         self._listeners: list[EventCallback] = []
@@ -208,11 +210,21 @@ class Engine:
     def _run(self) -> None:
         try:
             attempt = self._single(self._machine.handle(fsm.Start(), time.monotonic()))
-            while attempt is not None and not self._closing.is_set():
-                link = self._recover(attempt)
+            link: PahoLink | None = None
+            while not self._closing.is_set():
                 if link is None:
+                    if attempt is None:
+                        break
+                    link = self._recover(attempt)
+                    if link is None:
+                        break
+                end = self._serve(link)
+                if end is None:
                     break
-                attempt = self._serve(link)
+                if end.migrate is not None:
+                    link, attempt = self._migrate(link, end.migrate)
+                else:
+                    attempt, link = self._after_link(link, end), None
         except RecoveryFailed as exc:
             self._fatal = exc
             log.error("device_sdk gave up: %s", exc)
@@ -253,7 +265,7 @@ class Engine:
         if self._closing.is_set():
             return None
         assert self._next is not None
-        hub = self.config.hub(self._next.hub)
+        hub = self._endpoint(self._next.hub)
         self._attempt_no += 1
         self._metrics.add(attempts=1)
         self._emit(
@@ -352,7 +364,7 @@ class Engine:
         if not reference:
             return None
         for candidate in reference.split():
-            for hub in self.config.hubs:
+            for hub in self._hubs.values():
                 if candidate in (hub.fqdn, hub.authority):
                     return hub.name
         return None
@@ -416,7 +428,8 @@ class Engine:
             link.subscribe(topic, qos)
         link.start_reporting()
 
-    def _serve(self, link: PahoLink) -> fsm.Attempt | None:
+    def _serve(self, link: PahoLink) -> _LinkEnd | None:
+        """Serve ``link`` until it ends (returned) or the client closes (None)."""
         self._link_end = None
         with selectors.DefaultSelector() as selector:
             selector.register(self._wake_r, selectors.EVENT_READ)
@@ -427,7 +440,55 @@ class Engine:
             link.disconnect()
             self._set_status(connected=False)
             return None
-        return self._after_link(link, self._link_end)
+        return self._link_end
+
+    def _migrate(
+        self, old: PahoLink, migrate: fsm.Migrate
+    ) -> tuple[PahoLink | None, fsm.Attempt | None]:
+        """Make before break: connect to the new hub, then leave the old one.
+
+        Messages in flight on the old link go back in line and are sent first on
+        the new one, with their ids, so nothing is lost or reordered. If the new
+        hub cannot be reached, the device stays on the old link.
+        """
+        now = time.monotonic()
+        self._emit(
+            events.Migrating(
+                at=now, from_hub=migrate.from_hub, to_hub=migrate.to_hub, reason=migrate.reason
+            )
+        )
+        target = self._endpoint(migrate.to_hub)
+        self._metrics.add(attempts=1)
+        try:
+            new = self._open_link(target)
+        except ConnectError as exc:
+            return self._migration_failed(old, target, exc)
+        old.disconnect()
+        self._inflight.clear()
+        self._resumable = None
+        self._on_connected(new)
+        return new, None
+
+    def _migration_failed(
+        self, old: PahoLink, target: HubEndpoint, error: ConnectError
+    ) -> tuple[PahoLink | None, fsm.Attempt | None]:
+        now = time.monotonic()
+        self._emit(
+            events.AttemptFailed(at=now, hub=target.name, address=error.address, error=error)
+        )
+        actions = self._machine.handle(
+            fsm.AttemptFailed(hub=target.name, kind=_failure_kind(error)), now
+        )
+        attempt = self._single(actions)
+        if old.hub.name in self._machine.hubs:
+            self._machine.handle(fsm.Connected(hub=old.hub.name), now)
+            return old, None  # still healthy: carry on where we were
+        old.disconnect()  # the old hub was withdrawn: follow the machine
+        self._link = None
+        self._set_status(connected=False)
+        self._inflight.clear()
+        self._outbox.rewind()
+        return None, attempt
 
     def _serve_once(self, link: PahoLink, selector: selectors.BaseSelector) -> None:
         self._run_commands(link)
@@ -488,29 +549,16 @@ class Engine:
                 command = self._commands.popleft()
             command(link)
 
-    def _after_link(self, link: PahoLink, end: _LinkEnd | None) -> fsm.Attempt | None:
-        assert end is not None
+    def _after_link(self, link: PahoLink, end: _LinkEnd) -> fsm.Attempt | None:
         now = time.monotonic()
         self._link = None
         self._set_status(connected=False)
-        if self.config.session_expiry and end.migrate is None:
+        if self.config.session_expiry:
             self._resumable = link  # its session (and in-flight messages) may be resumed
         else:
             self._inflight.clear()
             self._outbox.rewind()
         self._metrics.set(current_hub=None)
-        if end.migrate is not None:
-            self._emit(
-                events.Migrating(
-                    at=now,
-                    from_hub=end.migrate.from_hub,
-                    to_hub=end.migrate.to_hub,
-                    reason=end.migrate.reason,
-                )
-            )
-            return fsm.Attempt(
-                hub=end.migrate.to_hub, delay=fsm.Delay.NONE, reason=end.migrate.reason
-            )
         self._outage_started = now
         self._backoff = self._backoff.link_down(now, self.config.retry)
         self._metrics.add(disconnects=1)
@@ -585,7 +633,7 @@ class Engine:
         candidate = self._machine.failback_candidate(now)
         if candidate is None:
             return
-        hub = self.config.hub(candidate)
+        hub = self._endpoint(candidate)
         self._probe = threading.Thread(
             target=self._probe_hub, args=(hub,), name="device-sdk-probe", daemon=True
         )
@@ -600,11 +648,13 @@ class Engine:
         actions = self._machine.handle(fsm.ProbeResult(hub=hub, healthy=healthy), now)
         self._single(actions)
         for action in actions:
-            if isinstance(action, fsm.Migrate) and self._link is not None:
-                self._link.disconnect()
+            if isinstance(action, fsm.Migrate):
                 self._link_end = _LinkEnd(reason=action.reason, migrate=action)
 
     # -- plumbing ---------------------------------------------------------------------------
+
+    def _endpoint(self, name: str) -> HubEndpoint:
+        return self._hubs[name]
 
     def _command(self, command: Callable[[PahoLink], None]) -> None:
         with self._lock:
