@@ -207,7 +207,7 @@ def _report(
             report.detection_seconds = at - fault
         if isinstance(event, events.FirstAck) and report.recovery_seconds is None and recovered:
             report.recovery_seconds = at - fault
-        if scenario == "dns-flip" and isinstance(event, events.Connected | events.AttemptFailed):
+        if scenario == "dns-flip" and isinstance(event, events.Connected | events.DialFailed):
             report.stale_dials += int(event.address == stale)
     accepted = len(publisher.handles)
     seen = merge(*collectors)

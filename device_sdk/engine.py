@@ -314,9 +314,12 @@ class Engine:
                 else:
                     link = self._link_factory(hub, address, self._link_settings())
                     link.open(self, deadline)
-            except ConnectRefused:
-                raise  # the hub itself answered: another address of it will say the same
             except ConnectError as exc:
+                self._emit(
+                    events.DialFailed(at=time.monotonic(), hub=hub.name, address=address, error=exc)
+                )
+                if isinstance(exc, ConnectRefused):
+                    raise  # the hub itself answered: another address of it will say the same
                 last_error = exc
                 continue
             return link
@@ -706,9 +709,9 @@ def open_outbox(settings: OutboxSettings) -> Outbox:
             max_bytes=settings.max_bytes,
             overflow=settings.overflow,
         )
-    from device_sdk.adapters.sqlite_outbox import SqliteOutbox  # type: ignore[import-not-found]
+    from device_sdk.adapters.sqlite_outbox import SqliteOutbox
 
-    return SqliteOutbox(  # type: ignore[no-any-return]
+    return SqliteOutbox(
         settings.path,
         max_messages=settings.max_messages,
         max_bytes=settings.max_bytes,

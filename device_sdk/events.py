@@ -50,6 +50,18 @@ class Resolved(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DialFailed(Event):
+    """One address of a hub could not be opened; the attempt goes on with the next one."""
+
+    hub: str
+    address: str
+    error: DeviceSDKError
+
+    def describe(self) -> str:
+        return f"dial {self.hub} at {self.address} failed: {self.error}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AttemptFailed(Event):
     """An attempt failed; ``error`` is the typed cause."""
 

@@ -385,14 +385,20 @@ class PahoLink:
         self,
         _client: paho.Client,
         _userdata: object,
-        _flags: paho.DisconnectFlags,
+        flags: paho.DisconnectFlags,
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
+        if not flags.is_disconnect_packet_from_server:
+            # paho's own code for "the socket died" (0x80 "Unspecified error") says
+            # nothing about the hub: report what happened instead.
+            self._report_closed("connection lost (closed or reset by the peer)")
+            return
         reference = getattr(properties, "ServerReference", None) if properties else None
         code = reason_code.value
         kind = classify_disconnect(code) if code >= 0x80 else FailureKind.TRANSIENT
-        self._report_closed(f"{reason_code.getName()} (0x{code:02X})", kind, reference)
+        name = reason_code.getName()
+        self._report_closed(f"hub sent DISCONNECT: {name} (0x{code:02X})", kind, reference)
 
     def _on_publish(
         self,
