@@ -11,12 +11,15 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from device_sdk.core.failover import FailoverPolicy
 from device_sdk.core.liveness import LivenessPolicy
 from device_sdk.core.retry import RetryPolicy
 from device_sdk.errors import ConfigError
+
+if TYPE_CHECKING:  # the concierge package builds on this module
+    from device_sdk.concierge.settings import ConciergeSettings
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -180,6 +183,8 @@ class ClientConfig:
     message_id_property: str = "message-id"
     # Wrap payloads in a JSON envelope carrying the message id (for MQTT 3.1.1 consumers).
     envelope: bool = False
+    # Ask a concierge which hub is active; None: the hub list alone decides.
+    concierge: ConciergeSettings | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.client_id, str) or not 1 <= len(self.client_id) <= 128:

@@ -35,6 +35,7 @@ from device_sdk import events
 from device_sdk.adapters.paho_link import LinkSettings, PahoLink
 from device_sdk.adapters.probe import hub_answers
 from device_sdk.adapters.resolver import FreshResolver, Resolver
+from device_sdk.concierge.source import ConciergeAnswer, ConciergeSource
 from device_sdk.config import ClientConfig, HubEndpoint, OutboxSettings
 from device_sdk.core import failover as fsm
 from device_sdk.core.liveness import Dead, LinkWatchdog, SendPing
@@ -43,10 +44,12 @@ from device_sdk.core.retry import Backoff
 from device_sdk.core.topics import topic_matches
 from device_sdk.dispatch import CallbackDispatcher
 from device_sdk.errors import (
+    ConciergeError,
     ConnectError,
     ConnectRefused,
     ConnectTimeout,
     DeviceSDKError,
+    DocumentRejected,
     LinkLost,
     NotConnected,
     PermanentRefusal,
@@ -56,6 +59,7 @@ from device_sdk.errors import (
 )
 from device_sdk.metrics import Metrics, MetricsRecorder
 from device_sdk.outbox import MemoryOutbox, OutboundMessage, Outbox, PublishHandle
+from device_sdk.side_tasks import SideTasks
 
 log = logging.getLogger("device_sdk")
 
@@ -125,8 +129,13 @@ class Engine:
         self._inflight: dict[int, OutboundMessage] = {}
         self._outage_started: float | None = None
         self._awaiting_first_ack = False
-        self._probe: threading.Thread | None = None
         self._next_probe_at = 0.0
+        # Callbacks for the engine thread, posted by side tasks (probes, concierge).
+        self._mailbox: deque[Callable[[], None]] = deque()
+        self._interrupt = threading.Event()  # cuts a backoff sleep short when mail arrives
+        self._side = SideTasks(self._post, f"device-sdk-{config.client_id}")
+        self._concierge = _concierge_source(config)
+        self._next_concierge_at = 0.0
         self._dispatcher = CallbackDispatcher(f"device-sdk-callbacks-{config.client_id}")
         self._thread = threading.Thread(
             target=self._run, name=f"device-sdk-engine-{config.client_id}", daemon=True
@@ -196,9 +205,8 @@ class Engine:
         self._wake()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        probe = self._probe
-        if probe is not None:
-            probe.join(timeout)
+        self._interrupt.set()
+        self._side.join(timeout)
         self._outbox.close()
         self._dispatcher.close(timeout)
         self._wake_r.close()
@@ -209,6 +217,7 @@ class Engine:
 
     def _run(self) -> None:
         try:
+            self._ask_concierge()
             attempt = self._single(self._machine.handle(fsm.Start(), time.monotonic()))
             link: PahoLink | None = None
             while not self._closing.is_set():
@@ -234,6 +243,7 @@ class Engine:
     def _recover(self, attempt: fsm.Attempt) -> PahoLink | None:
         self._next = attempt
         self._cycle_errors = []
+        self._ask_concierge()  # in parallel with the first attempt: never a delay
         retrying = tenacity.Retrying(
             sleep=self._sleep,
             wait=self._wait_before_next,
@@ -258,10 +268,20 @@ class Engine:
         return self._waited
 
     def _sleep(self, seconds: float) -> None:
-        # Interruptible: close() must not wait out a long backoff.
-        self._closing.wait(seconds)
+        """Back off, but wake for close() and for mail that changes the next attempt."""
+        deadline = time.monotonic() + seconds
+        planned = self._next
+        while not self._closing.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._interrupt.wait(remaining):
+                return
+            self._interrupt.clear()
+            self._run_mailbox()
+            if self._next is not planned:
+                return  # e.g. the concierge named another hub: go there now
 
     def _attempt_once(self) -> PahoLink | None:
+        self._run_mailbox()
         if self._closing.is_set():
             return None
         assert self._next is not None
@@ -494,6 +514,7 @@ class Engine:
         return None, attempt
 
     def _serve_once(self, link: PahoLink, selector: selectors.BaseSelector) -> None:
+        self._run_mailbox()
         self._run_commands(link)
         self._drain(link)
         timeout = self._check_liveness(link)
@@ -511,6 +532,8 @@ class Engine:
         if self._link_end is None:
             link.service(readable=readable, writable=writable)
         self._maybe_probe()
+        if self._concierge is not None and time.monotonic() >= self._next_concierge_at:
+            self._ask_concierge()
 
     def _check_liveness(self, link: PahoLink) -> float:
         """Run the watchdog; returns how long the loop may sleep before checking again."""
@@ -525,7 +548,11 @@ class Engine:
             link.send_ping()
             self._watchdog.on_ping_sent(now)
             verdict = self._watchdog.check(now)
-        wake_at = min(getattr(verdict, "next_check_at", now + _MAX_IDLE_WAIT), self._next_probe_at)
+        wake_at = min(
+            getattr(verdict, "next_check_at", now + _MAX_IDLE_WAIT),
+            self._next_probe_at,
+            self._next_concierge_at if self._concierge is not None else now + _MAX_IDLE_WAIT,
+        )
         return max(0.0, min(wake_at - now, _MAX_IDLE_WAIT))
 
     def _drain(self, link: PahoLink) -> None:
@@ -630,26 +657,59 @@ class Engine:
 
     def _maybe_probe(self) -> None:
         now = time.monotonic()
-        if now < self._next_probe_at or (self._probe is not None and self._probe.is_alive()):
+        if now < self._next_probe_at:
             return
         self._next_probe_at = now + self.config.failback_probe_interval
         candidate = self._machine.failback_candidate(now)
         if candidate is None:
             return
         hub = self._endpoint(candidate)
-        self._probe = threading.Thread(
-            target=self._probe_hub, args=(hub,), name="device-sdk-probe", daemon=True
+        timeout = self.config.liveness.connect_timeout
+        self._side.start(
+            "probe",
+            lambda: hub_answers(hub, self._resolver, timeout),
+            lambda healthy: self._probe_result(hub.name, healthy),
         )
-        self._probe.start()
-
-    def _probe_hub(self, hub: HubEndpoint) -> None:
-        healthy = hub_answers(hub, self._resolver, self.config.liveness.connect_timeout)
-        self._command(lambda _link: self._probe_result(hub.name, healthy))
 
     def _probe_result(self, hub: str, healthy: bool) -> None:
+        if hub not in self._machine.hubs:
+            return  # withdrawn while the probe ran
+        self._follow(
+            self._machine.handle(fsm.ProbeResult(hub=hub, healthy=healthy), time.monotonic())
+        )
+
+    # -- the concierge ----------------------------------------------------------------------
+
+    def _ask_concierge(self) -> None:
+        source = self._concierge
+        if source is None or self.config.concierge is None:
+            return
+        settings = self.config.concierge
+        jitter = 1 + self._rng.uniform(-settings.poll_jitter, settings.poll_jitter)
+        self._next_concierge_at = time.monotonic() + settings.poll_interval * jitter
+        self._side.start("concierge", _asking(source), self._concierge_answered)
+
+    def _concierge_answered(self, outcome: ConciergeAnswer | ConciergeError) -> None:
         now = time.monotonic()
-        actions = self._machine.handle(fsm.ProbeResult(hub=hub, healthy=healthy), now)
-        self._single(actions)
+        if isinstance(outcome, ConciergeError):
+            self._metrics.add(concierge_rejections=int(isinstance(outcome, DocumentRejected)))
+            self._emit(events.ConciergeProblem(at=now, error=outcome))
+            return  # carry on from the last good answer or the device's own list
+        self._metrics.add(concierge_updates=1)
+        self._emit(
+            events.ConciergeUpdate(at=now, sequence=outcome.sequence, active_hub=outcome.active)
+        )
+        names = tuple(hub.name for hub in outcome.hubs)
+        if names != self._machine.hubs or any(self._hubs.get(h.name) != h for h in outcome.hubs):
+            self._hubs = {hub.name: hub for hub in outcome.hubs}
+            self._follow(self._machine.handle(fsm.HubsChanged(hubs=names), now))
+        self._follow(self._machine.handle(fsm.ConciergeNamed(hub=outcome.active), now))
+
+    def _follow(self, actions: tuple[fsm.Action, ...]) -> None:
+        """Carry out what the machine asked for outside an attempt's own result."""
+        attempt = self._single(actions)
+        if attempt is not None:
+            self._next = attempt  # the recovery cycle picks it up at its next step
         for action in actions:
             if isinstance(action, fsm.Migrate):
                 self._link_end = _LinkEnd(reason=action.reason, migrate=action)
@@ -658,6 +718,21 @@ class Engine:
 
     def _endpoint(self, name: str) -> HubEndpoint:
         return self._hubs[name]
+
+    def _post(self, callback: Callable[[], None]) -> None:
+        """From any thread: run ``callback`` on the engine thread soon."""
+        with self._lock:
+            self._mailbox.append(callback)
+        self._interrupt.set()
+        self._wake()
+
+    def _run_mailbox(self) -> None:
+        while True:
+            with self._lock:
+                if not self._mailbox:
+                    return
+                callback = self._mailbox.popleft()
+            callback()
 
     def _command(self, command: Callable[[PahoLink], None]) -> None:
         with self._lock:
@@ -718,3 +793,19 @@ def open_outbox(settings: OutboxSettings) -> Outbox:
         overflow=settings.overflow,
         synchronous=settings.synchronous,
     )
+
+
+def _concierge_source(config: ClientConfig) -> ConciergeSource | None:
+    if config.concierge is None:
+        return None
+    return ConciergeSource(config.concierge, config.hubs)
+
+
+def _asking(source: ConciergeSource) -> Callable[[], ConciergeAnswer | ConciergeError]:
+    def ask() -> ConciergeAnswer | ConciergeError:
+        try:
+            return source.ask()
+        except ConciergeError as exc:
+            return exc
+
+    return ask

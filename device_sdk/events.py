@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from device_sdk.errors import DeviceSDKError, LinkLost
+from device_sdk.errors import ConciergeError, DeviceSDKError, DocumentRejected, LinkLost
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,3 +176,29 @@ class MessagesDropped(Event):
 
     def describe(self) -> str:
         return f"outbox full: dropped the {self.count} oldest message(s) (drop_oldest policy)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConciergeUpdate(Event):
+    """A verified concierge document names ``active_hub`` (sequence ``sequence``)."""
+
+    sequence: int
+    active_hub: str
+
+    def describe(self) -> str:
+        return f"concierge: {self.active_hub} is active (document #{self.sequence})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConciergeProblem(Event):
+    """The concierge could not be used. ``security``: a document failed verification."""
+
+    error: ConciergeError
+
+    @property
+    def security(self) -> bool:
+        return isinstance(self.error, DocumentRejected)
+
+    def describe(self) -> str:
+        label = "SECURITY: rejected a concierge document" if self.security else "concierge"
+        return f"{label}: {type(self.error).__name__}: {self.error}"

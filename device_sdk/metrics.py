@@ -17,6 +17,8 @@ class Metrics:
     failovers: int = 0
     failbacks: int = 0
     dns_queries: int = 0
+    concierge_updates: int = 0
+    concierge_rejections: int = 0
     published: int = 0
     acknowledged: int = 0
     queue_depth: int = 0

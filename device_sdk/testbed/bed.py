@@ -11,6 +11,7 @@ broker also has a TLS listener whose certificate names only its hub's FQDN.
 from __future__ import annotations
 
 import dataclasses
+import secrets
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from device_sdk.concierge.document import DocumentHub
+from device_sdk.concierge.service import (
+    ConciergeService,
+    ConciergeServiceConfig,
+    HealthProbeSettings,
+)
+from device_sdk.concierge.settings import ConciergeSettings
+from device_sdk.concierge.signing import write_keypair
+from device_sdk.concierge.trust import ConciergeTrust
 from device_sdk.config import ClientConfig, Credentials, DnsSettings, HubEndpoint, TlsSettings
 from device_sdk.core.failover import FailoverPolicy
 from device_sdk.core.liveness import LivenessPolicy
@@ -32,6 +42,7 @@ from device_sdk.testbed.pki import CertificateAuthority
 from device_sdk.testbed.ports import pick_free_ports
 
 DOMAIN = "hubs.device-sdk.test"
+_CONCIERGE_KID = "testbed"
 # A name no testbed certificate carries: point it at a broker to stage a DNS hijack.
 IMPOSTOR = f"impostor.{DOMAIN}"
 
@@ -74,6 +85,8 @@ class Testbed:
     ``hubs`` names the hubs in priority order; hub *i* listens on 127.0.0.(*first_octet* + *i*).
     ``users`` maps a hub name to the only user names and passwords it accepts.
     ``broker_log_types`` overrides mosquitto's log types (``("all",)`` logs every packet).
+    ``concierge=True`` also runs the reference concierge (:attr:`concierge`), naming
+    these hubs and signing with a throwaway key; :meth:`concierge_settings` trusts it.
     Everything it starts, it stops (by PID) in :meth:`stop`, also on errors.
     """
 
@@ -89,6 +102,7 @@ class Testbed:
         first_octet: int = 2,
         dns_ttl: int = 1,
         broker_log_types: Sequence[str] | None = None,
+        concierge: bool = False,
     ) -> None:
         self._hub_names = tuple(hubs)
         self._tls = tls
@@ -103,6 +117,10 @@ class Testbed:
         self.ca: CertificateAuthority | None = None
         self.ca_file: Path | None = None
         self.dns: DnsServer | None = None
+        self._with_concierge = concierge
+        self.concierge: ConciergeService | None = None
+        self.concierge_token_file: Path | None = None
+        self._concierge_key: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -136,6 +154,43 @@ class Testbed:
             broker.start()
             self._hubs[name] = TestbedHub(name, fqdn, address, broker)
             self.dns.set_address(fqdn, [address], ttl=self._dns_ttl)
+        if self._with_concierge:
+            self._start_concierge()
+
+    def _start_concierge(self) -> None:
+        """The reference concierge on loopback, signing with a throwaway key."""
+        directory = self.work_dir / "concierge"
+        directory.mkdir(exist_ok=True)
+        keys = write_keypair(directory, _CONCIERGE_KID)
+        self._concierge_key = keys.public_key
+        self.concierge_token_file = directory / "operator.token"
+        self.concierge_token_file.write_text(secrets.token_urlsafe(24))
+        hubs = {
+            hub.name: DocumentHub(
+                fqdn=hub.fqdn,
+                port=hub.broker.tls_port if self._tls and hub.broker.tls_port else hub.broker.port,
+                tls=self._tls,
+            )
+            for hub in self._hubs.values()
+        }
+        config = ConciergeServiceConfig(
+            state_file=directory / "state.json",
+            signing_key_file=keys.private_key_file,
+            kid=_CONCIERGE_KID,
+            token_file=self.concierge_token_file,
+            hubs=hubs,
+            ttl=60,
+            port=0,
+            health=HealthProbeSettings(
+                dns=self.dns_settings(),
+                timeout=0.5,
+                cache_seconds=0.0,
+                ca_file=str(self.ca_file) if self.ca_file else None,
+            ),
+        )
+        self.concierge = ConciergeService(config)
+        self._stack.callback(self.concierge.stop)
+        self.concierge.start()
 
     def _broker_tls(self, name: str, port: int) -> BrokerTls | None:
         if self.ca is None:
@@ -221,6 +276,23 @@ class Testbed:
             failback_probe_interval=0.5,
         )
         return dataclasses.replace(config, **overrides) if overrides else config
+
+    def concierge_settings(self, **overrides: Any) -> ConciergeSettings:
+        """How a device on this testbed trusts and polls the testbed's concierge."""
+        if self.concierge is None or self._concierge_key is None:
+            raise TestbedError("this testbed was started without concierge=True")
+        settings = ConciergeSettings(
+            url=f"{self.concierge.url}/v1/endpoint",
+            trust=ConciergeTrust(
+                keys={_CONCIERGE_KID: self._concierge_key}, allowed_hubs=(f"*.{DOMAIN}",)
+            ),
+            poll_interval=1.0,
+            timeout=0.5,
+            allow_plain_http=True,  # loopback only; devices in the field use HTTPS
+            allow_plain_hubs=not self._tls,
+            hub_tls=TlsSettings(ca_file=str(self.ca_file) if self.ca_file else None),
+        )
+        return dataclasses.replace(settings, **overrides) if overrides else settings
 
     def collector(self, hub: str, topic: str) -> Collector:
         """An independent subscriber on ``hub``'s broker; stopped with the testbed."""

@@ -1,0 +1,313 @@
+"""QoS 1 publish throughput: raw paho-mqtt against device_sdk, on one local broker, in one run.
+
+    python benchmarks/throughput.py [--messages N] [--runs R] [--json [PATH]]
+
+One mosquitto broker (``device_sdk.testbed.MosquittoBroker``, plain listener on
+127.0.0.1) serves every run. A run publishes N QoS 1 messages of
+``PAYLOAD_BYTES`` bytes to one topic as fast as the publishing thread can,
+then waits for every PUBACK; its rate is N divided by the time from the first
+``publish()`` to the last PUBACK. Connecting is not timed. Four variants, each
+with an in-flight window of ``WINDOW`` messages and MQTT 5:
+
+* ``raw paho``: paho-mqtt 2.x, ``loop_start()``, ``max_inflight_messages_set``,
+  publishing from the main thread (paho queues what the window cannot take).
+* ``sdk memory``: ``DeviceClient`` with the in-memory outbox.
+* ``sdk sqlite NORMAL`` and ``sdk sqlite FULL``: ``DeviceClient`` with a fresh
+  ``SqliteOutbox`` file at that sync level, in a temporary directory.
+
+The SDK's outbox bound is raised to hold all N messages, so backpressure never
+interrupts a run. The variants take turns run by run (rotating which goes
+first), after one untimed warm-up run each, and the table reports the median
+of the R runs and its ratio to raw paho's median. DESIGN.md's targets: the
+in-memory SDK at least 0.9x raw paho, the durable outbox at least 0.5x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from recovery import machine_info  # the recovery benchmark's machine header, shared
+
+from device_sdk import ClientConfig, DeviceClient, HubEndpoint
+from device_sdk.adapters.sqlite_outbox import SqliteOutbox
+from device_sdk.config import OutboxSettings
+from device_sdk.outbox import Outbox
+from device_sdk.testbed import BrokerSpec, MosquittoBroker
+
+WINDOW = 20
+PAYLOAD_BYTES = 64
+TOPIC = "bench/throughput"
+RAW = "raw paho"
+VARIANTS = (RAW, "sdk memory", "sdk sqlite NORMAL", "sdk sqlite FULL")
+TARGETS = {"sdk memory": 0.9, "sdk sqlite NORMAL": 0.5}  # DESIGN.md, as ratios to raw paho
+ACK_TIMEOUT = 120.0  # a run that has not seen every PUBACK by then is a failure
+WARM_UP_MESSAGES = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    variant: str
+    index: int  # 0 is the warm-up
+    messages: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+
+# -- raw paho ---------------------------------------------------------------------------------
+
+
+def run_raw_paho(broker: MosquittoBroker, messages: int, payload: bytes) -> float:
+    """Publish from this thread with paho's own network thread; seconds until the last PUBACK."""
+    acked = 0
+    all_acked = threading.Event()
+
+    def on_publish(_c: object, _u: object, _mid: int, _rc: object, _p: object) -> None:
+        nonlocal acked  # paho's network thread is the only writer
+        acked += 1
+        if acked == messages:
+            all_acked.set()
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.max_inflight_messages_set(WINDOW)
+    client.max_queued_messages_set(0)  # unbounded, like the SDK's outbox here
+    client.on_publish = on_publish
+    connected = threading.Event()
+    client.on_connect = lambda *_args: connected.set()
+    client.connect(broker.host, broker.port, keepalive=60)
+    client.loop_start()
+    try:
+        if not connected.wait(10):
+            raise RuntimeError("raw paho did not connect within 10 s")
+        started = time.perf_counter()
+        for _ in range(messages):
+            client.publish(TOPIC, payload, qos=1)
+        if not all_acked.wait(ACK_TIMEOUT):
+            raise RuntimeError(f"raw paho: {acked}/{messages} PUBACKs after {ACK_TIMEOUT} s")
+        return time.perf_counter() - started
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+# -- device_sdk -------------------------------------------------------------------------------
+
+
+def sdk_config(broker: MosquittoBroker, messages: int) -> ClientConfig:
+    return ClientConfig(
+        client_id=f"throughput-{os.getpid()}",
+        hubs=(HubEndpoint(name="bench", fqdn=broker.host, port=broker.port, tls=None),),
+        inflight_window=WINDOW,
+        outbox=OutboxSettings(max_messages=messages, max_bytes=messages * (PAYLOAD_BYTES + 64)),
+    )
+
+
+def run_sdk(config: ClientConfig, outbox: Outbox | None, messages: int, payload: bytes) -> float:
+    """Publish through a DeviceClient; seconds from the first publish() to the last PUBACK."""
+    client = DeviceClient(config, outbox=outbox)
+    try:
+        client.connect(timeout=10)
+        started = time.perf_counter()
+        handles = [client.publish(TOPIC, payload, qos=1) for _ in range(messages)]
+        for handle in handles:  # in order: the last one waited for is the last PUBACK
+            handle.wait(ACK_TIMEOUT)
+        return time.perf_counter() - started
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def sqlite_outbox(
+    directory: Path, synchronous: str, config: ClientConfig
+) -> Iterator[SqliteOutbox]:
+    path = directory / f"outbox-{synchronous}-{time.monotonic_ns()}.db"
+    outbox = SqliteOutbox(
+        path,
+        max_messages=config.outbox.max_messages,
+        max_bytes=config.outbox.max_bytes,
+        synchronous="FULL" if synchronous == "FULL" else "NORMAL",
+    )
+    try:
+        yield outbox
+    finally:
+        outbox.close()  # the client closed it already; closing again is harmless
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{path}{suffix}")
+
+
+def runner(variant: str, broker: MosquittoBroker, directory: Path) -> Callable[[int, bytes], float]:
+    """A function that times one run of ``variant`` with a given message count."""
+    if variant == RAW:
+        return lambda n, payload: run_raw_paho(broker, n, payload)
+
+    def run(n: int, payload: bytes) -> float:
+        config = sdk_config(broker, n)
+        if variant == "sdk memory":
+            return run_sdk(config, None, n, payload)
+        with sqlite_outbox(directory, variant.rsplit(" ", 1)[1], config) as outbox:
+            return run_sdk(config, outbox, n, payload)
+
+    return run
+
+
+# -- the run and the report -------------------------------------------------------------------
+
+
+def measure(messages: int, runs: int, progress: Callable[[str], None]) -> list[Run]:
+    payload = os.urandom(PAYLOAD_BYTES)
+    results: list[Run] = []
+    with (
+        MosquittoBroker(BrokerSpec(name="throughput", host="127.0.0.1")) as broker,
+        tempfile.TemporaryDirectory(prefix="device-sdk-throughput-") as directory,
+    ):
+        run_for = {v: runner(v, broker, Path(directory)) for v in VARIANTS}
+        for variant in VARIANTS:
+            results.append(Run(variant, 0, WARM_UP_MESSAGES, run_for[variant](500, payload)))
+        for index in range(1, runs + 1):
+            shift = (index - 1) % len(VARIANTS)
+            for variant in VARIANTS[shift:] + VARIANTS[:shift]:
+                run = Run(variant, index, messages, run_for[variant](messages, payload))
+                results.append(run)
+                progress(f"run {index}/{runs} {variant:<18} {run.rate:9.0f} msg/s")
+    return results
+
+
+def summarise(results: Sequence[Run]) -> list[dict[str, Any]]:
+    timed = [r for r in results if r.index > 0]
+    medians = {v: statistics.median(r.rate for r in timed if r.variant == v) for v in VARIANTS}
+    rows = []
+    for variant in VARIANTS:
+        rates = [r.rate for r in timed if r.variant == variant]
+        ratio = medians[variant] / medians[RAW]
+        target = TARGETS.get(variant)
+        rows.append(
+            {
+                "variant": variant,
+                "median_msg_per_s": round(medians[variant]),
+                "min_msg_per_s": round(min(rates)),
+                "max_msg_per_s": round(max(rates)),
+                "ratio_to_raw_paho": round(ratio, 3),
+                "target_ratio": target,
+                "target_met": None if target is None else ratio >= target,
+            }
+        )
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        f"{'variant':<18} {'median msg/s':>12} {'min':>8} {'max':>8} {'x raw paho':>10}  target",
+        "-" * 72,
+    ]
+    for row in rows:
+        target = row["target_ratio"]
+        verdict = (
+            "" if target is None else f">= {target}: {'met' if row['target_met'] else 'MISSED'}"
+        )
+        lines.append(
+            f"{row['variant']:<18} {row['median_msg_per_s']:>12} {row['min_msg_per_s']:>8} "
+            f"{row['max_msg_per_s']:>8} {row['ratio_to_raw_paho']:>10.2f}  {verdict}"
+        )
+    return "\n".join(lines)
+
+
+def format_header(info: dict[str, Any], messages: int, runs: int) -> str:
+    return "\n".join(
+        [
+            f"throughput benchmark, {info['date']}",
+            f"machine: {info['platform']}, {info['cpu']}, {info['cpu_count']} CPUs",
+            f"python {info['python']}, device_sdk {info['device_sdk']} "
+            f"({info['device_sdk_source']}), paho-mqtt {info['paho_mqtt']}, {info['mosquitto']}",
+            f"load: {messages} QoS 1 messages of {PAYLOAD_BYTES} bytes per run, one topic, "
+            f"in-flight window {WINDOW}, MQTT 5, plain TCP on 127.0.0.1; "
+            f"median of {runs} runs per variant",
+            f"durable outbox directory: {tempfile.gettempdir()} ({_file_system(tempfile.gettempdir())})",
+        ]
+    )
+
+
+def _file_system(directory: str) -> str:
+    """The type and device of the file system holding ``directory`` (fsync cost depends on it)."""
+    best = ("", "unknown file system")
+    with contextlib.suppress(OSError), open("/proc/mounts", encoding="utf-8") as mounts:
+        for line in mounts:
+            device, mount_point, kind, *_rest = line.split()
+            inside = directory == mount_point or directory.startswith(mount_point.rstrip("/") + "/")
+            if inside and len(mount_point) >= len(best[0]):
+                best = (mount_point, f"{kind} on {device}, mounted at {mount_point}")
+    return best[1]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--messages", type=int, default=10_000, help="per run (default 10000)")
+    parser.add_argument("--runs", type=int, default=5, help="per variant (default 5)")
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="PATH",
+        help="machine-readable results: alone, printed instead of the table; "
+        "with PATH, written there and the table is printed too",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.messages < 1 or not 1 <= args.runs <= 100:
+        _parser().error("--messages must be at least 1 and --runs between 1 and 100")
+    logging.getLogger("device_sdk").addHandler(logging.NullHandler())
+    json_only = args.json == "-"
+    info = machine_info()
+    if not json_only:
+        print(format_header(info, args.messages, args.runs), end="\n\n", flush=True)
+
+    def progress(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    results = measure(args.messages, args.runs, progress)
+    rows = summarise(results)
+    if args.json is not None:
+        document = {
+            "machine": info,
+            "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
+            "settings": {
+                "messages": args.messages,
+                "runs": args.runs,
+                "payload_bytes": PAYLOAD_BYTES,
+                "inflight_window": WINDOW,
+            },
+            "summary": rows,
+            "runs": [asdict(r) | {"rate": round(r.rate)} for r in results if r.index > 0],
+        }
+        text = json.dumps(document, indent=2)
+        if json_only:
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n", encoding="utf-8")
+    if not json_only:
+        print(format_table(rows))
+    return 0 if all(row["target_met"] is not False for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,729 @@
+"""The durable outbox: SQLite in WAL mode, with group commit.
+
+:class:`SqliteOutbox` behaves exactly like :class:`~device_sdk.outbox.MemoryOutbox`
+(the same contract tests run against both), and also survives the process:
+``put()`` returns only once the message is committed to the file, and after a
+crash or power loss the next ``SqliteOutbox`` on the same file hands every
+unacknowledged message back to ``take_unsent()``, in the original order, with
+its original message id. Handles do not survive a restart: recovered messages
+have ``handle=None``.
+
+Sync levels (``synchronous=``), both in WAL mode:
+
+* ``"FULL"``: every commit fsyncs the write-ahead log. An accepted message
+  survives a process crash, a kernel panic and power loss (on storage that
+  honours flushes; some cheap SD cards do not).
+* ``"NORMAL"``: commits do not fsync; the log is synced at checkpoints. An
+  accepted message survives a crash of the process, but power loss or an OS
+  crash may roll back the last commits. The file is never corrupted either way.
+
+Group commit: a commit costs the same whether it holds one message or a
+hundred (at ``FULL`` it is dominated by one fsync), so concurrent ``put()``
+calls share commits. There is no writer thread: the first caller that finds
+no commit running becomes the *leader*, takes every message queued so far,
+commits them in one transaction outside the lock, and wakes the others; calls
+that arrive meanwhile queue up and the next leader commits them together. A
+single thread putting in a tight loop is always its own leader, so it pays no
+thread hand-off, only its commit.
+
+Acknowledgements are lazy: ``ack()`` (on the engine thread) never touches the
+file. It forgets the message in memory and queues the row's DELETE, which rides
+along in the next commit, or a background flush when no ``put()`` comes for a
+while (``ack_flush_interval``) or many acks piled up (``ack_flush_batch``).
+That is safe because a lost DELETE only means a message that was already
+acknowledged is sent again after a crash, which at-least-once delivery allows
+(it keeps its message id, so the backend deduplicates it), and it keeps fsyncs
+off the engine thread, where a slow SD card would stall the network loop.
+
+The file is checked before anything writes to it. A file that is not SQLite,
+SQLite without our ``application_id``, a newer schema, or a database that
+fails ``PRAGMA quick_check`` raises :class:`~device_sdk.errors.OutboxCorrupt`
+and is left byte-for-byte as it was: the header is read with plain file I/O and
+the rest is inspected through a read-only connection. A file that cannot be
+written (read-only file or file system, permissions), or that another outbox
+holds open, raises :class:`~device_sdk.errors.OutboxStorageError`. A write that
+fails later (disk full, file size limit, I/O error) makes that ``put()`` raise
+``OutboxStorageError``: the message was not accepted, and everything accepted
+before is untouched.
+
+Pending messages are also kept in memory (bounded by ``max_bytes``), so the
+engine's drain never waits for the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import itertools
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from device_sdk.core.message_id import MessageIdSource
+from device_sdk.errors import (
+    ClientClosed,
+    ConfigError,
+    MessageDropped,
+    OutboxCorrupt,
+    OutboxFull,
+    OutboxStorageError,
+)
+from device_sdk.outbox import OutboundMessage, PublishHandle
+
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteOutbox"]
+
+log = logging.getLogger("device_sdk")
+
+Overflow = Literal["reject", "drop_oldest"]
+Synchronous = Literal["FULL", "NORMAL"]
+
+APPLICATION_ID = 0x44534B4F  # "DSKO": PRAGMA application_id, set when the file is created
+SCHEMA_VERSION = 1  # PRAGMA user_version
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_HEADER_SIZE = 100
+_USER_VERSION_AT = 60  # offsets in the SQLite file header (big-endian 32-bit)
+_APPLICATION_ID_AT = 68
+# Another outbox on the same file holds an exclusive lock for as long as it is
+# open; a process that is just exiting releases it within moments.
+_LOCK_TIMEOUT = 0.25
+
+_SCHEMA = (
+    "CREATE TABLE outbox ("
+    " seq INTEGER PRIMARY KEY, message_id TEXT NOT NULL, topic TEXT NOT NULL,"
+    " payload BLOB NOT NULL, qos INTEGER NOT NULL)",
+    # The newest seq and id ever issued, so both keep increasing across a restart
+    # even when every message had been acknowledged and deleted.
+    "CREATE TABLE outbox_state ("
+    " singleton INTEGER PRIMARY KEY CHECK (singleton = 1),"
+    " last_seq INTEGER NOT NULL, last_message_id TEXT NOT NULL)",
+    "INSERT INTO outbox_state VALUES (1, 0, '')",
+)
+_COLUMNS = {
+    "outbox": ("seq", "message_id", "topic", "payload", "qos"),
+    "outbox_state": ("singleton", "last_seq", "last_message_id"),
+}
+_ID_PATTERN = "[0-7]" + "[0-9A-HJKMNP-TV-Z]" * 25  # GLOB for a canonical message id
+_BAD_ROWS = (
+    "SELECT count(*) FROM outbox WHERE typeof(seq) != 'integer'"
+    f" OR typeof(message_id) != 'text' OR message_id NOT GLOB '{_ID_PATTERN}'"
+    " OR typeof(topic) != 'text'"
+    " OR typeof(payload) != 'blob' OR qos NOT IN (0, 1)"
+)
+_GOOD_STATE = (
+    "SELECT count(*) FROM outbox_state WHERE singleton = 1 AND typeof(last_seq) = 'integer'"
+    f" AND (last_message_id = '' OR last_message_id GLOB '{_ID_PATTERN}')"
+)
+_INSERT = "INSERT INTO outbox (seq, message_id, topic, payload, qos) VALUES "
+_INSERT_ROWS = 100  # rows per INSERT: 500 parameters, under SQLite's old limit of 999
+_DELETE_RANGE = "DELETE FROM outbox WHERE seq BETWEEN ? AND ?"
+_SAVE_STATE = "UPDATE outbox_state SET last_seq = ?, last_message_id = ? WHERE singleton = 1"
+
+
+@dataclass(slots=True)
+class _Write:
+    """One ``put()`` waiting for the commit that stores its message."""
+
+    message: OutboundMessage
+    done: bool = False
+    failure: BaseException | None = None  # why the commit failed; None once stored
+
+
+class SqliteOutbox:
+    """A bounded outbox in an SQLite file that survives crashes and power loss.
+
+    ``put()`` is called from application threads; ``take_unsent``, ``ack`` and
+    ``rewind`` from the engine thread. ``overflow="reject"`` raises
+    :class:`~device_sdk.errors.OutboxFull` at the bound and drops nothing;
+    ``"drop_oldest"`` deletes the oldest messages to make room, fails their
+    handles with :class:`~device_sdk.errors.MessageDropped` and counts them in
+    :meth:`dropped`. Close it (or the client that owns it) to stop its flush
+    thread and close the file.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_messages: int,
+        max_bytes: int,
+        overflow: Overflow = "reject",
+        synchronous: Synchronous = "FULL",
+        ids: MessageIdSource | None = None,
+        ack_flush_interval: float = 1.0,
+        ack_flush_batch: int = 1000,
+    ) -> None:
+        _check_settings(max_messages, max_bytes, overflow, synchronous, ack_flush_batch)
+        self.path = Path(path)
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self._drop_oldest = overflow == "drop_oldest"
+        self._flush_interval = ack_flush_interval
+        self._flush_batch = ack_flush_batch
+        self._ids = ids or MessageIdSource()
+        self._db = open_outbox_file(self.path, synchronous)
+        self._lock = threading.Lock()
+        self._batch_done = threading.Condition(self._lock)
+        self._acks_waiting = threading.Condition(self._lock)
+        self._live: OrderedDict[int, OutboundMessage] = OrderedDict()  # committed, not acked
+        self._live_bytes = 0
+        self._unsent: deque[int] = deque()
+        self._queue: list[_Write] = []  # reserved, not yet committed
+        self._queued_bytes = 0
+        self._deletes: list[int] = []  # acked or dropped, row not yet deleted
+        self._deletes_since = 0.0  # when the oldest of them was queued (monotonic)
+        self._committing = False
+        self._closed = False
+        self._db_closed = False
+        self._dropped = 0
+        self._last_stored: tuple[int, str] = (0, "")  # newest (seq, message_id) ever stored
+        try:
+            self._seq = itertools.count(self._recover() + 1)
+        except BaseException:
+            self._db.close()
+            raise
+        self._flusher = threading.Thread(
+            target=self._flush_acks, name=f"device-sdk-outbox-{self.path.name}", daemon=True
+        )
+        self._flusher.start()
+
+    # -- the Outbox interface --------------------------------------------------------------
+
+    def put(self, topic: str, payload: bytes, qos: int) -> OutboundMessage:
+        """Store a message; returns once it is committed at the configured sync level."""
+        size = len(payload) + len(topic)
+        with self._lock:
+            if self._closed:
+                raise ClientClosed("the outbox is closed; the message was not accepted")
+            self._check_room(size)
+            write = _Write(self._new_message(topic, payload, qos))
+            self._queue.append(write)
+            self._queued_bytes += size
+            while not write.done:
+                if self._committing:
+                    self._batch_done.wait()  # the running commit may not hold ours: re-check
+                else:
+                    self._commit_as_leader()
+        if write.failure is not None:
+            raise _store_failed(self.path, write.failure) from write.failure
+        return write.message
+
+    def take_unsent(self, limit: int) -> list[OutboundMessage]:
+        taken: list[OutboundMessage] = []
+        with self._lock:
+            while self._unsent and len(taken) < limit:
+                message = self._live.get(self._unsent.popleft())
+                if message is not None:  # acked or dropped meanwhile: skip it
+                    taken.append(message)
+        return taken
+
+    def ack(self, seq: int) -> None:
+        with self._lock:
+            message = self._live.pop(seq, None)
+            if message is None:
+                return
+            self._live_bytes -= message.size
+            self._deletes.append(seq)  # lazily: see the module docstring
+            if len(self._deletes) == 1:
+                self._deletes_since = time.monotonic()
+                self._acks_waiting.notify()  # the flusher's interval starts now
+            elif len(self._deletes) == self._flush_batch:
+                self._acks_waiting.notify()
+        if message.handle is not None:
+            message.handle._resolve()
+
+    def rewind(self) -> None:
+        with self._lock:
+            self._unsent = deque(self._live)
+
+    def depth(self) -> int:
+        with self._lock:
+            return len(self._live)
+
+    def dropped(self) -> int:
+        """How many messages the ``drop_oldest`` policy has dropped since this outbox opened."""
+        with self._lock:
+            return self._dropped
+
+    def close(self) -> list[OutboundMessage]:
+        """Commit what is queued, close the file, fail the handles never acknowledged.
+
+        Returns the messages still unacknowledged; they stay in the file for the
+        next ``SqliteOutbox`` on it. Calling it again returns them again.
+        """
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._acks_waiting.notify_all()
+                while self._committing:
+                    self._batch_done.wait()
+                if self._queue or self._deletes:
+                    self._commit_as_leader(flush_acks=True)
+            left = list(self._live.values())
+        self._flusher.join()
+        self._close_db()
+        for message in left:
+            if message.handle is not None and not message.handle.done():
+                message.handle._resolve(ClientClosed("closed before the hub acknowledged it"))
+        return left
+
+    # -- put: bounds and identity (lock held) ----------------------------------------------
+
+    def _check_room(self, size: int) -> None:
+        if size > self._max_bytes:
+            raise OutboxFull(
+                f"a message of {size} bytes can never fit an outbox of {self._max_bytes} "
+                "bytes; nothing queued was dropped"
+            )
+        if self._drop_oldest:
+            return  # the committing leader makes room, in the transaction that inserts
+        count = len(self._live) + len(self._queue)
+        used = self._live_bytes + self._queued_bytes
+        if count >= self._max_messages or used + size > self._max_bytes:
+            raise OutboxFull(
+                f"outbox full ({count} messages, {used} bytes; limits {self._max_messages} "
+                f"messages, {self._max_bytes} bytes); nothing queued was dropped"
+            )
+
+    def _new_message(self, topic: str, payload: bytes, qos: int) -> OutboundMessage:
+        message_id = self._ids.next_id()
+        message = OutboundMessage(
+            seq=next(self._seq), message_id=message_id, topic=topic, payload=payload, qos=qos
+        )
+        message.handle = PublishHandle(message_id)
+        return message
+
+    # -- group commit ----------------------------------------------------------------------
+
+    def _commit_as_leader(self, *, flush_acks: bool = False) -> None:
+        """Commit every queued message (and the pending deletes) in one transaction.
+
+        Called with the lock held, by a ``put()`` that found no commit running,
+        by the ack flusher, or by ``close()``. The lock is released during the
+        I/O, so the engine keeps draining and other callers keep queueing for
+        the next commit meanwhile.
+        """
+        batch, self._queue = self._queue, []
+        batch_bytes, self._queued_bytes = self._queued_bytes, 0
+        victims = self._choose_victims(batch, batch_bytes) if self._drop_oldest else []
+        deletes: list[int] = []
+        # Deletes ride along only once enough piled up, so most commits stay a
+        # single INSERT (see _write); the flusher and close() take them all.
+        if flush_acks or len(self._deletes) >= self._flush_batch or victims:
+            deletes, self._deletes = self._deletes, []
+        self._committing = True
+        self._lock.release()
+        try:
+            failure = self._write(batch, [*(m.seq for m in victims), *deletes])
+        finally:
+            self._lock.acquire()
+            self._committing = False
+        if failure is None:
+            self._settle(batch, victims)
+        else:
+            self._deletes[:0] = deletes  # not applied: they go with a later commit
+            if not batch:
+                log.warning("outbox: acknowledged messages not deleted yet: %s", _explain(failure))
+        for write in batch:
+            write.done, write.failure = True, failure
+        self._batch_done.notify_all()
+
+    def _choose_victims(self, batch: list[_Write], batch_bytes: int) -> list[OutboundMessage]:
+        """The oldest messages to drop so that the outbox, this batch included, fits."""
+        count = len(self._live) + len(batch)
+        used = self._live_bytes + batch_bytes
+        victims: list[OutboundMessage] = []
+        for message in itertools.chain(self._live.values(), _messages(batch)):
+            if count <= self._max_messages and used <= self._max_bytes:
+                break
+            victims.append(message)
+            count -= 1
+            used -= message.size
+        return victims
+
+    def _write(self, batch: list[_Write], deletes: list[int]) -> BaseException | None:
+        """Store a batch; returns what went wrong, or ``None`` once it is committed.
+
+        Why so few statements: the sqlite3 module drops and retakes the GIL
+        around every statement step, and with several threads publishing each
+        retake can wait on them, so a commit is one multi-row INSERT where
+        possible (a single statement is its own transaction in autocommit
+        mode), and deletes go by ranges of seqs. Inserts come before deletes, so
+        a message dropped from its own batch is inserted and deleted atomically.
+        """
+        statements = _insert_statements(list(_messages(batch)))
+        if deletes:
+            last = batch[-1].message if batch else None
+            self._last_stored = (last.seq, last.message_id) if last else self._last_stored
+            statements += [(_DELETE_RANGE, run) for run in _runs(deletes)]
+            # Only a delete can remove the newest row, so only then must the
+            # newest seq and id be kept aside for the next open.
+            statements.append((_SAVE_STATE, self._last_stored))
+        try:
+            if len(statements) > 1:
+                self._db.execute("BEGIN IMMEDIATE")
+            for sql, parameters in statements:
+                self._db.execute(sql, parameters)
+            if len(statements) > 1:
+                self._db.execute("COMMIT")
+        # Whatever failed, nothing of this batch is stored: report it to every
+        # waiting put() rather than leave them hanging on a dead leader.
+        except Exception as exc:
+            _rollback_quietly(self._db)
+            return exc
+        if batch:
+            self._last_stored = (batch[-1].message.seq, batch[-1].message.message_id)
+        return None
+
+    def _settle(self, batch: list[_Write], victims: list[OutboundMessage]) -> None:
+        """After a commit: drop the victims, and make the batch visible to the engine."""
+        first_new = batch[0].message.seq if batch else None
+        doomed = {message.seq for message in victims}
+        for message in victims:
+            if self._live.pop(message.seq, None) is not None:
+                self._live_bytes -= message.size
+            elif first_new is None or message.seq < first_new:
+                continue  # acked while we committed: it was delivered, not dropped
+            self._dropped += 1
+            if message.handle is not None:
+                message.handle._resolve(
+                    MessageDropped(f"message {message.message_id} dropped to make room")
+                )
+        for message in _messages(batch):
+            if message.seq not in doomed:
+                self._live[message.seq] = message
+                self._live_bytes += message.size
+                self._unsent.append(message.seq)
+
+    def _flush_acks(self) -> None:
+        """Background thread: delete acknowledged rows when no ``put()`` did it in time."""
+        with self._lock:
+            while not self._closed:
+                wait = self._flush_wait()
+                if wait is None or wait > 0:
+                    self._acks_waiting.wait(wait)
+                elif self._committing:
+                    self._batch_done.wait()
+                else:
+                    self._commit_as_leader(flush_acks=True)
+                    if self._deletes:  # it failed (disk full?): retry after an interval
+                        self._acks_waiting.wait(self._flush_interval)
+
+    def _flush_wait(self) -> float | None:
+        """How long the flusher may still sleep: ``None`` until an ack comes, 0 to flush now."""
+        if not self._deletes:
+            return None
+        if len(self._deletes) >= self._flush_batch:
+            return 0.0
+        return max(0.0, self._deletes_since + self._flush_interval - time.monotonic())
+
+    # -- open and close --------------------------------------------------------------------
+
+    def _recover(self) -> int:
+        """Load what a previous run left, in order; returns the last seq ever issued."""
+        rows = self._db.execute(
+            "SELECT seq, message_id, topic, payload, qos FROM outbox ORDER BY seq"
+        ).fetchall()
+        for seq, message_id, topic, payload, qos in rows:
+            message = OutboundMessage(
+                seq=seq, message_id=message_id, topic=topic, payload=payload, qos=qos
+            )
+            self._live[seq] = message
+            self._live_bytes += message.size
+        self._unsent = deque(self._live)
+        state = self._db.execute("SELECT last_seq, last_message_id FROM outbox_state").fetchone()
+        newest = max([(state[0], state[1]), *((row[0], row[1]) for row in rows[-1:])])
+        self._last_stored = newest
+        if newest[1]:
+            self._ids.observe(newest[1])  # new ids sort after every id issued before
+        return int(newest[0])
+
+    def _close_db(self) -> None:
+        with self._lock:
+            if self._db_closed:
+                return
+            self._db_closed = True
+        try:
+            self._db.close()  # checkpoints the log into the file and removes it
+        except sqlite3.Error as exc:
+            # Every commit is still in the write-ahead log, replayed on the next open.
+            log.warning("outbox: closing %s: %s", self.path, _explain(exc))
+
+
+def _messages(batch: list[_Write]) -> Iterator[OutboundMessage]:
+    return (write.message for write in batch)
+
+
+def _insert_statements(messages: list[OutboundMessage]) -> list[tuple[str, tuple[object, ...]]]:
+    """Multi-row INSERTs for ``messages``, at most ``_INSERT_ROWS`` rows each."""
+    statements: list[tuple[str, tuple[object, ...]]] = []
+    for start in range(0, len(messages), _INSERT_ROWS):
+        chunk = messages[start : start + _INSERT_ROWS]
+        parameters = tuple(
+            value for m in chunk for value in (m.seq, m.message_id, m.topic, m.payload, m.qos)
+        )
+        statements.append((_insert_sql(len(chunk)), parameters))
+    return statements
+
+
+@functools.lru_cache(maxsize=_INSERT_ROWS)
+def _insert_sql(rows: int) -> str:
+    return _INSERT + ", ".join(["(?, ?, ?, ?, ?)"] * rows)
+
+
+def _runs(seqs: list[int]) -> list[tuple[int, int]]:
+    """Sorted, merged ``(first, last)`` ranges covering ``seqs``: acks mostly come in order."""
+    runs: list[tuple[int, int]] = []
+    for seq in sorted(set(seqs)):
+        if runs and seq == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    return runs
+
+
+def _check_settings(
+    max_messages: int, max_bytes: int, overflow: str, synchronous: str, flush_batch: int
+) -> None:
+    for name, value in (
+        ("max_messages", max_messages),
+        ("max_bytes", max_bytes),
+        ("ack_flush_batch", flush_batch),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(name, value, "an integer of at least 1")
+    if overflow not in ("reject", "drop_oldest"):
+        raise ConfigError("overflow", overflow, "'reject' or 'drop_oldest'")
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ConfigError(
+            "synchronous", synchronous, "'FULL' (survives power loss) or 'NORMAL' (process crash)"
+        )
+
+
+# -- opening the file: check everything before anything writes ----------------------------
+
+
+def open_outbox_file(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
+    """Open, or create, the outbox at ``path`` for writing, once it is known to be ours.
+
+    Raises :class:`OutboxCorrupt` (file untouched) or :class:`OutboxStorageError`.
+    """
+    with _open_errors(path):
+        if not path.exists():
+            _create(path)
+        _check_header(path)
+        _check_writable(path)
+        _inspect_read_only(path)
+        return _connect_for_writing(path, synchronous)
+
+
+def _create(path: Path) -> None:
+    """Build a new outbox beside ``path`` and link it into place in one step.
+
+    Why not create it in place: a crash half-way would leave an empty or partial
+    file that the next open must report as damaged. Built aside, ``path`` is
+    either absent or a complete outbox.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
+    try:
+        db = sqlite3.connect(temporary, isolation_level=None)
+        try:
+            db.execute("BEGIN")
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            for statement in _SCHEMA:
+                db.execute(statement)
+            db.execute("COMMIT")
+            db.execute("PRAGMA journal_mode = WAL")  # persistent: recorded in the header
+        finally:
+            db.close()
+        _fsync(temporary)
+        _link_into_place(temporary, path)
+        _fsync(path.parent)
+    finally:
+        for leftover in ("", "-journal", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{temporary}{leftover}")
+
+
+def _link_into_place(temporary: Path, path: Path) -> None:
+    try:
+        os.link(temporary, path)  # fails if path appeared meanwhile: never replaces a file
+    except FileExistsError:
+        return  # another process created it first; the checks that follow judge it
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # No hard links (FAT on an SD card): rename, after a last look for a file.
+        if not path.exists():
+            os.rename(temporary, path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_header(path: Path) -> None:
+    """Read the SQLite header with plain file I/O, so a foreign file is never opened by SQLite."""
+    with open(path, "rb") as file:
+        header = file.read(_HEADER_SIZE)
+    if len(header) < _HEADER_SIZE or not header.startswith(_SQLITE_MAGIC):
+        what = "an empty file" if not header else "no SQLite header"
+        raise OutboxCorrupt(f"{path} is not an SQLite database ({what}); it was left untouched")
+    application_id = int.from_bytes(header[_APPLICATION_ID_AT : _APPLICATION_ID_AT + 4], "big")
+    if application_id != APPLICATION_ID:
+        raise OutboxCorrupt(
+            f"{path} is an SQLite database but not a device_sdk outbox "
+            f"(application_id {application_id:#x}); it was left untouched"
+        )
+    _check_version(path, int.from_bytes(header[_USER_VERSION_AT : _USER_VERSION_AT + 4], "big"))
+
+
+def _check_version(path: Path, version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise OutboxCorrupt(
+            f"{path} was written by a newer device_sdk (outbox schema {version}; this "
+            f"version reads {SCHEMA_VERSION}); it was left untouched"
+        )
+    if version < 1:
+        raise OutboxCorrupt(f"{path} is an incomplete outbox (schema 0); it was left untouched")
+
+
+def _check_writable(path: Path) -> None:
+    """Fail at open, with the OS's reason, rather than at the first ``put()``.
+
+    SQLite quietly opens a file it cannot write read-only; opening it for
+    writing ourselves (without writing) gets the real errno, e.g. EROFS.
+    """
+    try:
+        os.close(os.open(path, os.O_RDWR))
+    except OSError as exc:
+        raise OutboxStorageError(f"the outbox {path} cannot be written: {_explain(exc)}") from exc
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise OutboxStorageError(
+            f"the outbox's directory {path.parent} is not writable (SQLite keeps its "
+            "write-ahead log beside the file)"
+        )
+
+
+def _inspect_read_only(path: Path) -> None:
+    """Check structure and contents through a connection that cannot write the file.
+
+    Without a write-ahead log (the last run closed cleanly) the file alone is
+    the whole database, and ``immutable=1`` reads it with no locks and no side
+    files. After a crash the log holds the newest commits, so it must be read
+    too: ``mode=ro`` does that, through a shared-memory index it may create.
+    """
+    has_log = Path(f"{path}-wal").exists()
+    uri = f"{path.resolve().as_uri()}?{'mode=ro' if has_log else 'immutable=1'}"
+    db = sqlite3.connect(uri, uri=True, timeout=_LOCK_TIMEOUT)
+    try:
+        _check_version(path, db.execute("PRAGMA user_version").fetchone()[0])
+        verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if verdict != "ok":
+            raise OutboxCorrupt(f"{path} is damaged ({verdict}); it was left untouched")
+        for table, columns in _COLUMNS.items():
+            found = tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
+            if found != columns:
+                raise OutboxCorrupt(f"{path} has no valid {table} table; it was left untouched")
+        bad = db.execute(_BAD_ROWS).fetchone()[0] + 1 - db.execute(_GOOD_STATE).fetchone()[0]
+        if bad:
+            raise OutboxCorrupt(f"{path} holds {bad} malformed rows; it was left untouched")
+    finally:
+        db.close()
+
+
+def _connect_for_writing(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=_LOCK_TIMEOUT)
+    try:
+        # Exclusive: a second outbox on this file (another process, or a restart
+        # that overlaps the old one) fails at open instead of sending the same
+        # messages twice under different seqs. It also spares the shared-memory index.
+        db.execute("PRAGMA locking_mode = EXCLUSIVE")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise OutboxStorageError(f"the outbox {path} cannot use WAL mode (got {mode!r})")
+        db.execute(f"PRAGMA synchronous = {synchronous}")
+        db.execute("BEGIN IMMEDIATE")  # takes the lock now, and proves the file writable
+        db.execute("COMMIT")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+@contextlib.contextmanager
+def _open_errors(path: Path) -> Iterator[None]:
+    """Translate sqlite3 and OS errors at open into the SDK's two outbox errors."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        if _primary_code(exc) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            raise OutboxCorrupt(f"{path} is damaged ({exc}); it was left untouched") from exc
+        raise OutboxStorageError(f"cannot open the outbox {path}: {_explain(exc)}") from exc
+    except OSError as exc:
+        raise OutboxStorageError(f"cannot open the outbox {path}: {_explain(exc)}") from exc
+
+
+def _store_failed(path: Path, cause: BaseException) -> OutboxStorageError:
+    return OutboxStorageError(
+        f"the outbox {path} could not store the message: {_explain(cause)}; it was not "
+        "accepted, and messages accepted earlier are intact"
+    )
+
+
+_SQLITE_REASONS = {
+    sqlite3.SQLITE_FULL: "the disk is full",
+    sqlite3.SQLITE_IOERR: "I/O error (disk full, file size limit or failing storage)",
+    sqlite3.SQLITE_READONLY: "the file or its file system is read-only",
+    sqlite3.SQLITE_PERM: "permission denied",
+    sqlite3.SQLITE_CANTOPEN: "the file or its directory cannot be opened",
+    sqlite3.SQLITE_BUSY: "another outbox has the file open (in this or another process)",
+    sqlite3.SQLITE_LOCKED: "another outbox has the file open (in this or another process)",
+    sqlite3.SQLITE_CORRUPT: "the file is damaged",
+}
+_OS_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EFBIG: "the file size limit is reached",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOENT: "no such file or directory",
+}
+
+
+def _explain(exc: BaseException) -> str:
+    """A short, human reason for a storage failure, with the underlying code."""
+    if isinstance(exc, sqlite3.Error):
+        name = getattr(exc, "sqlite_errorname", "SQLITE_ERROR")
+        reason = _SQLITE_REASONS.get(_primary_code(exc))
+        return f"{reason} ({name}: {exc})" if reason else f"{name}: {exc}"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        reason = _OS_REASONS.get(exc.errno, exc.strerror or "OS error")
+        return f"{reason} ({errno.errorcode.get(exc.errno, exc.errno)}: {exc})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _primary_code(exc: sqlite3.Error) -> int:
+    code: int = getattr(exc, "sqlite_errorcode", -1)
+    return code & 0xFF if code >= 0 else code
+
+
+def _rollback_quietly(db: sqlite3.Connection) -> None:
+    # SQLite rolls back by itself after most I/O errors; this covers the others.
+    with contextlib.suppress(sqlite3.Error):
+        if db.in_transaction:
+            db.execute("ROLLBACK")

@@ -1,0 +1,246 @@
+"""The device side of the concierge transport: one bounded HTTPS GET.
+
+A concierge that is slow, hung or hostile must never hold a device up. So a
+fetch has a *total* deadline across resolving, connecting, the TLS handshake,
+the response headers and the body, and a size bound:
+
+- every socket operation waits at most for the time that is left, so a server
+  that drips one byte a second is cut off at the deadline (a per-read timeout
+  alone would let it go on forever);
+- a ``Content-Length`` above the bound is refused before the body is read, and
+  a body that streams past the bound is cut off.
+
+HTTPS verifies the concierge's certificate against its host name; plain HTTP
+needs an explicit opt-in (the local testbed uses it). Redirects are not
+followed: one could lead to plain HTTP or to another host. Every failure is a
+:class:`~device_sdk.errors.ConciergeUnavailable` carrying the original cause.
+
+Names are resolved fresh with the optional resolver (the concierge is often
+kept reachable by DNS redirection, which an OS cache would defeat); without
+one, the OS resolver is used and its lookup is outside the deadline.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import time
+import urllib.parse
+from typing import TYPE_CHECKING, Any
+
+from device_sdk.adapters.resolver import Resolver
+from device_sdk.concierge.document import MAX_ENVELOPE_BYTES
+from device_sdk.config import is_ip_literal
+from device_sdk.errors import ConciergeUnavailable, ConfigError, ResolveError
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
+__all__ = ["ConciergeFetcher"]
+
+_CHUNK = 16 * 1024
+_AddressInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]
+_USER_AGENT = "device-sdk-concierge-client/1"
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the deadline passed")
+    return left
+
+
+class _DeadlineSocket(socket.socket):
+    """A TCP socket whose every receive and send waits at most until ``deadline``."""
+
+    deadline: float | None = None
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
+        if self.deadline is not None:
+            self.settimeout(_remaining(self.deadline))
+        return super().recv_into(buffer, nbytes, flags)
+
+    def sendall(self, data: ReadableBuffer, flags: int = 0, /) -> None:
+        if self.deadline is not None:
+            self.settimeout(_remaining(self.deadline))
+        super().sendall(data, flags)
+
+
+class _DeadlineSSLSocket(ssl.SSLSocket):
+    """The TLS counterpart of :class:`_DeadlineSocket` (``SSLContext.sslsocket_class``)."""
+
+    deadline: float | None = None
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int | None = None, flags: int = 0) -> int:
+        if self.deadline is not None:
+            self.settimeout(_remaining(self.deadline))
+        return super().recv_into(buffer, nbytes, flags)
+
+    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
+        if self.deadline is not None:
+            self.settimeout(_remaining(self.deadline))
+        super().sendall(data, flags)
+
+
+class ConciergeFetcher:
+    """Fetches the concierge's signed envelope: HTTPS, one total deadline, a size bound.
+
+    ``timeout`` is the whole fetch's budget in seconds, ``max_bytes`` the largest
+    body accepted. ``ca_file`` replaces the system trust store for the concierge's
+    certificate. ``allow_plain_http`` must be set for an ``http://`` URL. The
+    fetcher holds no connection between calls and is safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        max_bytes: int = MAX_ENVELOPE_BYTES,
+        ca_file: str | None = None,
+        allow_plain_http: bool = False,
+        resolver: Resolver | None = None,
+    ) -> None:
+        self.url = url
+        self._host, self._port, self._target, tls = _split_url(url, allow_plain_http)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ConfigError("concierge.timeout", timeout, "a number of seconds > 0")
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise ConfigError("concierge.max_bytes", max_bytes, "an integer >= 1")
+        self._timeout = float(timeout)
+        self._max_bytes = max_bytes
+        self._resolver = resolver
+        self._context = _tls_context(ca_file) if tls else None
+        default_port = 443 if tls else 80
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        self._host_header = host if self._port == default_port else f"{host}:{self._port}"
+
+    def fetch(self) -> bytes:
+        """The response body of one GET, or :class:`ConciergeUnavailable`."""
+        deadline = time.monotonic() + self._timeout
+        try:
+            return self._fetch(deadline)
+        except ConciergeUnavailable:
+            raise
+        except TimeoutError as exc:
+            raise self._unavailable(f"no complete answer within {self._timeout:g} s") from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise self._unavailable(f"certificate did not verify ({exc.verify_message})") from exc
+        except (OSError, http.client.HTTPException, ResolveError) as exc:
+            raise self._unavailable(str(exc) or type(exc).__name__) from exc
+
+    def _unavailable(self, reason: str) -> ConciergeUnavailable:
+        return ConciergeUnavailable(f"concierge {self.url}: {reason}")
+
+    def _fetch(self, deadline: float) -> bytes:
+        connection = http.client.HTTPConnection(self._host, self._port)
+        # Dialled here, so that http.client never opens a socket without the deadline.
+        connection.sock = self._dial(deadline)
+        try:
+            connection.request("GET", self._target, headers=self._headers())
+            with connection.getresponse() as response:
+                if response.status != http.HTTPStatus.OK:
+                    raise self._unavailable(
+                        f"answered HTTP {response.status} {response.reason[:80]}"
+                    )
+                return self._read_body(response)
+        finally:
+            connection.close()
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "Host": self._host_header,
+            "Accept": "application/json",
+            "User-Agent": _USER_AGENT,
+            "Connection": "close",
+        }
+
+    def _read_body(self, response: http.client.HTTPResponse) -> bytes:
+        if response.length is not None and response.length > self._max_bytes:
+            raise self._unavailable(
+                f"announced {response.length} bytes, more than the {self._max_bytes} allowed"
+            )
+        body = bytearray()
+        # Bounded: every pass adds at least one byte or returns, and at most
+        # max_bytes + 1 bytes are ever read; each read is bound by the deadline.
+        while len(body) <= self._max_bytes:
+            chunk = response.read(min(_CHUNK, self._max_bytes + 1 - len(body)))
+            if not chunk:
+                return bytes(body)
+            body += chunk
+        raise self._unavailable(f"sent more than the {self._max_bytes} bytes allowed")
+
+    # -- dialling ----------------------------------------------------------------------------
+
+    def _dial(self, deadline: float) -> socket.socket:
+        sock = self._connect(deadline)
+        if self._context is None:
+            sock.deadline = deadline
+            return sock
+        try:
+            sock.settimeout(_remaining(deadline))  # bounds the whole handshake
+            tls_sock = self._context.wrap_socket(sock, server_hostname=self._host)
+        except BaseException:
+            sock.close()
+            raise
+        assert isinstance(tls_sock, _DeadlineSSLSocket)
+        tls_sock.deadline = deadline
+        return tls_sock
+
+    def _connect(self, deadline: float) -> _DeadlineSocket:
+        last_error: OSError = OSError(f"no address for {self._host}")
+        for family, kind, proto, _name, address in self._addresses(deadline):
+            sock = _DeadlineSocket(family, kind, proto)
+            try:
+                sock.settimeout(_remaining(deadline))
+                sock.connect(address)
+            except OSError as exc:
+                sock.close()
+                last_error = exc
+                if isinstance(exc, TimeoutError):
+                    raise
+                continue
+            return sock
+        raise last_error
+
+    def _addresses(self, deadline: float) -> list[_AddressInfo]:
+        hosts: tuple[str, ...] = (self._host,)
+        if self._resolver is not None and not is_ip_literal(self._host):
+            hosts = self._resolver.resolve_fresh(self._host).addresses
+        _remaining(deadline)
+        return [
+            info
+            for host in hosts
+            for info in socket.getaddrinfo(host, self._port, type=socket.SOCK_STREAM)
+        ]
+
+
+def _split_url(url: str, allow_plain_http: bool) -> tuple[str, int, str, bool]:
+    """(host, port, request target, tls) of a concierge URL, or ConfigError."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("concierge.url", url, "an https:// URL") from exc
+    if parts.scheme not in ("https", "http") or not parts.hostname or "@" in parts.netloc:
+        raise ConfigError("concierge.url", url, "an https:// URL with a host and no user info")
+    if parts.scheme == "http" and not allow_plain_http:
+        raise ConfigError(
+            "concierge.url", url, "an https:// URL (plain http needs allow_plain_http=True)"
+        )
+    tls = parts.scheme == "https"
+    target = parts.path or "/"
+    if parts.query:
+        target = f"{target}?{parts.query}"
+    return parts.hostname, port or (443 if tls else 80), target, tls
+
+
+def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("concierge.ca_file", ca_file, "a readable PEM CA bundle") from exc
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.sslsocket_class = _DeadlineSSLSocket
+    return context

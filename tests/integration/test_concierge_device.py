@@ -1,0 +1,279 @@
+"""A device and its concierge, end to end: the real reference service on loopback.
+
+The concierge adds speed and control, and is never a single point of failure:
+an operator's switch moves every device within one poll interval without
+losing a message, a concierge that is down or hangs changes nothing about
+failover, and a bad document is refused with a typed error and never moves a
+device anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from device_sdk import DeviceClient, events
+from device_sdk.concierge.document import DocumentHub, EndpointDocument
+from device_sdk.concierge.signing import sign_document
+from device_sdk.concierge.trust import ConciergeTrust
+from device_sdk.errors import (
+    BadSignature,
+    DocumentExpired,
+    DocumentRejected,
+    HubNotAllowed,
+    MalformedDocument,
+    RollbackRejected,
+    UnknownKey,
+)
+from device_sdk.testbed import DOMAIN, FaultProxy, Testbed
+from device_sdk.testbed.proxy import ProxySpec
+from device_sdk.testbed.pytest_plugin import TestbedFactory
+from tests.integration.support import (
+    EventLog,
+    SteadyPublisher,
+    assert_nothing_lost,
+    collectors_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def bed(testbed_factory: TestbedFactory) -> Testbed:
+    return testbed_factory(concierge=True)
+
+
+def operator_switch(bed: Testbed, hub: str) -> None:
+    """What `device-sdk concierge set-active` does: an authenticated POST."""
+    assert bed.concierge is not None and bed.concierge_token_file is not None
+    token = bed.concierge_token_file.read_text().strip()
+    request = urllib.request.Request(
+        f"{bed.concierge.url}/v1/active",
+        data=f'{{"hub": "{hub}"}}'.encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+
+def test_operator_switch_moves_every_device_within_a_poll_interval(bed: Testbed) -> None:
+    collectors = collectors_for(bed)
+    settings = bed.concierge_settings(poll_interval=1.0, poll_jitter=0.2)
+    logs = [EventLog(), EventLog()]
+    clients = [
+        DeviceClient(bed.client_config(f"fleet-{n}", concierge=settings), on_event=log)
+        for n, log in enumerate(logs)
+    ]
+    publishers = []
+    try:
+        for client in clients:
+            client.connect(timeout=5)
+            publishers.append(SteadyPublisher(client, rate=40))
+        for publisher in publishers:
+            publisher._thread.start()
+        time.sleep(0.3)
+        switched_at = time.monotonic()
+        operator_switch(bed, "secondary")
+        for log in logs:
+            moved = log.wait_for(events.Connected, 3.0, hub="secondary", after=switched_at)
+            assert moved.at - switched_at <= settings.poll_interval * 1.2 + 0.3
+            assert log.of(events.Migrating), "moved by a migration, not by a failure"
+            assert not log.of(events.Disconnected)  # make before break: no outage at all
+        time.sleep(0.3)
+    finally:
+        for publisher in publishers:
+            publisher._stop.set()
+            publisher._thread.join(5)
+    for publisher in publishers:
+        assert_nothing_lost(publisher, *collectors)
+    for client in clients:
+        assert client.metrics().current_hub == "secondary"
+        client.close()
+
+
+def test_concierge_that_hangs_does_not_slow_failover(bed: Testbed) -> None:
+    assert bed.concierge is not None
+    host, port = bed.concierge.url.removeprefix("http://").rsplit(":", 1)
+    with FaultProxy(ProxySpec(target_host=host, target_port=int(port))) as proxy:
+        proxy.blackhole()  # accepts, then silence: the worst concierge there is
+        url = f"http://{proxy.host}:{proxy.port}/v1/endpoint"
+        settings = bed.concierge_settings(url=url, timeout=0.5)
+        log = EventLog()
+        config = bed.client_config("patient-device", concierge=settings)
+        with DeviceClient(config, on_event=log) as client:
+            killed_at = time.monotonic()
+            bed.hub("primary").broker.kill()
+            moved = log.wait_for(events.Connected, 3.0, hub="secondary", after=killed_at)
+            client.publish("test/after", b"1").wait(5)
+            problem = log.wait_for(events.ConciergeProblem, 3.0)
+    # Recovery did not wait for the concierge: the fetch runs beside the attempts.
+    assert moved.at - killed_at < settings.timeout
+    assert not problem.security  # type: ignore[attr-defined]  # unavailable, not lying
+
+
+def test_concierge_that_is_down_changes_nothing(bed: Testbed) -> None:
+    assert bed.concierge is not None
+    settings = bed.concierge_settings()
+    bed.concierge.stop()
+    log = EventLog()
+    config = bed.client_config("alone-device", concierge=settings)
+    with DeviceClient(config, on_event=log) as client:
+        bed.hub("primary").broker.kill()
+        log.wait_for(events.Connected, 3.0, hub="secondary")
+        client.publish("test/after", b"1").wait(5)
+
+
+# --------------------------------------------------------------------------- lying concierges
+
+
+class CraftedConcierge:
+    """An HTTP server on loopback that serves whatever envelope the test sets."""
+
+    def __init__(self) -> None:
+        self.body = b""
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(outer.body)))
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/endpoint"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> CraftedConcierge:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def crafted() -> Iterator[CraftedConcierge]:
+    with CraftedConcierge() as server:
+        yield server
+
+
+KEY = Ed25519PrivateKey.generate()
+OTHER_KEY = Ed25519PrivateKey.generate()
+
+
+def document(
+    bed: Testbed, *, active: str = "secondary", sequence: int = 10, **hubs: str
+) -> EndpointDocument:
+    now = int(time.time())
+    names = {hub.name: hub.fqdn for hub in bed.hubs} | hubs
+    return EndpointDocument(
+        format_version=1,
+        sequence=sequence,
+        issued_at=now,
+        expires_at=now + 60,
+        scope=None,
+        active_hub=active,
+        hubs={
+            name: DocumentHub(fqdn=fqdn, port=bed.hub("primary").broker.port, tls=False)
+            for name, fqdn in names.items()
+        },
+    )
+
+
+def trusting(bed: Testbed, crafted: CraftedConcierge, tmp_path: Path, **overrides: object):  # type: ignore[no-untyped-def]
+    from cryptography.hazmat.primitives import serialization
+
+    raw = KEY.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    settings = bed.concierge_settings(
+        url=crafted.url,
+        trust=ConciergeTrust(keys={"k1": raw}, allowed_hubs=(f"*.{DOMAIN}",)),
+        state_file=str(tmp_path / "concierge.seq"),
+        poll_interval=0.3,
+    )
+    return dataclasses.replace(settings, **overrides) if overrides else settings
+
+
+def expired(doc: EndpointDocument) -> EndpointDocument:
+    return dataclasses.replace(doc, issued_at=doc.issued_at - 7200, expires_at=doc.issued_at - 3600)
+
+
+BAD_DOCUMENTS: list[tuple[str, Callable[[Testbed], bytes], type[DocumentRejected]]] = [
+    ("wrong key", lambda bed: sign_document(document(bed), OTHER_KEY, "k1"), BadSignature),
+    ("unknown kid", lambda bed: sign_document(document(bed), KEY, "k2"), UnknownKey),
+    ("expired", lambda bed: sign_document(expired(document(bed)), KEY, "k1"), DocumentExpired),
+    (
+        "unlisted hub",
+        lambda bed: sign_document(
+            document(bed, active="evil", evil="evil.attacker.example"), KEY, "k1"
+        ),
+        HubNotAllowed,
+    ),
+    ("not json", lambda bed: b"{not json", MalformedDocument),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "error_type"),
+    [case[1:] for case in BAD_DOCUMENTS],
+    ids=[case[0] for case in BAD_DOCUMENTS],
+)
+def test_bad_documents_are_refused_and_move_nobody(
+    bed: Testbed,
+    crafted: CraftedConcierge,
+    tmp_path: Path,
+    make: Callable[[Testbed], bytes],
+    error_type: type[DocumentRejected],
+) -> None:
+    assert bed.dns is not None
+    bed.dns.set_address("evil.attacker.example", [bed.hub("secondary").address])
+    crafted.body = make(bed)
+    collectors = collectors_for(bed)
+    log = EventLog()
+    config = bed.client_config("wary-device", concierge=trusting(bed, crafted, tmp_path))
+    with DeviceClient(config, on_event=log) as client:
+        publisher = SteadyPublisher(client)
+        with publisher.running():
+            problem = log.wait_for(events.ConciergeProblem, 3.0)
+            time.sleep(0.5)  # a couple more polls: still refused, still publishing
+        assert_nothing_lost(publisher, *collectors)
+        assert client.metrics().current_hub == "primary"
+        assert client.metrics().concierge_rejections >= 1
+    assert isinstance(problem.error, error_type), problem  # type: ignore[attr-defined]
+    assert problem.security  # type: ignore[attr-defined]
+    dialled = {e.hub for e in log.items if isinstance(e, events.Connected | events.DialFailed)}
+    assert dialled == {"primary"}
+
+
+def test_replayed_document_is_refused_after_a_device_restart(
+    bed: Testbed, crafted: CraftedConcierge, tmp_path: Path
+) -> None:
+    settings = trusting(bed, crafted, tmp_path)
+    crafted.body = sign_document(document(bed, active="secondary", sequence=20), KEY, "k1")
+    log = EventLog()
+    with DeviceClient(bed.client_config("replay-device", concierge=settings), on_event=log):
+        log.wait_for(events.ConciergeUpdate, 3.0, sequence=20)
+        log.wait_for(events.Connected, 3.0, hub="secondary")
+    # The device restarts; an attacker replays an older, validly signed document.
+    crafted.body = sign_document(document(bed, active="primary", sequence=19), KEY, "k1")
+    log = EventLog()
+    config = bed.client_config("replay-device", hubs=["secondary", "primary"], concierge=settings)
+    with DeviceClient(config, on_event=log) as client:
+        problem = log.wait_for(events.ConciergeProblem, 3.0)
+        assert client.metrics().current_hub == "secondary"
+    assert isinstance(problem.error, RollbackRejected)  # type: ignore[attr-defined]
