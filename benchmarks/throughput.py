@@ -230,6 +230,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def format_header(info: dict[str, Any], messages: int, runs: int) -> str:
+    temp = tempfile.gettempdir()
     return "\n".join(
         [
             f"throughput benchmark, {info['date']}",
@@ -239,7 +240,7 @@ def format_header(info: dict[str, Any], messages: int, runs: int) -> str:
             f"load: {messages} QoS 1 messages of {PAYLOAD_BYTES} bytes per run, one topic, "
             f"in-flight window {WINDOW}, MQTT 5, plain TCP on 127.0.0.1; "
             f"median of {runs} runs per variant",
-            f"durable outbox directory: {tempfile.gettempdir()} ({_file_system(tempfile.gettempdir())})",
+            f"durable outbox directory: {temp} ({_file_system(temp)})",
         ]
     )
 

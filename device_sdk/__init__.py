@@ -3,7 +3,15 @@ and never lose the telemetry it was handed."""
 
 from device_sdk import events
 from device_sdk.client import DeviceClient
-from device_sdk.config import ClientConfig, Credentials, DnsSettings, HubEndpoint, TlsSettings
+from device_sdk.config import (
+    ClientConfig,
+    Credentials,
+    DnsSettings,
+    HubEndpoint,
+    OutboxSettings,
+    SrvSettings,
+    TlsSettings,
+)
 from device_sdk.core.failover import FailoverPolicy
 from device_sdk.core.liveness import LivenessPolicy
 from device_sdk.core.retry import RetryPolicy
@@ -60,6 +68,7 @@ __all__ = [
     "NotConnected",
     "Outbox",
     "OutboxFull",
+    "OutboxSettings",
     "PermanentRefusal",
     "PublishError",
     "PublishHandle",
@@ -69,6 +78,7 @@ __all__ = [
     "ResolveTimeout",
     "ResolverFailure",
     "RetryPolicy",
+    "SrvSettings",
     "StateMachineError",
     "TestbedError",
     "TlsError",

@@ -162,6 +162,24 @@ class OutboxSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SrvSettings:
+    """Discover the ordered hub list from DNS SRV records, asked fresh before every attempt.
+
+    ``_secure-mqtt._tcp.<domain>`` (TLS, with ``tls``) or ``_mqtt._tcp.<domain>``
+    (plain). Priority orders the hubs and weight spreads a fleet within a
+    priority (RFC 2782). When the lookup fails, the last list (at first, the
+    configured ``hubs``) stays in use.
+    """
+
+    domain: str
+    secure: bool = True
+    tls: TlsSettings = field(default_factory=TlsSettings)
+
+    def __post_init__(self) -> None:
+        _check_fqdn("srv.domain", self.domain)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClientConfig:
     """Everything one device client needs. Build once; it never changes."""
 
@@ -185,6 +203,8 @@ class ClientConfig:
     envelope: bool = False
     # Ask a concierge which hub is active; None: the hub list alone decides.
     concierge: ConciergeSettings | None = None
+    # Take the hub list from DNS SRV records; None: the configured hubs.
+    srv: SrvSettings | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.client_id, str) or not 1 <= len(self.client_id) <= 128:
@@ -204,6 +224,8 @@ class ClientConfig:
         if self.inflight_window > 65535:
             raise ConfigError("inflight_window", self.inflight_window, "at most 65535")
         _check_positive("failback_probe_interval", self.failback_probe_interval)
+        if self.concierge is not None and self.srv is not None:
+            raise ConfigError("srv", self.srv.domain, "unset when a concierge names the hubs")
 
     def hub(self, name: str) -> HubEndpoint:
         """The hub called ``name``; ConfigError when there is none."""

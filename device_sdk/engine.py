@@ -35,6 +35,7 @@ from device_sdk import events
 from device_sdk.adapters.paho_link import LinkSettings, PahoLink
 from device_sdk.adapters.probe import hub_answers
 from device_sdk.adapters.resolver import FreshResolver, Resolver
+from device_sdk.adapters.srv import discover_hubs
 from device_sdk.concierge.source import ConciergeAnswer, ConciergeSource
 from device_sdk.config import ClientConfig, HubEndpoint, OutboxSettings
 from device_sdk.core import failover as fsm
@@ -55,6 +56,7 @@ from device_sdk.errors import (
     PermanentRefusal,
     RecoveryFailed,
     Redirected,
+    ResolveError,
     TlsError,
 )
 from device_sdk.metrics import Metrics, MetricsRecorder
@@ -282,6 +284,7 @@ class Engine:
 
     def _attempt_once(self) -> PahoLink | None:
         self._run_mailbox()
+        self._refresh_srv()
         if self._closing.is_set():
             return None
         assert self._next is not None
@@ -699,11 +702,33 @@ class Engine:
         self._emit(
             events.ConciergeUpdate(at=now, sequence=outcome.sequence, active_hub=outcome.active)
         )
-        names = tuple(hub.name for hub in outcome.hubs)
-        if names != self._machine.hubs or any(self._hubs.get(h.name) != h for h in outcome.hubs):
-            self._hubs = {hub.name: hub for hub in outcome.hubs}
-            self._follow(self._machine.handle(fsm.HubsChanged(hubs=names), now))
+        self._set_hubs(outcome.hubs)
         self._follow(self._machine.handle(fsm.ConciergeNamed(hub=outcome.active), now))
+
+    def _refresh_srv(self) -> None:
+        """Ask DNS SRV for the hub list again; a changed answer is used for this attempt."""
+        srv = self.config.srv
+        if srv is None:
+            return
+        try:
+            hubs = discover_hubs(
+                srv.domain, secure=srv.secure, dns=self.config.dns, rng=self._rng, tls=srv.tls
+            )
+        except ResolveError as exc:
+            log.warning(
+                "SRV discovery for %s failed; keeping the last hub list: %s", srv.domain, exc
+            )
+            return
+        finally:
+            self._metrics.add(dns_queries=1)
+        self._set_hubs(hubs)
+
+    def _set_hubs(self, hubs: tuple[HubEndpoint, ...]) -> None:
+        names = tuple(hub.name for hub in hubs)
+        if names == self._machine.hubs and all(self._hubs.get(h.name) == h for h in hubs):
+            return
+        self._hubs = {hub.name: hub for hub in hubs}
+        self._follow(self._machine.handle(fsm.HubsChanged(hubs=names), time.monotonic()))
 
     def _follow(self, actions: tuple[fsm.Action, ...]) -> None:
         """Carry out what the machine asked for outside an attempt's own result."""

@@ -17,7 +17,7 @@ from device_sdk.testbed.bed import (
 )
 from device_sdk.testbed.broker import BrokerSpec, BrokerTls, MosquittoBroker, find_mosquitto
 from device_sdk.testbed.collector import Collector
-from device_sdk.testbed.dns_server import DnsServer
+from device_sdk.testbed.dns_server import DnsServer, SrvTarget
 from device_sdk.testbed.pki import CertificateAuthority, ServerCertificate
 from device_sdk.testbed.proxy import FaultProxy
 
@@ -35,6 +35,7 @@ __all__ = [
     "FaultProxy",
     "MosquittoBroker",
     "ServerCertificate",
+    "SrvTarget",
     "Testbed",
     "TestbedHub",
     "find_mosquitto",

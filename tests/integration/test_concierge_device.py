@@ -277,3 +277,45 @@ def test_replayed_document_is_refused_after_a_device_restart(
         problem = log.wait_for(events.ConciergeProblem, 3.0)
         assert client.metrics().current_hub == "secondary"
     assert isinstance(problem.error, RollbackRejected)  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- DNS SRV
+
+
+def test_srv_answer_orders_the_hubs_and_a_changed_answer_is_used_next(
+    testbed: Testbed,
+) -> None:
+    from device_sdk import SrvSettings
+    from device_sdk.adapters.srv import hub_name_for
+    from device_sdk.testbed import SrvTarget
+
+    assert testbed.dns is not None
+    primary, secondary = testbed.hub("primary"), testbed.hub("secondary")
+    port = primary.broker.port
+    service = f"_mqtt._tcp.{DOMAIN}"
+    testbed.dns.set_srv(
+        service,
+        [
+            SrvTarget(priority=20, weight=1, port=port, target=secondary.fqdn),
+            SrvTarget(priority=10, weight=1, port=port, target=primary.fqdn),
+        ],
+    )
+    log = EventLog()
+    config = testbed.client_config("srv-device", srv=SrvSettings(domain=DOMAIN, secure=False))
+    with DeviceClient(config, on_event=log) as client:
+        assert client.metrics().current_hub == hub_name_for(primary.fqdn, port)
+        # The operator drains the primary in DNS, then it dies: no attempt goes back to it.
+        testbed.dns.set_srv(
+            service, [SrvTarget(priority=10, weight=1, port=port, target=secondary.fqdn)]
+        )
+        changed_at = time.monotonic()
+        primary.broker.kill()
+        log.wait_for(events.Connected, 3.0, hub=hub_name_for(secondary.fqdn, port))
+        client.publish("test/after", b"1").wait(5)
+    dialled = [
+        e.hub
+        for e in log.items
+        if isinstance(e, events.DialFailed | events.Connected) and e.at >= changed_at
+    ]
+    assert dialled == [hub_name_for(secondary.fqdn, port)]
+    assert testbed.dns.queries(name=service, rdtype="SRV")

@@ -10,10 +10,10 @@ PUBLIC = {
     "ConnectTimeout", "Credentials", "DeviceClient", "DeviceSDKError", "DialError",
     "DnsSettings", "FailoverPolicy", "HubEndpoint", "LinkLost", "LivenessPolicy",
     "MemoryOutbox", "Metrics", "NameNotFound", "NoAddress", "NotConnected", "Outbox",
-    "PermanentRefusal", "PublishError", "PublishHandle", "OutboxFull", "RecoveryFailed",
-    "Redirected", "ResolveError", "ResolveTimeout", "ResolverFailure", "RetryPolicy",
-    "StateMachineError", "TestbedError", "TlsError", "TlsSettings", "TransientRefusal",
-    "__version__", "events",
+    "OutboxFull", "OutboxSettings", "PermanentRefusal", "PublishError", "PublishHandle",
+    "RecoveryFailed", "Redirected", "ResolveError", "ResolveTimeout", "ResolverFailure",
+    "RetryPolicy", "SrvSettings", "StateMachineError", "TestbedError", "TlsError",
+    "TlsSettings", "TransientRefusal", "__version__", "events",
 }  # fmt: skip
 
 
