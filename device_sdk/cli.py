@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from device_sdk.concierge import cli as concierge_cli
 from device_sdk.errors import DeviceSDKError
 
 
@@ -22,14 +23,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     drill.add_argument(
         "--scenario",
-        choices=("crash", "dns-flip", "hang", "all"),
+        choices=("crash", "dns-flip", "hang", "concierge", "failback", "all"),
         default="all",
         help="crash: SIGKILL the primary; dns-flip: move its FQDN to the other broker, "
-        "then kill it; hang: SIGSTOP it (default: all three)",
+        "then kill it; hang: SIGSTOP it; concierge: an operator switches the active hub; "
+        "failback: kill the primary, bring it back, watch the device return (default: all)",
     )
     drill.add_argument("--rate", type=float, default=20.0, help="QoS 1 messages per second")
     drill.add_argument("--no-tls", action="store_true", help="plain MQTT instead of TLS")
     drill.add_argument("--json", action="store_true", help="print the reports as JSON")
+    concierge_cli.add_subcommands(commands)
     return parser
 
 
@@ -55,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     try:
+        if args.command == "concierge":
+            return concierge_cli.run(args)
         return _drill(args)
     except DeviceSDKError as exc:
         if args.debug:

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 
 from device_sdk import events
 from device_sdk.client import DeviceClient
+from device_sdk.config import ClientConfig
 from device_sdk.errors import DeviceSDKError, TestbedError
 from device_sdk.outbox import PublishHandle
 from device_sdk.testbed.bed import Testbed
 from device_sdk.testbed.collector import Collector, merge
 
-SCENARIOS = ("crash", "dns-flip", "hang")
+SCENARIOS = ("crash", "dns-flip", "hang", "concierge", "failback")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +44,13 @@ class DrillReport:
     lost: int = 0
     duplicates: int = 0
     stale_dials: int = 0  # dials to the old address after a DNS flip
+    failback_seconds: float | None = None  # primary back -> connected to it again (failback)
 
     @property
     def ok(self) -> bool:
-        return self.recovery_seconds is not None and self.lost == 0 and self.stale_dials == 0
+        failed_back = self.scenario != "failback" or self.failback_seconds is not None
+        recovered = self.recovery_seconds is not None and failed_back
+        return recovered and self.lost == 0 and self.stale_dials == 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -58,6 +62,7 @@ class DrillReport:
             "lost": self.lost,
             "duplicates": self.duplicates,
             "stale_dials": self.stale_dials,
+            "failback_seconds": self.failback_seconds,
             "timeline": [{"t": e.seconds, "event": e.text} for e in self.timeline],
             "ok": self.ok,
         }
@@ -70,13 +75,17 @@ class _Recorder:
         self._lock = threading.Lock()
         self.entries: list[tuple[float, str, events.Event | None]] = []
         self.first_ack_after = threading.Event()
+        self.back_home = threading.Event()
         self.fault_at: float | None = None
+        self.home_at: float | None = None
 
     def on_event(self, event: events.Event) -> None:
         with self._lock:
             self.entries.append((event.at, event.describe(), event))
             if isinstance(event, events.FirstAck) and self.fault_at is not None:
                 self.first_ack_after.set()
+            if isinstance(event, events.Connected) and event.hub == "primary" and self.home_at:
+                self.back_home.set()
 
     def mark(self, text: str) -> float:
         now = time.monotonic()
@@ -131,11 +140,14 @@ def run_drill(
         raise TestbedError(f"unknown scenario {scenario!r}; choose one of {SCENARIOS}")
     topic = f"drill/{scenario}/telemetry"
     recorder = _Recorder()
-    progress("starting testbed: two mosquitto hubs, DNS, a throwaway CA")
-    with Testbed(tls=tls) as bed:
+    with_concierge = scenario == "concierge"
+    progress(
+        "starting testbed: two mosquitto hubs, DNS, a throwaway CA"
+        + (", the reference concierge" if with_concierge else "")
+    )
+    with Testbed(tls=tls, concierge=with_concierge) as bed:
         collectors = [bed.collector(hub.name, topic) for hub in bed.hubs]
-        hubs = ("primary",) if scenario == "dns-flip" else ("primary", "secondary")
-        config = bed.client_config(f"drill-{scenario}", hubs=hubs)
+        config = _device_config(scenario, bed)
         with DeviceClient(config, on_event=recorder.on_event) as client:
             publisher = _Publisher(client, topic, rate)
             publisher.start()
@@ -143,6 +155,8 @@ def run_drill(
             time.sleep(warmup)
             _inject(scenario, bed, recorder, progress)
             recovered = recorder.first_ack_after.wait(15.0)
+            if scenario == "failback" and recovered:
+                _restart_primary(bed, recorder, config, progress)
             time.sleep(after)
             publisher.stop()
             progress("draining the outbox")
@@ -160,6 +174,26 @@ def run_drill(
     return report
 
 
+def _device_config(scenario: str, bed: Testbed) -> ClientConfig:
+    client_id = f"drill-{scenario}"
+    if scenario == "dns-flip":
+        return bed.client_config(client_id, hubs=["primary"])  # only DNS can save it
+    if scenario == "concierge":
+        return bed.client_config(client_id, concierge=bed.concierge_settings(poll_interval=1.0))
+    return bed.client_config(client_id)
+
+
+def _restart_primary(
+    bed: Testbed, recorder: _Recorder, config: ClientConfig, progress: Callable[[str], None]
+) -> None:
+    primary = bed.hub("primary").broker
+    primary.restart()
+    recorder.home_at = recorder.mark(f"primary restarted (pid {primary.pid})")
+    dwell = config.failover.failback_dwell_seconds
+    progress(f"primary back; the device returns after the {dwell:g} s dwell")
+    recorder.back_home.wait(dwell + 10.0)
+
+
 def _inject(
     scenario: str, bed: Testbed, recorder: _Recorder, progress: Callable[[str], None]
 ) -> None:
@@ -172,7 +206,11 @@ def _inject(
     elif scenario == "hang":
         recorder.fault_at = recorder.mark(f"primary hung (SIGSTOP pid {primary.pid})")
         primary.hang()
-    else:
+    elif scenario == "concierge":
+        assert bed.concierge is not None
+        recorder.fault_at = recorder.mark("operator: concierge set-active secondary")
+        bed.concierge.set_active("secondary")
+    else:  # crash, and the first half of failback
         pid = primary.pid
         recorder.fault_at = recorder.mark(f"primary killed (SIGKILL pid {pid})")
         primary.kill()
@@ -209,6 +247,10 @@ def _report(
             report.recovery_seconds = at - fault
         if scenario == "dns-flip" and isinstance(event, events.Connected | events.DialFailed):
             report.stale_dials += int(event.address == stale)
+        home = recorder.home_at
+        back = isinstance(event, events.Connected) and event.hub == "primary"
+        if back and home is not None and at >= home and report.failback_seconds is None:
+            report.failback_seconds = at - home
     accepted = len(publisher.handles)
     seen = merge(*collectors)
     report.published = accepted
@@ -224,10 +266,10 @@ def format_report(report: DrillReport) -> str:
     if report.recovery_seconds is None:
         lines.append("NOT RECOVERED within the drill's bound")
     else:
-        detected = report.detection_seconds or 0.0
+        detected = report.detection_seconds
+        noticed = "" if detected is None else f"detected after {detected * 1000:.1f} ms; "
         lines.append(
-            f"detected after {detected * 1000:.1f} ms; "
-            f"recovered {report.recovery_seconds * 1000:.1f} ms after the fault "
+            f"{noticed}recovered {report.recovery_seconds * 1000:.1f} ms after the fault "
             "(fault -> first PUBACK after it)"
         )
     lines.append(
@@ -236,5 +278,9 @@ def format_report(report: DrillReport) -> str:
     )
     if report.scenario == "dns-flip":
         lines.append(f"dials to the stale address after the flip: {report.stale_dials}")
+    if report.scenario == "failback":
+        back = report.failback_seconds
+        text = "did NOT return" if back is None else f"returned {back:.2f} s after it came back"
+        lines.append(f"failback to the primary: {text} (dwell and healthy probes first)")
     lines.append("result: OK" if report.ok else "result: FAILED")
     return "\n".join(lines)

@@ -271,27 +271,33 @@ def load_service_config(path: Path | str) -> ConciergeServiceConfig:
         raise ConfigError("--config", str(source), f"a readable file ({exc.strerror})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("--config", str(source), f"valid TOML ({exc})") from exc
+    try:
+        return _service_config(document, source)
+    except ConfigError as exc:
+        if exc.source:
+            raise
+        raise ConfigError(exc.field, exc.value, exc.allowed, source=str(source)) from exc
+
+
+def _service_config(document: dict[str, Any], source: Path) -> ConciergeServiceConfig:
     root = _Table(document, "concierge", source)
     service = _Table(root.get("service", dict), "service", source)
     hubs = _hubs(_Table(root.get("hubs", dict), "hubs", source), source)
     health = _health(_Table(root.get("health", dict, {}), "health", source))
     root.finish()
-    try:
-        config = ConciergeServiceConfig(
-            state_file=service.path("state_file"),
-            signing_key_file=service.path("signing_key_file"),
-            kid=service.get("kid", str),
-            token_file=service.path("token_file"),
-            hubs=hubs,
-            initial_active=service.get("initial_active", str, None),
-            ttl=service.get("ttl", int, 300),
-            scope=service.get("scope", str, None),
-            host=service.get("host", str, "127.0.0.1"),
-            port=service.get("port", int, 8080),
-            health=health,
-        )
-    except ConfigError as exc:
-        raise ConfigError(exc.field, exc.value, exc.allowed, source=str(source)) from exc
+    config = ConciergeServiceConfig(
+        state_file=service.path("state_file"),
+        signing_key_file=service.path("signing_key_file"),
+        kid=service.get("kid", str),
+        token_file=service.path("token_file"),
+        hubs=hubs,
+        initial_active=service.get("initial_active", str, None),
+        ttl=service.get("ttl", int, 300),
+        scope=service.get("scope", str, None),
+        host=service.get("host", str, "127.0.0.1"),
+        port=service.get("port", int, 8080),
+        health=health,
+    )
     service.finish()
     return config
 
@@ -313,8 +319,11 @@ def _hubs(table: _Table, source: Path) -> dict[str, DocumentHub]:
 def _health(table: _Table) -> HealthProbeSettings:
     username = table.get("username", str, None)
     password_file = table.path("password_file", None)
+    nameservers = table.get("nameservers", list, [])
+    if not all(isinstance(server, str) for server in nameservers):
+        raise ConfigError("health.nameservers", nameservers, "a list of IP address strings")
     dns = DnsSettings(
-        nameservers=tuple(table.get("nameservers", list, [])),
+        nameservers=tuple(nameservers),
         port=table.get("dns_port", int, 53),
         timeout=table.get("dns_timeout", (int, float), 2.0),
         lifetime=table.get("dns_lifetime", (int, float), 4.0),

@@ -127,7 +127,8 @@ class ConciergeFetcher:
             raise self._unavailable(f"no complete answer within {self._timeout:g} s") from exc
         except ssl.SSLCertVerificationError as exc:
             raise self._unavailable(f"certificate did not verify ({exc.verify_message})") from exc
-        except (OSError, http.client.HTTPException, ResolveError) as exc:
+        except (OSError, http.client.HTTPException, ResolveError, ValueError) as exc:
+            # ValueError: e.g. a host name the IDNA codec refuses inside getaddrinfo.
             raise self._unavailable(str(exc) or type(exc).__name__) from exc
 
     def _unavailable(self, reason: str) -> ConciergeUnavailable:

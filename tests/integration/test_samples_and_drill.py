@@ -19,12 +19,16 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_crash_drill_recovers_and_loses_nothing() -> None:
-    report = run_drill("crash", warmup=0.5, after=0.3)
+@pytest.mark.parametrize(
+    ("scenario", "fault_line"),
+    [("crash", "primary killed"), ("concierge", "operator: concierge set-active secondary")],
+)
+def test_drill_recovers_and_loses_nothing(scenario: str, fault_line: str) -> None:
+    report = run_drill(scenario, warmup=0.5, after=0.3)
     text = format_report(report)
     assert report.ok, text
     assert report.lost == 0 and report.published > 5
-    assert "primary killed" in text and "first PUBACK from secondary" in text
+    assert fault_line in text and "first PUBACK from secondary" in text
 
 
 def test_telemetry_gateway_sample_runs_against_the_testbed() -> None:
