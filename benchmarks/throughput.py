@@ -263,7 +263,7 @@ def _file_system(directory: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--messages", type=int, default=10_000, help="per run (default 10000)")
+    parser.add_argument("--messages", type=int, default=20_000, help="per run (default 20000)")
     parser.add_argument("--runs", type=int, default=5, help="per variant (default 5)")
     parser.add_argument(
         "--json",

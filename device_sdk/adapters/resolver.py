@@ -93,13 +93,13 @@ class FreshResolver:
         try:
             answer = self._resolver.resolve(host, rdtype, search=False, raise_on_no_answer=False)
         except dns.exception.DNSException as exc:
-            return (), _translate(host, rdtype, exc)
+            return (), translate_dns_error(host, rdtype, exc)
         if answer.rrset is None:
             return (), None
         return tuple(rdata.address for rdata in answer.rrset), None
 
 
-def _translate(host: str, rdtype: str, exc: dns.exception.DNSException) -> ResolveError:
+def translate_dns_error(host: str, rdtype: str, exc: dns.exception.DNSException) -> ResolveError:
     """dnspython's exceptions become ours here, and only here."""
     if isinstance(exc, dns.resolver.NXDOMAIN):
         error: ResolveError = NameNotFound(f"{host} does not exist (NXDOMAIN)")

@@ -22,7 +22,7 @@ import dns.name
 import dns.rdtypes.IN.SRV
 import dns.resolver
 
-from device_sdk.adapters.resolver import _translate as translate_dns_error
+from device_sdk.adapters.resolver import translate_dns_error
 from device_sdk.config import DnsSettings, HubEndpoint, TlsSettings
 from device_sdk.errors import ConfigError, NoAddress, ResolverFailure
 

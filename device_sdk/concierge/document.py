@@ -54,7 +54,7 @@ MAX_HUBS = 32
 # holds exactly; beyond it, two parsers could read different numbers.
 MAX_SAFE_INTEGER = 2**53 - 1
 _MAX_INTEGER_DIGITS = 17  # len("-9007199254740991"); refuse longer before int() runs
-_MAX_DEPTH = 8  # the envelope needs 4 levels; anything deeper is an attack or a bug
+_MAX_DEPTH = 8  # a valid document nests 3 deep; anything past 8 is an attack or a bug
 _SIGNATURE_BYTES = 64
 _SIGNATURE_CHARS = 86  # ceil(64 * 4 / 3) base64url characters, no padding
 _MAX_FQDN = 253
