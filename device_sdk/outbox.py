@@ -14,6 +14,7 @@ import itertools
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -29,12 +30,14 @@ class PublishHandle:
     message stays queued in both of those cases until the client closes.
     """
 
-    __slots__ = ("_done", "_error", "message_id")
+    __slots__ = ("_callbacks", "_done", "_error", "_lock", "message_id")
 
     def __init__(self, message_id: str) -> None:
         self.message_id = message_id
         self._done = threading.Event()
         self._error: PublishError | None = None
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[PublishHandle], None]] = []
 
     def wait(self, timeout: float | None = None) -> None:
         if not self._done.wait(timeout):
@@ -49,9 +52,32 @@ class PublishHandle:
     def acknowledged(self) -> bool:
         return self._done.is_set() and self._error is None
 
+    @property
+    def error(self) -> PublishError | None:
+        """Why the message will not be acknowledged (once done), or None."""
+        return self._error
+
+    def add_done_callback(self, callback: Callable[[PublishHandle], None]) -> None:
+        """Call ``callback(handle)`` once done; at once if it already is.
+
+        It runs on the thread that completes the handle (usually the engine's):
+        keep it short, as the asyncio face does by only scheduling a future.
+        """
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
     def _resolve(self, error: PublishError | None = None) -> None:
-        self._error = error
-        self._done.set()
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._error = error
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
 
 
 @dataclass(slots=True, kw_only=True)
