@@ -8,10 +8,11 @@ each hub) whether every number arrived at least once.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
-from device_sdk import DeviceClient, events
+from device_sdk import DeviceClient, OutboxSettings, events
 from device_sdk.testbed import Testbed
 from tests.integration.support import (
     TOPIC,
@@ -24,10 +25,15 @@ from tests.integration.support import (
 pytestmark = pytest.mark.integration
 
 
-def test_primary_crash_fails_over_to_secondary_and_loses_nothing(testbed: Testbed) -> None:
+@pytest.mark.parametrize("durable", [False, True], ids=["memory-outbox", "sqlite-outbox"])
+def test_primary_crash_fails_over_to_secondary_and_loses_nothing(
+    testbed: Testbed, tmp_path: Path, durable: bool
+) -> None:
     collectors = collectors_for(testbed)
     log = EventLog()
-    with DeviceClient(testbed.client_config("crash-device"), on_event=log) as client:
+    outbox = OutboxSettings(path=str(tmp_path / "outbox.sqlite") if durable else None)
+    config = testbed.client_config("crash-device", outbox=outbox)
+    with DeviceClient(config, on_event=log) as client:
         publisher = SteadyPublisher(client)
         with publisher.running():
             time.sleep(0.5)
