@@ -27,7 +27,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import tenacity
 
@@ -39,7 +38,6 @@ from device_sdk.adapters.srv import discover_hubs
 from device_sdk.concierge.source import ConciergeAnswer, ConciergeSource
 from device_sdk.config import ClientConfig, HubEndpoint, OutboxSettings
 from device_sdk.core import failover as fsm
-from device_sdk.core.liveness import Dead, LinkWatchdog, SendPing
 from device_sdk.core.outcomes import FailureKind
 from device_sdk.core.retry import Backoff
 from device_sdk.core.topics import topic_matches
@@ -59,8 +57,9 @@ from device_sdk.errors import (
     ResolveError,
     TlsError,
 )
+from device_sdk.link_session import LinkEnd, LinkSession, SessionServices
 from device_sdk.metrics import Metrics, MetricsRecorder
-from device_sdk.outbox import MemoryOutbox, OutboundMessage, Outbox, PublishHandle
+from device_sdk.outbox import MemoryOutbox, Outbox, PublishHandle
 from device_sdk.side_tasks import SideTasks
 
 log = logging.getLogger("device_sdk")
@@ -72,17 +71,6 @@ LinkFactory = Callable[[HubEndpoint, str, LinkSettings], PahoLink]
 # The engine wakes at least this often while connected, so paho's own
 # housekeeping (keepalive bookkeeping) runs even on a silent link.
 _MAX_IDLE_WAIT = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class _LinkEnd:
-    """Why the serve loop left a link."""
-
-    reason: str
-    unresponsive: bool = False
-    redirect: bool = False
-    server_reference: str | None = None
-    migrate: fsm.Migrate | None = None
 
 
 class Engine:
@@ -124,13 +112,9 @@ class Engine:
         self._next: fsm.Attempt | None = None
         self._attempt_no = 0
         self._waited = 0.0
-        self._link_end: _LinkEnd | None = None
-        self._resumable: PahoLink | None = None
-        self._link: PahoLink | None = None
-        self._watchdog: LinkWatchdog | None = None
-        self._inflight: dict[int, OutboundMessage] = {}
+        self._session: LinkSession | None = None
+        self._resumable: LinkSession | None = None  # its paho session may be resumed
         self._outage_started: float | None = None
-        self._awaiting_first_ack = False
         self._next_probe_at = 0.0
         # Callbacks for the engine thread, posted by side tasks (probes, concierge).
         self._mailbox: deque[Callable[[], None]] = deque()
@@ -139,6 +123,13 @@ class Engine:
         self._concierge = _concierge_source(config)
         self._next_concierge_at = 0.0
         self._dispatcher = CallbackDispatcher(f"device-sdk-callbacks-{config.client_id}")
+        self._services = SessionServices(
+            config=config,
+            outbox=self._outbox,
+            metrics=self._metrics,
+            emit=self._emit,
+            deliver=self._deliver,
+        )
         self._thread = threading.Thread(
             target=self._run, name=f"device-sdk-engine-{config.client_id}", daemon=True
         )
@@ -333,10 +324,10 @@ class Engine:
             link = self._resumable_link(hub)
             try:
                 if link is not None:
-                    link.reopen(address, self, deadline)
+                    link.reopen(address, deadline)
                 else:
                     link = self._link_factory(hub, address, self._link_settings())
-                    link.open(self, deadline)
+                    link.open(deadline)
             except ConnectError as exc:
                 self._emit(
                     events.DialFailed(at=time.monotonic(), hub=hub.name, address=address, error=exc)
@@ -351,11 +342,11 @@ class Engine:
 
     def _resumable_link(self, hub: HubEndpoint) -> PahoLink | None:
         """The last link's paho session, when it is worth resuming on this hub."""
-        link = self._resumable
-        if link is None or link.hub.name != hub.name:
+        session = self._resumable
+        if session is None or session.link.hub.name != hub.name:
             self._resumable = None
             return None
-        return link
+        return session.link
 
     def _link_settings(self) -> LinkSettings:
         return LinkSettings(
@@ -422,18 +413,17 @@ class Engine:
         now = time.monotonic()
         self._machine.handle(fsm.Connected(hub=link.hub.name), now)
         self._backoff = self._backoff.link_up(now)
-        self._link = link
-        self._watchdog = LinkWatchdog(self.config.liveness, now)
+        carried = self._resumable.inflight if self._resumable is not None else {}
         self._resumable = None
-        if link.resumed:
-            # paho resends these with DUP and their packet ids: wait for their acks.
-            for mid in self._inflight:
-                self._watchdog.on_ack_expected(mid, now, retransmitted=True)
-        else:
-            self._inflight.clear()
-            self._outbox.rewind()
+        self._session = LinkSession(
+            link,
+            self._services,
+            inflight=carried,
+            outage_started=self._outage_started,
+            now=now,
+        )
         outage = None if self._outage_started is None else now - self._outage_started
-        self._awaiting_first_ack = True
+        self._outage_started = None
         self._next_probe_at = now + self.config.failback_probe_interval
         self._metrics.add(connects=1)
         self._metrics.set(current_hub=link.hub.name, last_reconnect_seconds=outage)
@@ -452,21 +442,22 @@ class Engine:
             self._commands.clear()  # subscriptions are restored below, from the registry
         for topic, qos in subscriptions:
             link.subscribe(topic, qos)
-        link.start_reporting()
+        link.start_reporting(self._session)
 
-    def _serve(self, link: PahoLink) -> _LinkEnd | None:
+    def _serve(self, link: PahoLink) -> LinkEnd | None:
         """Serve ``link`` until it ends (returned) or the client closes (None)."""
-        self._link_end = None
+        session = self._session
+        assert session is not None and session.link is link
         with selectors.DefaultSelector() as selector:
             selector.register(self._wake_r, selectors.EVENT_READ)
             selector.register(link.fileno(), selectors.EVENT_READ)
-            while self._link_end is None and not self._closing.is_set():
-                self._serve_once(link, selector)
+            while session.end is None and not self._closing.is_set():
+                self._serve_once(session, selector)
         if self._closing.is_set():
             link.disconnect()
             self._set_status(connected=False)
             return None
-        return self._link_end
+        return session.end
 
     def _migrate(
         self, old: PahoLink, migrate: fsm.Migrate
@@ -489,8 +480,7 @@ class Engine:
             new = self._open_link(target)
         except ConnectError as exc:
             return self._migration_failed(old, target, exc)
-        old.disconnect()
-        self._inflight.clear()
+        old.disconnect()  # its in-flight messages go back in line, ahead of the rest
         self._resumable = None
         self._on_connected(new)
         return new, None
@@ -508,71 +498,45 @@ class Engine:
         attempt = self._single(actions)
         if old.hub.name in self._machine.hubs:
             self._machine.handle(fsm.Connected(hub=old.hub.name), now)
+            assert self._session is not None
+            self._session.end = None
             return old, None  # still healthy: carry on where we were
         old.disconnect()  # the old hub was withdrawn: follow the machine
-        self._link = None
+        self._session = None
         self._set_status(connected=False)
-        self._inflight.clear()
         self._outbox.rewind()
         return None, attempt
 
-    def _serve_once(self, link: PahoLink, selector: selectors.BaseSelector) -> None:
+    def _serve_once(self, session: LinkSession, selector: selectors.BaseSelector) -> None:
+        link = session.link
         self._run_mailbox()
         self._run_commands(link)
-        self._drain(link)
-        timeout = self._check_liveness(link)
-        if self._link_end is not None:
+        session.drain()
+        now = time.monotonic()
+        next_check = session.check_liveness(now)
+        if session.end is not None or next_check is None:
             return
-        events_mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if link.want_write() else 0)
-        selector.modify(link.fileno(), events_mask)
+        mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if link.want_write() else 0)
+        selector.modify(link.fileno(), mask)
         readable = writable = False
-        for key, mask in selector.select(timeout):
+        for key, ready in selector.select(self._sleep_until(next_check, now)):
             if key.fileobj is self._wake_r:
                 self._drain_wakeups()
             else:
-                readable = bool(mask & selectors.EVENT_READ)
-                writable = bool(mask & selectors.EVENT_WRITE)
-        if self._link_end is None:
+                readable = bool(ready & selectors.EVENT_READ)
+                writable = bool(ready & selectors.EVENT_WRITE)
+        if session.end is None:
             link.service(readable=readable, writable=writable)
         self._maybe_probe()
         if self._concierge is not None and time.monotonic() >= self._next_concierge_at:
             self._ask_concierge()
 
-    def _check_liveness(self, link: PahoLink) -> float:
-        """Run the watchdog; returns how long the loop may sleep before checking again."""
-        assert self._watchdog is not None
-        now = time.monotonic()
-        verdict = self._watchdog.check(now)
-        if isinstance(verdict, Dead):
-            link.abort()
-            self._link_end = _LinkEnd(reason=verdict.reason, unresponsive=True)
-            return 0.0
-        if isinstance(verdict, SendPing):
-            link.send_ping()
-            self._watchdog.on_ping_sent(now)
-            verdict = self._watchdog.check(now)
-        wake_at = min(
-            getattr(verdict, "next_check_at", now + _MAX_IDLE_WAIT),
-            self._next_probe_at,
-            self._next_concierge_at if self._concierge is not None else now + _MAX_IDLE_WAIT,
-        )
-        return max(0.0, min(wake_at - now, _MAX_IDLE_WAIT))
-
-    def _drain(self, link: PahoLink) -> None:
-        window = min(self.config.inflight_window, link.receive_maximum)
-        room = window - len(self._inflight)
-        if room <= 0:
-            return
-        assert self._watchdog is not None
-        for message in self._outbox.take_unsent(room):
-            mid = link.publish(message.topic, message.payload, message.qos, message.message_id)
-            if self._link_end is not None:
-                return  # the link died under the publish; rewind will resend it
-            if message.qos == 0:
-                self._outbox.ack(message.seq)
-                continue
-            self._inflight[mid] = message
-            self._watchdog.on_ack_expected(mid, time.monotonic())
+    def _sleep_until(self, next_check: float, now: float) -> float:
+        """How long the loop may wait: until the watchdog, a probe or a concierge poll is due."""
+        wake_at = min(next_check, self._next_probe_at, now + _MAX_IDLE_WAIT)
+        if self._concierge is not None:
+            wake_at = min(wake_at, self._next_concierge_at)
+        return max(0.0, wake_at - now)
 
     def _run_commands(self, link: PahoLink) -> None:
         while True:
@@ -582,15 +546,12 @@ class Engine:
                 command = self._commands.popleft()
             command(link)
 
-    def _after_link(self, link: PahoLink, end: _LinkEnd) -> fsm.Attempt | None:
+    def _after_link(self, link: PahoLink, end: LinkEnd) -> fsm.Attempt | None:
         now = time.monotonic()
-        self._link = None
-        self._set_status(connected=False)
         if self.config.session_expiry:
-            self._resumable = link  # its session (and in-flight messages) may be resumed
-        else:
-            self._inflight.clear()
-            self._outbox.rewind()
+            self._resumable = self._session  # its session (and in-flight messages) may resume
+        self._session = None
+        self._set_status(connected=False)
         self._metrics.set(current_hub=None)
         self._outage_started = now
         self._backoff = self._backoff.link_down(now, self.config.retry)
@@ -607,54 +568,14 @@ class Engine:
             )
         return self._single(actions)
 
-    # -- LinkListener: called by the link from service(), on this thread -------------------
-
-    def on_ack(self, mid: int) -> None:
-        message = self._inflight.pop(mid, None)
-        if message is None:
-            return
-        now = time.monotonic()
-        assert self._watchdog is not None
-        self._watchdog.on_received(now)
-        self._watchdog.on_acked(mid, now)
-        self._outbox.ack(message.seq)
-        self._metrics.add(acknowledged=1)
-        if self._awaiting_first_ack:
-            self._first_ack(now)
-
-    def _first_ack(self, now: float) -> None:
-        self._awaiting_first_ack = False
-        recovery = None if self._outage_started is None else now - self._outage_started
-        self._outage_started = None
-        assert self._link is not None and self._watchdog is not None
-        self._metrics.set(
-            last_recovery_seconds=recovery, ack_deadline_seconds=self._watchdog.deadline
-        )
-        self._emit(events.FirstAck(at=now, hub=self._link.hub.name, recovery_seconds=recovery))
-
-    def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        if self._watchdog is not None:
-            self._watchdog.on_received(time.monotonic())
+    def _deliver(self, topic: str, payload: bytes) -> None:
+        """Hand a received message to every matching handler, on the callback thread."""
         with self._lock:
             handlers = [
                 h for flt, (_q, h) in self._subscriptions.items() if topic_matches(flt, topic)
             ]
         for handler in handlers:
             self._dispatcher.submit(lambda h=handler: h(topic, payload))  # type: ignore[misc]
-
-    def on_pingresp(self) -> None:
-        if self._watchdog is not None:
-            now = time.monotonic()
-            self._watchdog.on_received(now)
-            self._watchdog.on_pingresp(now)
-
-    def on_link_closed(self, reason: str, kind: FailureKind, server_reference: str | None) -> None:
-        if kind is FailureKind.REDIRECT:
-            self._link_end = _LinkEnd(
-                reason=f"redirected: {reason}", redirect=True, server_reference=server_reference
-            )
-        else:
-            self._link_end = _LinkEnd(reason=reason)
 
     # -- failback probes --------------------------------------------------------------------
 
@@ -736,8 +657,8 @@ class Engine:
         if attempt is not None:
             self._next = attempt  # the recovery cycle picks it up at its next step
         for action in actions:
-            if isinstance(action, fsm.Migrate):
-                self._link_end = _LinkEnd(reason=action.reason, migrate=action)
+            if isinstance(action, fsm.Migrate) and self._session is not None:
+                self._session.end = LinkEnd(reason=action.reason, migrate=action)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -761,7 +682,7 @@ class Engine:
 
     def _command(self, command: Callable[[PahoLink], None]) -> None:
         with self._lock:
-            if self._link is None:
+            if self._session is None:
                 return  # applied from the registry on the next connect
             self._commands.append(command)
         self._wake()

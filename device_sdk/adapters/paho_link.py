@@ -200,14 +200,14 @@ class PahoLink:
 
     # -- opening ---------------------------------------------------------------------------
 
-    def open(self, listener: LinkListener, deadline: float) -> None:
+    def open(self, deadline: float) -> None:
         """Dial, handshake TLS, send CONNECT and wait for CONNACK until ``deadline``.
 
         Raises a :class:`ConnectError` subclass; never a paho, ssl or socket error.
         """
-        self._establish(self._dial, listener, deadline)
+        self._establish(self._dial, deadline)
 
-    def reopen(self, address: str, listener: LinkListener, deadline: float) -> None:
+    def reopen(self, address: str, deadline: float) -> None:
         """Connect the same paho session again, possibly at a new address of the same hub.
 
         paho resends every unacknowledged QoS 1 message with DUP set and its
@@ -220,10 +220,10 @@ class PahoLink:
         self._connack = None
         self._closed_reported = False
         self.resumed = True
-        self._establish(self._redial, listener, deadline)
+        self._establish(self._redial, deadline)
 
-    def _establish(self, dial: Callable[[], None], listener: LinkListener, deadline: float) -> None:
-        self._listener = listener
+    def _establish(self, dial: Callable[[], None], deadline: float) -> None:
+        self._listener = None
         try:
             self._translating_dial_errors(dial)
             self._await_connack(deadline)
@@ -233,12 +233,12 @@ class PahoLink:
         code, self.session_present, reference = self._connack or (0, False, None)
         self._raise_for_connack(code, reference)
 
-    def start_reporting(self) -> None:
-        """The engine is ready: deliver what arrived with the CONNACK, then report live."""
+    def start_reporting(self, listener: LinkListener) -> None:
+        """Report to ``listener`` from now on, starting with what arrived with the CONNACK."""
+        self._listener = listener
         held, self._held = self._held or [], None
         for report in held:
-            if self._listener is not None:
-                report(self._listener)
+            report(listener)
 
     def _dial(self) -> None:
         keepalive = max(1, round(self._settings.keepalive))

@@ -19,7 +19,6 @@ from device_sdk.adapters.paho_link import LinkSettings, PahoLink
 from device_sdk.adapters.resolver import FreshResolver, Resolver
 from device_sdk.concierge.document import DocumentHub
 from device_sdk.config import Credentials, DnsSettings, TlsSettings
-from device_sdk.core.outcomes import FailureKind
 from device_sdk.errors import ConfigError, ConnectError
 
 __all__ = ["HealthChecker", "HealthProbeSettings", "HealthStatus"]
@@ -68,20 +67,6 @@ class HealthStatus:
 
     def as_json(self) -> dict[str, object]:
         return {"healthy": self.healthy, "hub": self.hub, "detail": self.detail}
-
-
-class _IgnoreLinkEvents:
-    """The probe's link listener: the link lives for one CONNECT, nothing to report."""
-
-    def on_ack(self, mid: int) -> None: ...
-
-    def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None: ...
-
-    def on_pingresp(self) -> None: ...
-
-    def on_link_closed(
-        self, reason: str, kind: FailureKind, server_reference: str | None
-    ) -> None: ...
 
 
 class HealthChecker:
@@ -149,7 +134,7 @@ class HealthChecker:
                 credentials=settings.credentials,
             ),
         )
-        link.open(_IgnoreLinkEvents(), deadline)
+        link.open(deadline)
         link.disconnect()
 
     def _status(self, healthy: bool, name: str, detail: str) -> HealthStatus:

@@ -1,0 +1,155 @@
+"""One established link, served: the in-flight window, liveness, and what the link reports.
+
+A :class:`LinkSession` lives from a CONNACK to the end of that link. It drains
+the outbox within the in-flight window, feeds the RTT-derived watchdog, turns
+PUBACKs into acknowledged messages, and records why the link ended. The
+engine runs the loop and decides what happens next; the session only keeps
+the books. Engine thread only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from device_sdk import events
+from device_sdk.adapters.paho_link import PahoLink
+from device_sdk.config import ClientConfig
+from device_sdk.core import failover as fsm
+from device_sdk.core.liveness import Dead, LinkWatchdog, SendPing
+from device_sdk.core.outcomes import FailureKind
+from device_sdk.metrics import MetricsRecorder
+from device_sdk.outbox import OutboundMessage, Outbox
+
+Emit = Callable[[events.Event], None]
+Deliver = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEnd:
+    """Why serving a link stopped."""
+
+    reason: str
+    unresponsive: bool = False
+    redirect: bool = False
+    server_reference: str | None = None
+    migrate: fsm.Migrate | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionServices:
+    """What every session uses from its engine."""
+
+    config: ClientConfig
+    outbox: Outbox
+    metrics: MetricsRecorder
+    emit: Emit
+    deliver: Deliver
+
+
+class LinkSession:
+    """The books of one link: in-flight messages, the watchdog, the first PUBACK, the end.
+
+    ``inflight`` carries the messages a resumed session still owes acks for
+    (paho resends them with DUP and their packet ids); on a new session they
+    go back into the outbox's line instead and are republished in order.
+    """
+
+    def __init__(
+        self,
+        link: PahoLink,
+        services: SessionServices,
+        *,
+        inflight: dict[int, OutboundMessage],
+        outage_started: float | None,
+        now: float,
+    ) -> None:
+        self.link = link
+        self._services = services
+        self._watchdog = LinkWatchdog(services.config.liveness, now)
+        self._outage_started = outage_started
+        self._awaiting_first_ack = True
+        self.end: LinkEnd | None = None
+        if link.resumed:
+            self.inflight = inflight
+            for mid in inflight:
+                self._watchdog.on_ack_expected(mid, now, retransmitted=True)
+        else:
+            self.inflight = {}
+            services.outbox.rewind()
+
+    # -- driven by the engine's loop -----------------------------------------------------
+
+    def drain(self) -> None:
+        """Send queued messages while the window (ours and the hub's Receive Maximum) allows."""
+        window = min(self._services.config.inflight_window, self.link.receive_maximum)
+        room = window - len(self.inflight)
+        if room <= 0:
+            return
+        outbox = self._services.outbox
+        for message in outbox.take_unsent(room):
+            mid = self.link.publish(message.topic, message.payload, message.qos, message.message_id)
+            if self.end is not None:
+                return  # the link died under the publish; the next link sends it again
+            if message.qos == 0:
+                outbox.ack(message.seq)
+                continue
+            self.inflight[mid] = message
+            self._watchdog.on_ack_expected(mid, time.monotonic())
+
+    def check_liveness(self, now: float) -> float | None:
+        """Run the watchdog. Returns when it must run again, or None once the link is dead.
+
+        Why a missed PUBACK or PINGRESP ends the link: a hung or blackholed hub
+        sends no RST, and TCP would take minutes to give up. The deadline comes
+        from measured round trips, so a slow link is not mistaken for a dead one.
+        """
+        verdict = self._watchdog.check(now)
+        if isinstance(verdict, Dead):
+            self.link.abort()
+            self.end = LinkEnd(reason=verdict.reason, unresponsive=True)
+            return None
+        if isinstance(verdict, SendPing):
+            self.link.send_ping()
+            self._watchdog.on_ping_sent(now)
+            verdict = self._watchdog.check(now)
+        return getattr(verdict, "next_check_at", None)
+
+    # -- LinkListener: called by the link from service(), on the engine thread ------------
+
+    def on_ack(self, mid: int) -> None:
+        message = self.inflight.pop(mid, None)
+        if message is None:
+            return
+        now = time.monotonic()
+        self._watchdog.on_acked(mid, now)
+        self._services.outbox.ack(message.seq)
+        self._services.metrics.add(acknowledged=1)
+        if self._awaiting_first_ack:
+            self._first_ack(now)
+
+    def _first_ack(self, now: float) -> None:
+        self._awaiting_first_ack = False
+        recovery = None if self._outage_started is None else now - self._outage_started
+        self._services.metrics.set(
+            last_recovery_seconds=recovery, ack_deadline_seconds=self._watchdog.deadline
+        )
+        self._services.emit(
+            events.FirstAck(at=now, hub=self.link.hub.name, recovery_seconds=recovery)
+        )
+
+    def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        self._watchdog.on_received(time.monotonic())
+        self._services.deliver(topic, payload)
+
+    def on_pingresp(self) -> None:
+        self._watchdog.on_pingresp(time.monotonic())
+
+    def on_link_closed(self, reason: str, kind: FailureKind, server_reference: str | None) -> None:
+        if kind is FailureKind.REDIRECT:
+            self.end = LinkEnd(
+                reason=f"redirected: {reason}", redirect=True, server_reference=server_reference
+            )
+        else:
+            self.end = LinkEnd(reason=reason)
