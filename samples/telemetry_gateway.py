@@ -8,6 +8,11 @@ or against your own hubs:
 
     python samples/telemetry_gateway.py --hub primary=hub-eu.example.com:8883 \
         --hub secondary=hub-us.example.com:8883 --client-id gateway-0042
+
+Under systemd (see ``telemetry-gateway.service``) it reports READY=1 once
+connected and pings the watchdog from its main loop, so systemd restarts it if
+the loop ever hangs. It does not stop pinging while the hub is unreachable: a
+restart cannot fix the network, and the outbox keeps every reading meanwhile.
 """
 
 from __future__ import annotations
@@ -16,12 +21,31 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import random
+import socket
 import time
 from collections.abc import Iterator
 
-from device_sdk import ClientConfig, DeviceClient, HubEndpoint, events
+from device_sdk import ClientConfig, DeviceClient, HubEndpoint, OutboxSettings, events
 from device_sdk.testbed import Testbed
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd ``state`` (READY=1, WATCHDOG=1) when run as a Type=notify service."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract socket namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(state.encode(), address)
+
+
+def watchdog_interval() -> float | None:
+    """Half of systemd's WatchdogSec, the usual ping period; None without a watchdog."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    return int(usec) / 2e6 if usec else None
 
 
 def parse_hub(text: str) -> HubEndpoint:
@@ -32,11 +56,13 @@ def parse_hub(text: str) -> HubEndpoint:
 
 @contextlib.contextmanager
 def configured(args: argparse.Namespace) -> Iterator[ClientConfig]:
+    outbox = OutboxSettings(path=args.outbox)  # None: in memory
     if args.local_testbed:
         with Testbed(tls=True) as bed:
-            yield bed.client_config(args.client_id)
+            yield bed.client_config(args.client_id, outbox=outbox)
     else:
-        yield ClientConfig(client_id=args.client_id, hubs=tuple(parse_hub(h) for h in args.hub))
+        hubs = tuple(parse_hub(h) for h in args.hub)
+        yield ClientConfig(client_id=args.client_id, hubs=hubs, outbox=outbox)
 
 
 def main() -> int:
@@ -44,7 +70,8 @@ def main() -> int:
     parser.add_argument("--hub", action="append", default=[], help="name=fqdn:port, in order")
     parser.add_argument("--client-id", default="sample-gateway")
     parser.add_argument("--local-testbed", action="store_true")
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--outbox", help="durable SQLite outbox file (default: in memory)")
+    parser.add_argument("--seconds", type=float, default=float("inf"), help="run this long")
     parser.add_argument("--rate", type=float, default=2.0, help="readings per second")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -54,12 +81,17 @@ def main() -> int:
             print(f"[event] {event.describe()}", flush=True)
 
     with configured(args) as config, DeviceClient(config, on_event=show) as client:
+        sd_notify("READY=1")
+        ping_every, last_ping = watchdog_interval(), 0.0
         topic = f"devices/{config.client_id}/telemetry"
         handles = []
         end = time.monotonic() + args.seconds
         while time.monotonic() < end:
             reading = {"temperature": round(20 + random.random() * 5, 2), "ts": time.time()}
             handles.append(client.publish(topic, json.dumps(reading)))
+            if ping_every is not None and time.monotonic() - last_ping >= ping_every:
+                sd_notify("WATCHDOG=1")
+                last_ping = time.monotonic()
             time.sleep(1.0 / args.rate)
         for handle in handles:
             handle.wait(timeout=30)  # every reading acknowledged by a hub

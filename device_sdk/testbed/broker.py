@@ -269,6 +269,7 @@ class MosquittoBroker:
                 stderr=subprocess.STDOUT,
                 cwd=self.work_dir,
                 start_new_session=True,  # a ^C in the terminal must not reach it first
+                env=_child_environment(),
             )
         self._hung = False
         try:
@@ -568,3 +569,19 @@ def _without_own(
                 continue
         kept.append(attempt)
     return kept
+
+
+# systemd hands a service these; a broker that inherits them would report itself to the
+# service manager as the service (mosquitto speaks sd_notify), which it is not.
+_SERVICE_MANAGER_VARIABLES = (
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+)
+
+
+def _child_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in _SERVICE_MANAGER_VARIABLES}

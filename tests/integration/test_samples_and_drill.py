@@ -49,3 +49,66 @@ def test_telemetry_gateway_sample_runs_against_the_testbed() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "acknowledged" in result.stdout
+
+
+def run_sample(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def test_gateway_sample_speaks_the_systemd_notify_protocol(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(address)
+        notify.settimeout(30)
+        env = dict(os.environ, NOTIFY_SOCKET=address, WATCHDOG_USEC="200000")
+        result = run_sample(
+            "samples/telemetry_gateway.py",
+            "--local-testbed",
+            "--seconds",
+            "0.5",
+            "--rate",
+            "20",
+            "--outbox",
+            str(tmp_path / "outbox.sqlite"),
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        states = {notify.recv(64).decode() for _ in range(2)}
+    assert states == {"READY=1", "WATCHDOG=1"}
+
+
+def test_systemd_unit_restarts_and_watches_the_gateway() -> None:
+    import configparser
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read(ROOT / "samples" / "telemetry-gateway.service")
+    service = unit["Service"]
+    assert service["Type"] == "notify"
+    assert int(service["WatchdogSec"]) > 0
+    assert service["Restart"] == "always"
+    assert "telemetry_gateway.py" in service["ExecStart"]
+    assert unit["Unit"]["StartLimitIntervalSec"] == "0"
+
+
+def test_concierge_runbook_moves_the_fleet() -> None:
+    result = run_sample("samples/concierge_runbook.py", "--local-testbed", "--devices", "2")
+    assert result.returncode == 0, result.stderr
+    assert "2/2 devices moved to secondary" in result.stdout
+
+
+def test_testbed_fixture_sample_passes_as_a_user_would_run_it() -> None:
+    result = run_sample(
+        "-m", "pytest", "-q", "-p", "no:cacheprovider", "samples/test_my_gateway.py"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
