@@ -41,13 +41,17 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
-from recovery import machine_info  # the recovery benchmark's machine header, shared
 
 from device_sdk import ClientConfig, DeviceClient, HubEndpoint
 from device_sdk.adapters.sqlite_outbox import SqliteOutbox
 from device_sdk.config import OutboxSettings
 from device_sdk.outbox import Outbox
 from device_sdk.testbed import BrokerSpec, MosquittoBroker
+
+try:  # the recovery benchmark's machine description, shared
+    from benchmarks.recovery import machine_info
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    from recovery import machine_info  # type: ignore[import-not-found,no-redef]
 
 WINDOW = 20
 PAYLOAD_BYTES = 64
@@ -184,7 +188,9 @@ def measure(messages: int, runs: int, progress: Callable[[str], None]) -> list[R
     ):
         run_for = {v: runner(v, broker, Path(directory)) for v in VARIANTS}
         for variant in VARIANTS:
-            results.append(Run(variant, 0, WARM_UP_MESSAGES, run_for[variant](500, payload)))
+            results.append(
+                Run(variant, 0, WARM_UP_MESSAGES, run_for[variant](WARM_UP_MESSAGES, payload))
+            )
         for index in range(1, runs + 1):
             shift = (index - 1) % len(VARIANTS)
             for variant in VARIANTS[shift:] + VARIANTS[:shift]:

@@ -2,6 +2,7 @@
 and never lose the telemetry it was handed."""
 
 from device_sdk import events
+from device_sdk.aio import AsyncDeviceClient
 from device_sdk.client import DeviceClient
 from device_sdk.config import (
     ClientConfig,
@@ -46,6 +47,7 @@ from device_sdk.outbox import MemoryOutbox, Outbox, PublishHandle
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncDeviceClient",
     "ClientClosed",
     "ClientConfig",
     "ConfigError",

@@ -6,8 +6,9 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from device_sdk import cli_profiles, cli_run
 from device_sdk.concierge import cli as concierge_cli
 from device_sdk.errors import DeviceSDKError
 
@@ -33,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument("--no-tls", action="store_true", help="plain MQTT instead of TLS")
     drill.add_argument("--json", action="store_true", help="print the reports as JSON")
     concierge_cli.add_subcommands(commands)
+    cli_profiles.add_profile_subcommands(commands)
+    cli_run.add_device_subcommands(commands)
     return parser
 
 
@@ -51,6 +54,16 @@ def _drill(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "drill": _drill,
+    "concierge": concierge_cli.run,
+    "profile": cli_profiles.run,
+    "status": cli_profiles.run,
+    "run": cli_run.run_device,
+    "publish": cli_run.publish_once,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -58,9 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     try:
-        if args.command == "concierge":
-            return concierge_cli.run(args)
-        return _drill(args)
+        return _COMMANDS[args.command](args)
     except DeviceSDKError as exc:
         if args.debug:
             raise
@@ -69,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `device-sdk ... | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ from device_sdk.config import ClientConfig
 from device_sdk.core.topics import check_topic_filter, check_topic_name
 from device_sdk.engine import Engine, EventCallback, MessageHandler
 from device_sdk.errors import ConfigError
+from device_sdk.events import Event
 from device_sdk.metrics import Metrics
 from device_sdk.outbox import Outbox, PublishHandle
+from device_sdk.streams import DEFAULT_MAX_QUEUED, BlockingStream, Fanout
 
 
 class DeviceClient:
@@ -38,6 +40,9 @@ class DeviceClient:
         outbox: Outbox | None = None,
     ) -> None:
         self._engine = Engine(config, resolver=resolver, outbox=outbox)
+        # One engine listener feeds every events() iterator (see device_sdk.streams).
+        self._events: Fanout[Event] = Fanout()
+        self._engine.add_listener(self._events.send)
         if on_event is not None:
             self._engine.add_listener(on_event)
 
@@ -74,15 +79,37 @@ class DeviceClient:
         """Also call ``callback(event)`` for every connection event."""
         self._engine.add_listener(callback)
 
+    def events(
+        self, timeout: float | None = None, *, max_queued: int = DEFAULT_MAX_QUEUED
+    ) -> BlockingStream[Event]:
+        """Iterate over connection events from now on::
+
+            for event in client.events(timeout=30):
+                print(event.describe())
+
+        The iteration ends when the client closes (after the events before it),
+        or after ``timeout`` seconds without an event (``None``: never). Create
+        the iterator before ``connect()`` to see the first attempts too. A
+        reader more than ``max_queued`` events behind loses the oldest ones,
+        counted in the iterator's ``dropped``; the engine never waits for it.
+        """
+        label = f"events of {self._engine.config.client_id}"
+        return BlockingStream(self._events, timeout=timeout, max_items=max_queued, label=label)
+
     def metrics(self) -> Metrics:
         return self._engine.metrics()
 
     def close(self, timeout: float = 5.0) -> None:
         """Disconnect and stop every thread. Unacknowledged handles raise ClientClosed."""
         self._engine.close(timeout)
+        self._events.close()  # after the engine: its last events reach the iterators first
 
     def __enter__(self) -> DeviceClient:
-        self.connect()
+        try:
+            self.connect()
+        except BaseException:
+            self.close()  # __exit__ will not run: do not leave the engine behind
+            raise
         return self
 
     def __exit__(

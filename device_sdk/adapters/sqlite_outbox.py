@@ -22,9 +22,11 @@ hundred (at ``FULL`` it is dominated by one fsync), so concurrent ``put()``
 calls share commits. There is no writer thread: the first caller that finds
 no commit running becomes the *leader*, takes every message queued so far,
 commits them in one transaction outside the lock, and wakes the others; calls
-that arrive meanwhile queue up and the next leader commits them together. A
-single thread putting in a tight loop is always its own leader, so it pays no
-thread hand-off, only its commit.
+that arrive meanwhile queue up and the next leader commits them together
+(after waiting a fraction of a commit for the publishers of the last batch to
+come back, see ``_gather``). A single thread putting in a tight loop is always
+its own leader and never waits, so it pays no thread hand-off, only its
+commit, which is a single INSERT statement.
 
 Acknowledgements are lazy: ``ack()`` (on the engine thread) never touches the
 file. It forgets the message in memory and queues the row's DELETE, which rides
@@ -146,8 +148,10 @@ class SqliteOutbox:
     :class:`~device_sdk.errors.OutboxFull` at the bound and drops nothing;
     ``"drop_oldest"`` deletes the oldest messages to make room, fails their
     handles with :class:`~device_sdk.errors.MessageDropped` and counts them in
-    :meth:`dropped`. Close it (or the client that owns it) to stop its flush
-    thread and close the file.
+    :meth:`dropped`. ``ids`` issues message ids (seeded from the file on open);
+    acknowledged rows are deleted once ``ack_flush_batch`` of them are pending
+    or ``ack_flush_interval`` seconds after the first. Close it (or the client
+    that owns it) to stop its flush thread and close the file.
     """
 
     def __init__(
@@ -160,9 +164,11 @@ class SqliteOutbox:
         synchronous: Synchronous = "FULL",
         ids: MessageIdSource | None = None,
         ack_flush_interval: float = 1.0,
-        ack_flush_batch: int = 1000,
+        ack_flush_batch: int = 256,
     ) -> None:
         _check_settings(max_messages, max_bytes, overflow, synchronous, ack_flush_batch)
+        if not ack_flush_interval > 0:
+            raise ConfigError("ack_flush_interval", ack_flush_interval, "seconds, more than 0")
         self.path = Path(path)
         self._max_messages = max_messages
         self._max_bytes = max_bytes
@@ -170,24 +176,32 @@ class SqliteOutbox:
         self._flush_interval = ack_flush_interval
         self._flush_batch = ack_flush_batch
         self._ids = ids or MessageIdSource()
-        self._db = open_outbox_file(self.path, synchronous)
+        self._db = _open_outbox_file(self.path, synchronous)
         self._lock = threading.Lock()
         self._batch_done = threading.Condition(self._lock)
         self._acks_waiting = threading.Condition(self._lock)
         self._live: OrderedDict[int, OutboundMessage] = OrderedDict()  # committed, not acked
         self._live_bytes = 0
         self._unsent: deque[int] = deque()
-        self._queue: list[_Write] = []  # reserved, not yet committed
-        self._queued_bytes = 0
+        self._queue: list[_Write] = []  # waiting for a leader to commit them
+        # Accepted by put() but not yet committed (queued, or in the running commit):
+        # counted against the bounds so concurrent puts cannot overshoot them.
+        self._reserved = 0
+        self._reserved_bytes = 0
         self._deletes: list[int] = []  # acked or dropped, row not yet deleted
         self._deletes_since = 0.0  # when the oldest of them was queued (monotonic)
-        self._committing = False
+        self._committing = False  # a leader is gathering or committing
+        self._gathering = False
+        self._queue_grew = threading.Condition(self._lock)
+        self._last_writers = 0  # put() calls the last commit stored, and how long it took
+        self._last_commit_seconds = 0.0
         self._closed = False
         self._db_closed = False
         self._dropped = 0
         self._last_stored: tuple[int, str] = (0, "")  # newest (seq, message_id) ever stored
         try:
-            self._seq = itertools.count(self._recover() + 1)
+            with _open_errors(self.path):
+                self._seq = itertools.count(self._recover() + 1)
         except BaseException:
             self._db.close()
             raise
@@ -201,18 +215,23 @@ class SqliteOutbox:
     def put(self, topic: str, payload: bytes, qos: int) -> OutboundMessage:
         """Store a message; returns once it is committed at the configured sync level."""
         size = len(payload) + len(topic)
+        dropped: list[OutboundMessage] = []
         with self._lock:
             if self._closed:
                 raise ClientClosed("the outbox is closed; the message was not accepted")
             self._check_room(size)
             write = _Write(self._new_message(topic, payload, qos))
             self._queue.append(write)
-            self._queued_bytes += size
+            self._reserved += 1
+            self._reserved_bytes += size
+            if self._gathering:
+                self._queue_grew.notify()
             while not write.done:
                 if self._committing:
                     self._batch_done.wait()  # the running commit may not hold ours: re-check
                 else:
-                    self._commit_as_leader()
+                    dropped += self._commit_as_leader()
+        _fail_dropped(dropped)
         if write.failure is not None:
             raise _store_failed(self.path, write.failure) from write.failure
         return write.message
@@ -260,6 +279,7 @@ class SqliteOutbox:
         Returns the messages still unacknowledged; they stay in the file for the
         next ``SqliteOutbox`` on it. Calling it again returns them again.
         """
+        dropped: list[OutboundMessage] = []
         with self._lock:
             if not self._closed:
                 self._closed = True
@@ -267,8 +287,9 @@ class SqliteOutbox:
                 while self._committing:
                     self._batch_done.wait()
                 if self._queue or self._deletes:
-                    self._commit_as_leader(flush_acks=True)
+                    dropped = self._commit_as_leader(flush_acks=True)
             left = list(self._live.values())
+        _fail_dropped(dropped)
         self._flusher.join()
         self._close_db()
         for message in left:
@@ -286,8 +307,8 @@ class SqliteOutbox:
             )
         if self._drop_oldest:
             return  # the committing leader makes room, in the transaction that inserts
-        count = len(self._live) + len(self._queue)
-        used = self._live_bytes + self._queued_bytes
+        count = len(self._live) + self._reserved
+        used = self._live_bytes + self._reserved_bytes
         if count >= self._max_messages or used + size > self._max_bytes:
             raise OutboxFull(
                 f"outbox full ({count} messages, {used} bytes; limits {self._max_messages} "
@@ -304,31 +325,41 @@ class SqliteOutbox:
 
     # -- group commit ----------------------------------------------------------------------
 
-    def _commit_as_leader(self, *, flush_acks: bool = False) -> None:
+    def _commit_as_leader(self, *, flush_acks: bool = False) -> list[OutboundMessage]:
         """Commit every queued message (and the pending deletes) in one transaction.
 
         Called with the lock held, by a ``put()`` that found no commit running,
         by the ack flusher, or by ``close()``. The lock is released during the
         I/O, so the engine keeps draining and other callers keep queueing for
-        the next commit meanwhile.
+        the next commit meanwhile. Returns the messages dropped to make room:
+        the caller fails their handles once it has let go of the lock, because
+        a handle runs its done callbacks right there.
         """
+        self._committing = True
+        if not flush_acks:
+            self._gather()
         batch, self._queue = self._queue, []
-        batch_bytes, self._queued_bytes = self._queued_bytes, 0
+        batch_bytes = sum(m.size for m in _messages(batch))
         victims = self._choose_victims(batch, batch_bytes) if self._drop_oldest else []
         deletes: list[int] = []
         # Deletes ride along only once enough piled up, so most commits stay a
         # single INSERT (see _write); the flusher and close() take them all.
         if flush_acks or len(self._deletes) >= self._flush_batch or victims:
             deletes, self._deletes = self._deletes, []
-        self._committing = True
         self._lock.release()
+        started = time.monotonic()
         try:
             failure = self._write(batch, [*(m.seq for m in victims), *deletes])
         finally:
             self._lock.acquire()
             self._committing = False
+            self._last_writers = len(batch)
+            self._last_commit_seconds = time.monotonic() - started
+            self._reserved -= len(batch)
+            self._reserved_bytes -= batch_bytes
+        dropped: list[OutboundMessage] = []
         if failure is None:
-            self._settle(batch, victims)
+            dropped = self._settle(batch, victims)
         else:
             self._deletes[:0] = deletes  # not applied: they go with a later commit
             if not batch:
@@ -336,6 +367,25 @@ class SqliteOutbox:
         for write in batch:
             write.done, write.failure = True, failure
         self._batch_done.notify_all()
+        return dropped
+
+    def _gather(self) -> None:
+        """Give the publishers that shared the last commit a moment to queue for this one.
+
+        Why: a commit wakes all its publishers at once, and the first one back
+        would otherwise commit alone while the others queue behind it, halving
+        the batches. The wait is a quarter of the last commit's duration, so it
+        matters only where commits are slow, and a lone publisher never waits
+        (the last commit held only its own message).
+        """
+        deadline = time.monotonic() + self._last_commit_seconds / 4
+        self._gathering = True
+        while len(self._queue) < self._last_writers:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._queue_grew.wait(remaining)
+        self._gathering = False
 
     def _choose_victims(self, batch: list[_Write], batch_bytes: int) -> list[OutboundMessage]:
         """The oldest messages to drop so that the outbox, this batch included, fits."""
@@ -360,14 +410,13 @@ class SqliteOutbox:
         mode), and deletes go by ranges of seqs. Inserts come before deletes, so
         a message dropped from its own batch is inserted and deleted atomically.
         """
+        newest = (batch[-1].message.seq, batch[-1].message.message_id) if batch else None
         statements = _insert_statements(list(_messages(batch)))
         if deletes:
-            last = batch[-1].message if batch else None
-            self._last_stored = (last.seq, last.message_id) if last else self._last_stored
             statements += [(_DELETE_RANGE, run) for run in _runs(deletes)]
             # Only a delete can remove the newest row, so only then must the
             # newest seq and id be kept aside for the next open.
-            statements.append((_SAVE_STATE, self._last_stored))
+            statements.append((_SAVE_STATE, newest or self._last_stored))
         try:
             if len(statements) > 1:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -375,48 +424,53 @@ class SqliteOutbox:
                 self._db.execute(sql, parameters)
             if len(statements) > 1:
                 self._db.execute("COMMIT")
-        # Whatever failed, nothing of this batch is stored: report it to every
-        # waiting put() rather than leave them hanging on a dead leader.
+        # Whatever failed, this batch counts as not stored: report it to every
+        # waiting put() rather than leave them hanging on a dead leader. (If only
+        # the final fsync failed, the log may still replay the batch after a
+        # restart: a message reported as refused may then be delivered, which
+        # at-least-once allows; one reported as accepted is never lost.)
         except Exception as exc:
             _rollback_quietly(self._db)
             return exc
-        if batch:
-            self._last_stored = (batch[-1].message.seq, batch[-1].message.message_id)
+        self._last_stored = newest or self._last_stored
         return None
 
-    def _settle(self, batch: list[_Write], victims: list[OutboundMessage]) -> None:
-        """After a commit: drop the victims, and make the batch visible to the engine."""
+    def _settle(self, batch: list[_Write], victims: list[OutboundMessage]) -> list[OutboundMessage]:
+        """After a commit: forget the victims, make the batch visible; returns the dropped."""
         first_new = batch[0].message.seq if batch else None
         doomed = {message.seq for message in victims}
+        dropped: list[OutboundMessage] = []
         for message in victims:
             if self._live.pop(message.seq, None) is not None:
                 self._live_bytes -= message.size
             elif first_new is None or message.seq < first_new:
                 continue  # acked while we committed: it was delivered, not dropped
-            self._dropped += 1
-            if message.handle is not None:
-                message.handle._resolve(
-                    MessageDropped(f"message {message.message_id} dropped to make room")
-                )
+            dropped.append(message)
+        self._dropped += len(dropped)
         for message in _messages(batch):
             if message.seq not in doomed:
                 self._live[message.seq] = message
                 self._live_bytes += message.size
                 self._unsent.append(message.seq)
+        return dropped
 
     def _flush_acks(self) -> None:
         """Background thread: delete acknowledged rows when no ``put()`` did it in time."""
-        with self._lock:
-            while not self._closed:
+        while True:
+            dropped: list[OutboundMessage] = []
+            with self._lock:
+                if self._closed:
+                    return
                 wait = self._flush_wait()
                 if wait is None or wait > 0:
                     self._acks_waiting.wait(wait)
                 elif self._committing:
                     self._batch_done.wait()
                 else:
-                    self._commit_as_leader(flush_acks=True)
+                    dropped = self._commit_as_leader(flush_acks=True)
                     if self._deletes:  # it failed (disk full?): retry after an interval
                         self._acks_waiting.wait(self._flush_interval)
+            _fail_dropped(dropped)
 
     def _flush_wait(self) -> float | None:
         """How long the flusher may still sleep: ``None`` until an ack comes, 0 to flush now."""
@@ -461,6 +515,14 @@ class SqliteOutbox:
 
 def _messages(batch: list[_Write]) -> Iterator[OutboundMessage]:
     return (write.message for write in batch)
+
+
+def _fail_dropped(messages: list[OutboundMessage]) -> None:
+    for message in messages:
+        if message.handle is not None:
+            message.handle._resolve(
+                MessageDropped(f"message {message.message_id} dropped to make room")
+            )
 
 
 def _insert_statements(messages: list[OutboundMessage]) -> list[tuple[str, tuple[object, ...]]]:
@@ -512,7 +574,7 @@ def _check_settings(
 # -- opening the file: check everything before anything writes ----------------------------
 
 
-def open_outbox_file(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
+def _open_outbox_file(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
     """Open, or create, the outbox at ``path`` for writing, once it is known to be ours.
 
     Raises :class:`OutboxCorrupt` (file untouched) or :class:`OutboxStorageError`.

@@ -6,14 +6,14 @@ import device_sdk
 import device_sdk.testbed
 
 PUBLIC = {
-    "ClientClosed", "ClientConfig", "ConfigError", "ConnectError", "ConnectRefused",
-    "ConnectTimeout", "Credentials", "DeviceClient", "DeviceSDKError", "DialError",
-    "DnsSettings", "FailoverPolicy", "HubEndpoint", "LinkLost", "LivenessPolicy",
-    "MemoryOutbox", "Metrics", "NameNotFound", "NoAddress", "NotConnected", "Outbox",
-    "OutboxFull", "OutboxSettings", "PermanentRefusal", "PublishError", "PublishHandle",
-    "RecoveryFailed", "Redirected", "ResolveError", "ResolveTimeout", "ResolverFailure",
-    "RetryPolicy", "SrvSettings", "StateMachineError", "TestbedError", "TlsError",
-    "TlsSettings", "TransientRefusal", "__version__", "events",
+    "AsyncDeviceClient", "ClientClosed", "ClientConfig", "ConfigError", "ConnectError",
+    "ConnectRefused", "ConnectTimeout", "Credentials", "DeviceClient", "DeviceSDKError",
+    "DialError", "DnsSettings", "FailoverPolicy", "HubEndpoint", "LinkLost",
+    "LivenessPolicy", "MemoryOutbox", "Metrics", "NameNotFound", "NoAddress",
+    "NotConnected", "Outbox", "OutboxFull", "OutboxSettings", "PermanentRefusal",
+    "PublishError", "PublishHandle", "RecoveryFailed", "Redirected", "ResolveError",
+    "ResolveTimeout", "ResolverFailure", "RetryPolicy", "SrvSettings", "StateMachineError",
+    "TestbedError", "TlsError", "TlsSettings", "TransientRefusal", "__version__", "events",
 }  # fmt: skip
 
 

@@ -39,9 +39,9 @@ from device_sdk.errors import (
     OutboxFull,
     OutboxStorageError,
 )
-from device_sdk.outbox import MemoryOutbox, OutboundMessage
+from device_sdk.outbox import MemoryOutbox, OutboundMessage, Outbox
 
-Factory = Callable[..., Any]  # make(max_messages=, max_bytes=, overflow=) -> an outbox
+Factory = Callable[..., Outbox]  # make(max_messages=, max_bytes=, overflow=)
 KINDS = ("memory", "sqlite-FULL", "sqlite-NORMAL")
 BIG = {"max_messages": 100_000, "max_bytes": 100_000_000}
 
@@ -49,18 +49,18 @@ BIG = {"max_messages": 100_000, "max_bytes": 100_000_000}
 @pytest.fixture(params=KINDS)
 def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
     kind: str = request.param
-    opened: list[Any] = []
+    opened: list[Outbox] = []
 
-    def factory(max_messages: int = 100, max_bytes: int = 10_000, overflow: str = "reject") -> Any:
-        limits: dict[str, Any] = {"max_messages": max_messages, "max_bytes": max_bytes}
-        if overflow != "reject":
-            limits["overflow"] = overflow
+    def factory(
+        max_messages: int = 100, max_bytes: int = 10_000, overflow: Any = "reject"
+    ) -> Outbox:
+        limits = {"max_messages": max_messages, "max_bytes": max_bytes, "overflow": overflow}
+        outbox: Outbox
         if kind == "memory":
-            outbox: Any = MemoryOutbox(**limits)
+            outbox = MemoryOutbox(**limits)
         else:
-            sync = kind.split("-")[1]
             path = tmp_path / f"outbox-{len(opened)}.db"
-            outbox = SqliteOutbox(path, synchronous=sync, **limits)
+            outbox = SqliteOutbox(path, synchronous=kind.split("-")[1], **limits)  # type: ignore[arg-type]
         opened.append(outbox)
         return outbox
 
@@ -286,6 +286,7 @@ def opened(path: Path, **kwargs: Any) -> Iterator[SqliteOutbox]:
         ("max_messages", 0),
         ("max_bytes", True),
         ("ack_flush_batch", 0),
+        ("ack_flush_interval", 0),
     ],
 )
 def test_bad_settings_fail_before_the_file_is_touched(
@@ -414,7 +415,58 @@ def test_concurrent_puts_share_commits(tmp_path: Path, monkeypatch: pytest.Monke
         assert outbox.depth() == 32
     message_commits = [n for n in storage.batches if n]
     assert sum(message_commits) == 32
-    assert len(message_commits) <= 16, storage.batches  # one commit per put would be 32
+    assert len(message_commits) <= 12, storage.batches  # one commit per put would be 32
+
+
+def put_concurrently(outbox: SqliteOutbox, threads: int, each: int) -> list[OutboundMessage]:
+    """``threads`` publishers putting ``each`` messages at once; returns what was accepted."""
+    accepted: list[OutboundMessage] = []
+
+    def publish() -> None:
+        for _ in range(each):
+            with contextlib.suppress(OutboxFull):
+                accepted.append(outbox.put("t", b"x", 1))
+
+    workers = [threading.Thread(target=publish) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return accepted
+
+
+def test_concurrent_puts_never_overshoot_the_reject_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    SlowStorage(monkeypatch, delay=0.005)  # commits in flight while others check the bound
+    with opened(tmp_path / "o.db", max_messages=5) as outbox:
+        accepted = put_concurrently(outbox, threads=8, each=2)
+        assert len(accepted) == outbox.depth() == 5
+
+
+def test_a_burst_beyond_the_bound_drops_within_its_own_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = SlowStorage(monkeypatch, delay=0)
+    storage.release.clear()  # the first commit hangs until all eight puts have queued
+    path = tmp_path / "o.db"
+    with opened(path, max_messages=2, overflow="drop_oldest") as outbox:
+        accepted: list[OutboundMessage] = []
+        burst = threading.Thread(target=lambda: accepted.extend(put_concurrently(outbox, 8, 1)))
+        burst.start()
+        deadline = time.monotonic() + 10
+        while outbox._reserved < 8 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        storage.release.set()
+        burst.join()
+        assert storage.batches == [1, 7]  # the second inserted 7 and dropped 5 of them at once
+        assert len(accepted) == 8 and outbox.dropped() == 6
+        kept = sorted(accepted, key=lambda m: m.seq)[-2:]
+        assert outbox.take_unsent(10) == kept
+        for message in accepted:
+            assert message.handle is not None
+            assert message.handle.done() == (message not in kept)
+    assert seqs_in(path) == [m.seq for m in kept]
 
 
 def test_the_engine_never_waits_for_a_commit(

@@ -1,0 +1,166 @@
+"""``device-sdk run`` and ``device-sdk publish``: a device on the command line.
+
+::
+
+    device-sdk run --profile raspberry-pi-gateway --client-id gw-1 \\
+        --hub primary=hub-eu.example.com:8883 --hub secondary=hub-us.example.com:8883 \\
+        [--stdin | --interval 10] [--status-file /run/gw/status.json]
+    device-sdk publish --profile raspberry-pi-gateway --client-id gw-1 \\
+        --hub primary=hub-eu.example.com:8883 --topic t --message "hello"
+
+``run`` publishes each line of standard input, or a sample telemetry reading
+every ``--interval`` seconds, and keeps one status line up to date (state,
+hub, outbox depth, last recovery). ``publish`` sends one message and exits 0
+once it is acknowledged, 1 on an error, 2 when it timed out (the message may
+still be delivered later from a durable outbox).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+from device_sdk.client import DeviceClient
+from device_sdk.config import ClientConfig, Credentials, HubEndpoint, TlsSettings
+from device_sdk.errors import ConfigError, DeviceSDKError
+from device_sdk.metrics import Metrics
+from device_sdk.profiles import load_profile
+from device_sdk.status import StatusWriter
+
+
+def add_device_subcommands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = commands.add_parser("run", help="connect with a profile and keep publishing")
+    _device_arguments(run)
+    source = run.add_mutually_exclusive_group()
+    source.add_argument("--stdin", action="store_true", help="publish each line of stdin")
+    source.add_argument("--interval", type=float, default=10.0, help="seconds between readings")
+    run.add_argument("--status-file", type=Path, help="write the metrics snapshot here")
+    run.add_argument("--prometheus-file", type=Path, help="also write a node_exporter .prom file")
+    run.add_argument("--duration", type=float, help="stop after this many seconds")
+    publish = commands.add_parser("publish", help="publish one message, then exit")
+    _device_arguments(publish)
+    publish.add_argument("--message", required=True, help="the payload (UTF-8 text)")
+    publish.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for PUBACK")
+
+
+def _device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="raspberry-pi-gateway", help="profile name or file")
+    parser.add_argument("--profile-dir", type=Path, action="append", help="where profiles live")
+    parser.add_argument("--client-id", required=True)
+    parser.add_argument(
+        "--hub", action="append", required=True, help="name=fqdn:port, in priority order"
+    )
+    parser.add_argument("--plain", action="store_true", help="plain MQTT (no TLS): labs only")
+    parser.add_argument("--ca-file", help="trust these CAs for the hubs (default: system store)")
+    parser.add_argument("--username")
+    parser.add_argument("--password-file", type=Path)
+    parser.add_argument("--topic", help="default: devices/<client id>/telemetry")
+
+
+def device_config(args: argparse.Namespace) -> ClientConfig:
+    """The ClientConfig the command line describes: a profile plus identity and hubs."""
+    profile = load_profile(args.profile, search_path=args.profile_dir)
+    tls = None if args.plain else TlsSettings(ca_file=args.ca_file)
+    hubs = tuple(_hub(text, tls) for text in args.hub)
+    credentials = None
+    if args.username:
+        password = args.password_file.read_text().strip() if args.password_file else ""
+        credentials = Credentials(username=args.username, password=password)
+    return profile.client_config(client_id=args.client_id, hubs=hubs, credentials=credentials)
+
+
+def _hub(text: str, tls: TlsSettings | None) -> HubEndpoint:
+    name, _, authority = text.partition("=")
+    fqdn, _, port = authority.rpartition(":")
+    if not name or not fqdn or not port.isdigit():
+        raise ConfigError("--hub", text, "name=fqdn:port, e.g. primary=hub.example.com:8883")
+    return HubEndpoint(name=name, fqdn=fqdn, port=int(port), tls=tls)
+
+
+def _topic(args: argparse.Namespace, config: ClientConfig) -> str:
+    return str(args.topic or f"devices/{config.client_id}/telemetry")
+
+
+def run_device(args: argparse.Namespace) -> int:
+    config = device_config(args)
+    topic = _topic(args, config)
+    with DeviceClient(config) as client:
+        writer = _status_writer(args, client)
+        stop = threading.Event()
+        try:
+            if args.stdin:
+                _publish_lines(client, topic, sys.stdin, stop)
+            else:
+                _publish_readings(client, topic, args.interval, args.duration, stop)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop.set()
+            if writer is not None:
+                writer.stop(5.0)
+            print(file=sys.stderr)
+    return 0
+
+
+def _status_writer(args: argparse.Namespace, client: DeviceClient) -> StatusWriter | None:
+    if args.status_file is None:
+        return None
+    writer = StatusWriter(
+        client.metrics, args.status_file, prometheus_path=args.prometheus_file, interval=5.0
+    )
+    writer.start()
+    return writer
+
+
+def _publish_lines(client: DeviceClient, topic: str, lines: TextIO, stop: threading.Event) -> None:
+    for line in lines:
+        if stop.is_set():
+            return
+        client.publish(topic, line.rstrip("\n"))
+        _show(client.metrics())
+
+
+def _publish_readings(
+    client: DeviceClient, topic: str, interval: float, duration: float | None, stop: threading.Event
+) -> None:
+    end = None if duration is None else time.monotonic() + duration
+    while end is None or time.monotonic() < end:
+        reading = {"temperature": round(20 + 5 * random.random(), 2), "ts": round(time.time(), 3)}
+        client.publish(topic, json.dumps(reading))
+        _show(client.metrics())
+        if stop.wait(interval):
+            return
+
+
+def _show(metrics: Metrics) -> None:
+    """One status line, rewritten in place: state, hub, outbox depth, last recovery."""
+    state = "connected" if metrics.current_hub else "reconnecting"
+    recovery = metrics.last_recovery_seconds
+    last = "-" if recovery is None else f"{recovery * 1000:.0f} ms"
+    line = (
+        f"{state} hub={metrics.current_hub or '-'} outbox={metrics.queue_depth} "
+        f"acked={metrics.acknowledged} failovers={metrics.failovers} last_recovery={last}"
+    )
+    print(f"\r{line:<100}", end="", file=sys.stderr, flush=True)
+
+
+def publish_once(args: argparse.Namespace) -> int:
+    config = device_config(args)
+    with DeviceClient(config) as client:
+        handle = client.publish(_topic(args, config), args.message)
+        try:
+            handle.wait(args.timeout)
+        except TimeoutError:
+            print(f"device-sdk: not acknowledged within {args.timeout} s", file=sys.stderr)
+            return 2
+        except DeviceSDKError as exc:
+            print(f"device-sdk: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+    print(f"acknowledged {handle.message_id}")
+    return 0
