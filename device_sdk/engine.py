@@ -88,6 +88,9 @@ class Engine:
         self.config = config
         self._resolver = resolver or FreshResolver(config.dns)
         self._outbox = outbox or open_outbox(config.outbox)
+        # Only an outbox that may drop is asked after every publish (it costs a lock).
+        self._watch_drops = outbox is not None or config.outbox.overflow == "drop_oldest"
+        self._drops_reported = 0
         self._link_factory = link_factory
         self._rng = rng or random.Random()
         self._machine = fsm.FailoverMachine(config.hub_names, config.failover)
@@ -168,15 +171,23 @@ class Engine:
     def publish(self, topic: str, payload: bytes, qos: int) -> PublishHandle:
         if self._fatal is not None:
             raise self._fatal  # the retry policy gave up: nothing would ever send it
-        dropped_before = self._outbox.dropped()
         message = self._outbox.put(topic, payload, qos)
         self._metrics.add(published=1)
-        dropped = self._outbox.dropped() - dropped_before
-        if dropped:
-            self._emit(events.MessagesDropped(at=time.monotonic(), count=dropped))
+        if self._watch_drops:
+            self._report_drops()
         self._wake()
         assert message.handle is not None
         return message.handle
+
+    def _report_drops(self) -> None:
+        with self._lock:
+            total = self._outbox.dropped()
+            new, self._drops_reported = (
+                total - self._drops_reported,
+                max(total, self._drops_reported),
+            )
+        if new > 0:
+            self._emit(events.MessagesDropped(at=time.monotonic(), count=new))
 
     def subscribe(self, topic: str, handler: MessageHandler, qos: int) -> None:
         with self._lock:

@@ -88,15 +88,24 @@ class LinkSession:
         if room <= 0:
             return
         outbox = self._services.outbox
-        for message in outbox.take_unsent(room):
-            mid = self.link.publish(message.topic, message.payload, message.qos, message.message_id)
-            if self.end is not None:
-                return  # the link died under the publish; the next link sends it again
-            if message.qos == 0:
-                outbox.ack(message.seq)
-                continue
+        batch = outbox.take_unsent(room)
+        if not batch:
+            return
+        with self.link.coalesced(len(batch) > 1):
+            for message in batch:
+                if not self._send(message):
+                    return  # the link died under the publish; the next link sends it again
+
+    def _send(self, message: OutboundMessage) -> bool:
+        mid = self.link.publish(message.topic, message.payload, message.qos, message.message_id)
+        if self.end is not None:
+            return False
+        if message.qos == 0:
+            self._services.outbox.ack(message.seq)
+        else:
             self.inflight[mid] = message
             self._watchdog.on_ack_expected(mid, time.monotonic())
+        return True
 
     def check_liveness(self, now: float) -> float | None:
         """Run the watchdog. Returns when it must run again, or None once the link is dead.

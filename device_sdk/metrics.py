@@ -32,21 +32,28 @@ class Metrics:
 
 
 class MetricsRecorder:
-    """Thread-safe counters the engine bumps; ``snapshot()`` copies them for readers."""
+    """Thread-safe counters the engine bumps; ``snapshot()`` copies them for readers.
+
+    Why a dict and not the frozen Metrics value: ``add`` runs on every publish and
+    every PUBACK, and rebuilding a dataclass each time was a measurable share of
+    the hot path. The value object is built only when someone reads it.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values = Metrics()
+        self._values: dict[str, object] = {f.name: f.default for f in dataclasses.fields(Metrics)}
 
     def add(self, **increments: int) -> None:
         with self._lock:
-            changes = {k: getattr(self._values, k) + v for k, v in increments.items()}
-            self._values = dataclasses.replace(self._values, **changes)
+            values = self._values
+            for name, amount in increments.items():
+                values[name] = values[name] + amount  # type: ignore[operator]
 
     def set(self, **values: object) -> None:
         with self._lock:
-            self._values = dataclasses.replace(self._values, **values)  # type: ignore[arg-type]
+            self._values.update(values)
 
     def snapshot(self, *, queue_depth: int, dropped: int) -> Metrics:
         with self._lock:
-            return dataclasses.replace(self._values, queue_depth=queue_depth, dropped=dropped)
+            values = dict(self._values, queue_depth=queue_depth, dropped=dropped)
+        return Metrics(**values)  # type: ignore[arg-type]

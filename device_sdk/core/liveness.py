@@ -136,6 +136,7 @@ class LinkWatchdog:
         self._last_sent = now
         self._last_received = now
         self._ping_sent_at: float | None = None
+        self._next_sample_at = now  # acks before this are not timed (see on_acked)
         # token -> (sent at, retransmitted); dict order = send order, oldest first.
         self._awaiting: dict[Hashable, tuple[float, bool]] = {}
 
@@ -179,7 +180,14 @@ class LinkWatchdog:
         sent_at, retransmitted = entry
         if retransmitted:
             return None  # Karn's rule: which copy was acked is ambiguous.
-        return self._sample(now - sent_at)
+        if now < self._next_sample_at:
+            # One sample per smoothed RTT, as TCP times one segment per round trip: a
+            # window of acks arriving together says no more than its first one, and
+            # sampling each would cost the hot path for nothing.
+            return None
+        rtt = self._sample(now - sent_at)
+        self._next_sample_at = now + (self._rtt.srtt or 0.0)
+        return rtt
 
     def on_ping_sent(self, now: float) -> None:
         if self._ping_sent_at is None:

@@ -230,3 +230,15 @@ def test_a_second_ping_while_one_is_outstanding_keeps_the_first_time() -> None:
 def test_validation(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match=f"liveness.{next(iter(options))}"):
         LivenessPolicy(**options)
+
+
+def test_a_window_of_acks_is_sampled_once_per_round_trip() -> None:
+    policy = LivenessPolicy(deadline_floor=0.01, deadline_ceiling=5.0, initial_deadline=1.0)
+    watchdog = LinkWatchdog(policy, 0.0)
+    for token in range(20):
+        watchdog.on_ack_expected(token, 0.0)
+    samples = [watchdog.on_acked(token, 0.1 + token * 0.001) for token in range(20)]
+    assert samples[0] == pytest.approx(0.1)
+    assert all(sample is None for sample in samples[1:])  # all within one smoothed RTT
+    watchdog.on_ack_expected("later", 0.2)
+    assert watchdog.on_acked("later", 0.35) == pytest.approx(0.15)  # next round trip: timed

@@ -21,12 +21,39 @@ def test_paho_major_version_is_2() -> None:
     assert paho.mqtt.__version__.split(".")[0] == "2"
 
 
+EXPECTED_PARAMETERS = {
+    "_ssl_wrap_socket": ["self", "tcp_sock"],
+    "_send_publish": [
+        "self", "mid", "topic", "payload", "qos", "retain", "dup", "info", "properties"
+    ],
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("name", sorted(PAHO_PRIVATE_HOOKS))
-def test_private_hook_exists_and_takes_only_self(name: str) -> None:
+def test_private_hook_exists_with_the_expected_parameters(name: str) -> None:
     hook = getattr(paho.Client, name)
     parameters = list(inspect.signature(hook).parameters)
-    expected = ["self", "tcp_sock"] if name == "_ssl_wrap_socket" else ["self"]
-    assert parameters == expected
+    assert parameters == EXPECTED_PARAMETERS.get(name, ["self"])
+
+
+def test_publish_properties_are_only_packed() -> None:
+    # _PackedProperties implements nothing but pack(): paho must use nothing else.
+    source = inspect.getsource(paho.Client._send_publish)
+    assert "properties.pack()" in source
+    assert source.count("properties.") == source.count("properties.pack()")
+
+
+@pytest.mark.parametrize("message_id", ["01ABCDEFGHJKMNPQRSTVWXYZ12", "x" * 300, "é"])
+def test_packed_message_id_property_matches_paho_encoding(message_id: str) -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from device_sdk.adapters.paho_link import _PackedProperties, _utf8_pair_prefix
+
+    theirs = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    theirs.UserProperty = ("message-id", message_id)
+    ours = _PackedProperties(_utf8_pair_prefix("message-id"), message_id)
+    assert ours.pack() == theirs.pack()
 
 
 def test_socket_creation_goes_through_the_overridden_hook() -> None:
