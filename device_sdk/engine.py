@@ -529,12 +529,14 @@ class Engine:
             return
         mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if link.want_write() else 0)
         selector.modify(link.fileno(), mask)
-        readable = writable = False
-        for key, ready in selector.select(self._sleep_until(next_check, now)):
+        buffered = link.has_buffered_input()
+        readable, writable = buffered, False
+        timeout = 0.0 if buffered else self._sleep_until(next_check, now)
+        for key, ready in selector.select(timeout):
             if key.fileobj is self._wake_r:
                 self._drain_wakeups()
             else:
-                readable = bool(ready & selectors.EVENT_READ)
+                readable = buffered or bool(ready & selectors.EVENT_READ)
                 writable = bool(ready & selectors.EVENT_WRITE)
         if session.end is None:
             link.service(readable=readable, writable=writable)

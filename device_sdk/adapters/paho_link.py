@@ -52,6 +52,7 @@ PAHO_PRIVATE_HOOKS = {
     "_create_socket_connection": "dial the SDK-resolved IP instead of resolving _host",
     "_ssl_wrap_socket": "wrap with SNI = FQDN, and close the socket when the handshake fails",
     "_handle_pingresp": "report PINGRESPs so the watchdog can measure round trips",
+    "_sock_recv": "reads through self._sock.recv, which _ReadAheadSocket serves",
     "_send_pingreq": "send a PINGREQ when the watchdog wants a liveness probe",
 }
 
@@ -138,6 +139,33 @@ def make_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
     return context
 
 
+class _ReadAheadSocket(socket.socket):
+    """A TCP socket that reads ahead.
+
+    paho reads each packet a few bytes at a time (the fixed header, each byte of
+    the remaining length, then the body): on a plain socket that is three or more
+    system calls per PUBACK. This reads what the kernel has in one call and hands
+    it out from memory. TLS sockets need none of this (OpenSSL reads whole records)
+    and take over the descriptor, so this class only ever serves plain MQTT.
+    """
+
+    _READ_AHEAD = 64 * 1024
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        self._buffer = b""
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        if not self._buffer:
+            self._buffer = super().recv(max(bufsize, self._READ_AHEAD), flags)
+        data, self._buffer = self._buffer[:bufsize], self._buffer[bufsize:]
+        return data
+
+    def pending(self) -> int:
+        """Bytes read from the kernel and not handed out yet (select cannot see them)."""
+        return len(self._buffer)
+
+
 class _DialingClient(paho.Client):
     """paho's client with two hooks: dial a given address, and report PINGRESP."""
 
@@ -165,7 +193,7 @@ class _DialingClient(paho.Client):
         except OSError:
             sock.close()
             raise
-        return sock
+        return _ReadAheadSocket(sock)
 
     def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
         # SNI and verification use the FQDN, never the IP we dialled; the context has
@@ -363,6 +391,11 @@ class PahoLink:
 
     def want_write(self) -> bool:
         return self._client.want_write()
+
+    def has_buffered_input(self) -> bool:
+        """True when input was read ahead and waits in memory, where select cannot see it."""
+        sock = self._client.socket()
+        return isinstance(sock, _ReadAheadSocket) and sock.pending() > 0
 
     def service(self, *, readable: bool, writable: bool) -> None:
         """Let paho read, write and run its housekeeping. Callbacks fire from here."""

@@ -23,6 +23,7 @@ def test_paho_major_version_is_2() -> None:
 
 EXPECTED_PARAMETERS = {
     "_ssl_wrap_socket": ["self", "tcp_sock"],
+    "_sock_recv": ["self", "bufsize"],
     "_send_publish": [
         "self", "mid", "topic", "payload", "qos", "retain", "dup", "info", "properties"
     ],
@@ -83,3 +84,23 @@ def test_override_is_what_the_client_uses() -> None:
     assert _DialingClient._create_socket_connection is not paho.Client._create_socket_connection
     assert _DialingClient._handle_pingresp is not paho.Client._handle_pingresp
     assert _DialingClient._ssl_wrap_socket is not paho.Client._ssl_wrap_socket
+
+
+def test_paho_reads_only_through_the_socket_recv() -> None:
+    source = inspect.getsource(paho.Client._sock_recv)
+    assert "self._sock.recv(bufsize)" in source
+
+
+def test_read_ahead_socket_serves_small_reads_from_one_system_call() -> None:
+    import socket
+
+    from device_sdk.adapters.paho_link import _ReadAheadSocket
+
+    left, right = socket.socketpair()
+    with left, _ReadAheadSocket(right) as reader:
+        left.sendall(b"\x40\x02\x00\x01" * 3)
+        assert reader.recv(1) == b"\x40"
+        assert reader.pending() == 11
+        assert reader.recv(1) + reader.recv(2) == b"\x02\x00\x01"
+        assert reader.recv(100) == b"\x40\x02\x00\x01" * 2
+        assert reader.pending() == 0
