@@ -16,14 +16,12 @@ ignores our temporary files because their names do not end in ``.prom``.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from device_sdk.atomic_file import write_file_atomically
 from device_sdk.errors import ConfigError, DeviceSDKError
 from device_sdk.metrics import Metrics
 
@@ -116,7 +115,7 @@ def write_status(
         "extra": dict(extra or {}),
     }
     data = json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"
-    _replace_file(Path(path), data)
+    _replace_file_0644(Path(path), data)
 
 
 def read_status(path: Path | str) -> StatusReport:
@@ -210,7 +209,7 @@ def write_prometheus(
     """
     path = Path(path)
     _check_prom_path(path)
-    _replace_file(path, prometheus_text(metrics, labels=labels).encode())
+    _replace_file_0644(path, prometheus_text(metrics, labels=labels).encode())
 
 
 def _check_prom_path(path: Path) -> None:
@@ -256,33 +255,6 @@ def _finite(value: object) -> bool:
 
 
 # --------------------------------------------------------------------------- atomic files
-
-
-def _replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data``: readers see the old file or the new one, never half.
-
-    Not concierge.sequence_store.write_file_atomically: that one makes a 0600 file,
-    and node_exporter usually runs as another user who must be able to read ours.
-    """
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(file.fileno(), mode)
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
-    # The rename lives in the directory: without its fsync a power cut can bring
-    # back the old file, or none.
-    directory = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 # --------------------------------------------------------------------------- periodic writer
@@ -364,3 +336,8 @@ class StatusWriter:
         except Exception as exc:  # disk full, read-only fs, a failing metrics source
             self.last_error = exc
             _log.warning("could not write the status file %s: %s", self._path, exc)
+
+
+def _replace_file_0644(path: Path, data: bytes) -> None:
+    # 0644, not the 0600 default: node_exporter usually runs as another user.
+    write_file_atomically(path, data, mode=0o644)

@@ -41,6 +41,18 @@ class Resolution:
     queried: int  # DNS queries sent (0 for IP literals and localhost)
 
 
+def uncached_resolver(settings: DnsSettings) -> dns.resolver.Resolver:
+    """A dnspython resolver for ``settings`` with no cache (see the module docstring)."""
+    resolver = dns.resolver.Resolver(configure=not settings.nameservers)
+    if settings.nameservers:
+        resolver.nameservers = list(settings.nameservers)
+    resolver.port = settings.port
+    resolver.timeout = settings.timeout
+    resolver.lifetime = settings.lifetime
+    resolver.cache = None  # explicit: dnspython's default today, and it must stay so
+    return resolver
+
+
 class Resolver(Protocol):
     """The resolver seam. :class:`FreshResolver` is the real one; tests may pass a fake."""
 
@@ -55,18 +67,7 @@ class FreshResolver:
         # dnspython resolvers are not documented as thread-safe; a lock keeps the
         # engine and failback probes from sharing one mid-query.
         self._lock = threading.Lock()
-        self._resolver = self._build(settings)
-
-    @staticmethod
-    def _build(settings: DnsSettings) -> dns.resolver.Resolver:
-        resolver = dns.resolver.Resolver(configure=not settings.nameservers)
-        if settings.nameservers:
-            resolver.nameservers = list(settings.nameservers)
-        resolver.port = settings.port
-        resolver.timeout = settings.timeout
-        resolver.lifetime = settings.lifetime
-        resolver.cache = None  # explicit: see the module docstring
-        return resolver
+        self._resolver = uncached_resolver(settings)
 
     def resolve_fresh(self, fqdn: str) -> Resolution:
         """Every address of ``fqdn``, IPv6 and IPv4 interleaved (RFC 8305 order).

@@ -22,7 +22,7 @@ import dns.name
 import dns.rdtypes.IN.SRV
 import dns.resolver
 
-from device_sdk.adapters.resolver import translate_dns_error
+from device_sdk.adapters.resolver import translate_dns_error, uncached_resolver
 from device_sdk.config import DnsSettings, HubEndpoint, TlsSettings
 from device_sdk.errors import ConfigError, NoAddress, ResolverFailure
 
@@ -108,24 +108,13 @@ def hubs_from_records(
 
 def _query(name: str, settings: DnsSettings) -> list[SrvRecord]:
     try:
-        answer = _resolver(settings).resolve(name, "SRV", search=False, raise_on_no_answer=False)
+        answer = uncached_resolver(settings).resolve(
+            name, "SRV", search=False, raise_on_no_answer=False
+        )
     except dns.exception.DNSException as exc:
         raise translate_dns_error(name, "SRV", exc) from exc
     rdatas = list(answer.rrset) if answer.rrset is not None else []
     return [_record(rdata) for rdata in rdatas if isinstance(rdata, dns.rdtypes.IN.SRV.SRV)]
-
-
-def _resolver(settings: DnsSettings) -> dns.resolver.Resolver:
-    # A new resolver per discovery, without a cache: the same settings as the
-    # hub resolver, and nothing remembered between calls.
-    resolver = dns.resolver.Resolver(configure=not settings.nameservers)
-    if settings.nameservers:
-        resolver.nameservers = list(settings.nameservers)
-    resolver.port = settings.port
-    resolver.timeout = settings.timeout
-    resolver.lifetime = settings.lifetime
-    resolver.cache = None
-    return resolver
 
 
 def _record(rdata: dns.rdtypes.IN.SRV.SRV) -> SrvRecord:

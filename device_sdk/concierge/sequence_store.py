@@ -21,50 +21,18 @@ the file and deletes or repairs it.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 import threading
 from pathlib import Path
 
+from device_sdk.atomic_file import write_file_atomically
 from device_sdk.concierge.document import MAX_SAFE_INTEGER
 from device_sdk.errors import ConciergeError, ConfigError
 
-__all__ = ["SequenceStore", "write_file_atomically"]
+__all__ = ["SequenceStore"]
 
 _FORMAT = 1
 _MAX_FILE_BYTES = 4096
-
-
-def write_file_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` (mode 0600): a crash leaves the old file or the new one.
-
-    Raises OSError; the temporary file never outlives a failure.
-    """
-    directory = path.parent
-    fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
-    # The rename lives in the directory: without this fsync, a power loss can
-    # bring the old file back even though the new one was written.
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SequenceStore:

@@ -41,6 +41,7 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Self
 
+from device_sdk.atomic_file import write_file_atomically
 from device_sdk.concierge.document import (
     FORMAT_VERSION,
     MAX_SAFE_INTEGER,
@@ -48,7 +49,6 @@ from device_sdk.concierge.document import (
     EndpointDocument,
 )
 from device_sdk.concierge.health import HealthChecker, HealthProbeSettings, HealthStatus
-from device_sdk.concierge.sequence_store import write_file_atomically
 from device_sdk.concierge.signing import check_kid, load_private_key, sign_document
 from device_sdk.config import is_ip_literal
 from device_sdk.errors import ConciergeError, ConfigError, MalformedDocument

@@ -112,3 +112,10 @@ def test_testbed_fixture_sample_passes_as_a_user_would_run_it() -> None:
         "-m", "pytest", "-q", "-p", "no:cacheprovider", "samples/test_my_gateway.py"
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_asyncio_sensor_sample_reports_and_obeys_commands() -> None:
+    result = run_sample("samples/asyncio_sensor.py", "--local-testbed", "--seconds", "1")
+    assert result.returncode == 0, result.stderr
+    assert "[command] period is now 0.25 s" in result.stdout
+    assert "readings acknowledged" in result.stdout
