@@ -31,7 +31,7 @@ from collections.abc import Callable
 import tenacity
 
 from device_sdk import events
-from device_sdk.adapters.paho_link import LinkSettings, PahoLink
+from device_sdk.adapters.paho_link import PahoLink
 from device_sdk.adapters.probe import hub_answers
 from device_sdk.adapters.resolver import FreshResolver, Resolver
 from device_sdk.adapters.srv import discover_hubs
@@ -41,11 +41,11 @@ from device_sdk.core import failover as fsm
 from device_sdk.core.outcomes import FailureKind
 from device_sdk.core.retry import Backoff
 from device_sdk.core.topics import topic_matches
+from device_sdk.dialer import Dialer, LinkFactory
 from device_sdk.dispatch import CallbackDispatcher
 from device_sdk.errors import (
     ConciergeError,
     ConnectError,
-    ConnectRefused,
     ConnectTimeout,
     DeviceSDKError,
     DocumentRejected,
@@ -66,7 +66,6 @@ log = logging.getLogger("device_sdk")
 
 EventCallback = Callable[[events.Event], None]
 MessageHandler = Callable[[str, bytes], None]
-LinkFactory = Callable[[HubEndpoint, str, LinkSettings], PahoLink]
 
 # The engine wakes at least this often while connected, so paho's own
 # housekeeping (keepalive bookkeeping) runs even on a silent link.
@@ -91,7 +90,6 @@ class Engine:
         # Only an outbox that may drop is asked after every publish (it costs a lock).
         self._watch_drops = outbox is not None or config.outbox.overflow == "drop_oldest"
         self._drops_reported = 0
-        self._link_factory = link_factory
         self._rng = rng or random.Random()
         self._machine = fsm.FailoverMachine(config.hub_names, config.failover)
         # Hubs by name: the configured list, plus any a discovery source adds later.
@@ -126,6 +124,13 @@ class Engine:
         self._concierge = _concierge_source(config)
         self._next_concierge_at = 0.0
         self._dispatcher = CallbackDispatcher(f"device-sdk-callbacks-{config.client_id}")
+        self._dialer = Dialer(
+            config,
+            resolver=self._resolver,
+            link_factory=link_factory,
+            metrics=self._metrics,
+            emit=self._emit,
+        )
         self._services = SessionServices(
             config=config,
             outbox=self._outbox,
@@ -308,48 +313,7 @@ class Engine:
         return link
 
     def _open_link(self, hub: HubEndpoint) -> PahoLink:
-        started = time.monotonic()
-        try:
-            resolution = self._resolver.resolve_fresh(hub.fqdn)
-        except ConnectError as exc:
-            exc.hub = hub.name
-            raise
-        self._metrics.add(dns_queries=resolution.queried)
-        now = time.monotonic()
-        self._emit(
-            events.Resolved(
-                at=now,
-                hub=hub.name,
-                fqdn=hub.fqdn,
-                addresses=resolution.addresses,
-                seconds=now - started,
-            )
-        )
-        return self._dial_each(hub, resolution.addresses)
-
-    def _dial_each(self, hub: HubEndpoint, addresses: tuple[str, ...]) -> PahoLink:
-        """Try every resolved address in turn; a CONNACK refusal ends the attempt at once."""
-        last_error: ConnectError | None = None
-        for address in addresses:
-            deadline = time.monotonic() + self.config.liveness.connect_timeout
-            link = self._resumable_link(hub)
-            try:
-                if link is not None:
-                    link.reopen(address, deadline)
-                else:
-                    link = self._link_factory(hub, address, self._link_settings())
-                    link.open(deadline)
-            except ConnectError as exc:
-                self._emit(
-                    events.DialFailed(at=time.monotonic(), hub=hub.name, address=address, error=exc)
-                )
-                if isinstance(exc, ConnectRefused):
-                    raise  # the hub itself answered: another address of it will say the same
-                last_error = exc
-                continue
-            return link
-        assert last_error is not None
-        raise last_error
+        return self._dialer.open(hub, resume=self._resumable_link(hub))
 
     def _resumable_link(self, hub: HubEndpoint) -> PahoLink | None:
         """The last link's paho session, when it is worth resuming on this hub."""
@@ -358,19 +322,6 @@ class Engine:
             self._resumable = None
             return None
         return session.link
-
-    def _link_settings(self) -> LinkSettings:
-        return LinkSettings(
-            client_id=self.config.client_id,
-            mqtt_version=self.config.mqtt_version,
-            keepalive=self.config.liveness.keepalive,
-            connect_timeout=self.config.liveness.connect_timeout,
-            inflight_window=self.config.inflight_window,
-            credentials=self.config.credentials,
-            session_expiry=self.config.session_expiry,
-            message_id_property=self.config.message_id_property,
-            envelope=self.config.envelope,
-        )
 
     def _attempt_failed(self, hub: HubEndpoint, error: ConnectError) -> None:
         now = time.monotonic()

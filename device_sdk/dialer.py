@@ -1,0 +1,108 @@
+"""Steps 2 and 3 of the recovery path: resolve the hub fresh, then dial what it resolved to.
+
+:class:`Dialer` turns "connect to this hub" into an open :class:`PahoLink` or a
+typed :class:`~device_sdk.errors.ConnectError`. It resolves the FQDN on every
+call (no cache anywhere), tries every address in order while TLS verifies the
+FQDN, and reports each address that failed. Choosing the hub and backing off
+are not its business: the failover machine and the retry policy do those.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from device_sdk import events
+from device_sdk.adapters.paho_link import LinkSettings, PahoLink
+from device_sdk.adapters.resolver import Resolver
+from device_sdk.config import ClientConfig, HubEndpoint
+from device_sdk.errors import ConnectError, ConnectRefused
+from device_sdk.metrics import MetricsRecorder
+
+LinkFactory = Callable[[HubEndpoint, str, LinkSettings], PahoLink]
+Emit = Callable[[events.Event], None]
+
+
+def link_settings(config: ClientConfig) -> LinkSettings:
+    """What one MQTT connection needs from the client's configuration."""
+    return LinkSettings(
+        client_id=config.client_id,
+        mqtt_version=config.mqtt_version,
+        keepalive=config.liveness.keepalive,
+        connect_timeout=config.liveness.connect_timeout,
+        inflight_window=config.inflight_window,
+        credentials=config.credentials,
+        session_expiry=config.session_expiry,
+        message_id_property=config.message_id_property,
+        envelope=config.envelope,
+    )
+
+
+class Dialer:
+    """Resolves a hub fresh and opens a link to the first address that answers."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        resolver: Resolver,
+        link_factory: LinkFactory,
+        metrics: MetricsRecorder,
+        emit: Emit,
+    ) -> None:
+        self._settings = link_settings(config)
+        self._connect_timeout = config.liveness.connect_timeout
+        self._resolver = resolver
+        self._link_factory = link_factory
+        self._metrics = metrics
+        self._emit = emit
+
+    def open(self, hub: HubEndpoint, *, resume: PahoLink | None = None) -> PahoLink:
+        """A link to ``hub``, reusing ``resume``'s MQTT session when it is given."""
+        started = time.monotonic()
+        try:
+            resolution = self._resolver.resolve_fresh(hub.fqdn)
+        except ConnectError as exc:
+            exc.hub = hub.name
+            raise
+        self._metrics.add(dns_queries=resolution.queried)
+        now = time.monotonic()
+        self._emit(
+            events.Resolved(
+                at=now,
+                hub=hub.name,
+                fqdn=hub.fqdn,
+                addresses=resolution.addresses,
+                seconds=now - started,
+            )
+        )
+        return self._dial_each(hub, resolution.addresses, resume)
+
+    def _dial_each(
+        self, hub: HubEndpoint, addresses: tuple[str, ...], resume: PahoLink | None
+    ) -> PahoLink:
+        """Try every resolved address in turn; a CONNACK refusal ends the attempt at once."""
+        last_error: ConnectError | None = None
+        for address in addresses:
+            deadline = time.monotonic() + self._connect_timeout
+            try:
+                return self._dial(hub, address, deadline, resume)
+            except ConnectError as exc:
+                self._emit(
+                    events.DialFailed(at=time.monotonic(), hub=hub.name, address=address, error=exc)
+                )
+                if isinstance(exc, ConnectRefused):
+                    raise  # the hub itself answered: another address of it will say the same
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+    def _dial(
+        self, hub: HubEndpoint, address: str, deadline: float, resume: PahoLink | None
+    ) -> PahoLink:
+        if resume is not None:
+            resume.reopen(address, deadline)
+            return resume
+        link = self._link_factory(hub, address, self._settings)
+        link.open(deadline)
+        return link
