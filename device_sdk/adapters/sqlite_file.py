@@ -1,0 +1,285 @@
+"""The SQLite outbox's file: creating it, checking it before trusting it, opening it.
+
+A file is inspected with plain reads and a connection that cannot write before
+anything is written to it, so a corrupt or foreign file is reported
+(:class:`~device_sdk.errors.OutboxCorrupt`) and never modified, and storage
+failures become :class:`~device_sdk.errors.OutboxStorageError` with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from device_sdk.errors import (
+    OutboxCorrupt,
+    OutboxStorageError,
+)
+
+log = logging.getLogger("device_sdk")
+
+Synchronous = Literal["FULL", "NORMAL"]
+
+APPLICATION_ID = 0x44534B4F  # "DSKO": PRAGMA application_id, set when the file is created
+SCHEMA_VERSION = 1  # PRAGMA user_version
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_HEADER_SIZE = 100
+_USER_VERSION_AT = 60  # offsets in the SQLite file header (big-endian 32-bit)
+_APPLICATION_ID_AT = 68
+# Another outbox on the same file holds an exclusive lock for as long as it is
+# open; a process that is just exiting releases it within moments.
+_LOCK_TIMEOUT = 0.25
+
+_SCHEMA = (
+    "CREATE TABLE outbox ("
+    " seq INTEGER PRIMARY KEY, message_id TEXT NOT NULL, topic TEXT NOT NULL,"
+    " payload BLOB NOT NULL, qos INTEGER NOT NULL)",
+    # The newest seq and id ever issued, so both keep increasing across a restart
+    # even when every message had been acknowledged and deleted.
+    "CREATE TABLE outbox_state ("
+    " singleton INTEGER PRIMARY KEY CHECK (singleton = 1),"
+    " last_seq INTEGER NOT NULL, last_message_id TEXT NOT NULL)",
+    "INSERT INTO outbox_state VALUES (1, 0, '')",
+)
+_COLUMNS = {
+    "outbox": ("seq", "message_id", "topic", "payload", "qos"),
+    "outbox_state": ("singleton", "last_seq", "last_message_id"),
+}
+_ID_PATTERN = "[0-7]" + "[0-9A-HJKMNP-TV-Z]" * 25  # GLOB for a canonical message id
+_BAD_ROWS = (
+    "SELECT count(*) FROM outbox WHERE typeof(seq) != 'integer'"
+    f" OR typeof(message_id) != 'text' OR message_id NOT GLOB '{_ID_PATTERN}'"
+    " OR typeof(topic) != 'text'"
+    " OR typeof(payload) != 'blob' OR qos NOT IN (0, 1)"
+)
+_GOOD_STATE = (
+    "SELECT count(*) FROM outbox_state WHERE singleton = 1 AND typeof(last_seq) = 'integer'"
+    f" AND (last_message_id = '' OR last_message_id GLOB '{_ID_PATTERN}')"
+)
+
+
+def open_outbox_file(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
+    """Open, or create, the outbox at ``path`` for writing, once it is known to be ours.
+
+    Raises :class:`OutboxCorrupt` (file untouched) or :class:`OutboxStorageError`.
+    """
+    with open_errors(path):
+        if not path.exists():
+            _create(path)
+        _check_header(path)
+        _check_writable(path)
+        _inspect_read_only(path)
+        return _connect_for_writing(path, synchronous)
+
+
+def _create(path: Path) -> None:
+    """Build a new outbox beside ``path`` and link it into place in one step.
+
+    Why not create it in place: a crash half-way would leave an empty or partial
+    file that the next open must report as damaged. Built aside, ``path`` is
+    either absent or a complete outbox.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
+    try:
+        db = sqlite3.connect(temporary, isolation_level=None)
+        try:
+            db.execute("BEGIN")
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            for statement in _SCHEMA:
+                db.execute(statement)
+            db.execute("COMMIT")
+            db.execute("PRAGMA journal_mode = WAL")  # persistent: recorded in the header
+        finally:
+            db.close()
+        _fsync(temporary)
+        _link_into_place(temporary, path)
+        _fsync(path.parent)
+    finally:
+        for leftover in ("", "-journal", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{temporary}{leftover}")
+
+
+def _link_into_place(temporary: Path, path: Path) -> None:
+    try:
+        os.link(temporary, path)  # fails if path appeared meanwhile: never replaces a file
+    except FileExistsError:
+        return  # another process created it first; the checks that follow judge it
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # No hard links (FAT on an SD card): rename, after a last look for a file.
+        if not path.exists():
+            os.rename(temporary, path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_header(path: Path) -> None:
+    """Read the SQLite header with plain file I/O, so a foreign file is never opened by SQLite."""
+    with open(path, "rb") as file:
+        header = file.read(_HEADER_SIZE)
+    if len(header) < _HEADER_SIZE or not header.startswith(_SQLITE_MAGIC):
+        what = "an empty file" if not header else "no SQLite header"
+        raise OutboxCorrupt(f"{path} is not an SQLite database ({what}); it was left untouched")
+    application_id = int.from_bytes(header[_APPLICATION_ID_AT : _APPLICATION_ID_AT + 4], "big")
+    if application_id != APPLICATION_ID:
+        raise OutboxCorrupt(
+            f"{path} is an SQLite database but not a device_sdk outbox "
+            f"(application_id {application_id:#x}); it was left untouched"
+        )
+    _check_version(path, int.from_bytes(header[_USER_VERSION_AT : _USER_VERSION_AT + 4], "big"))
+
+
+def _check_version(path: Path, version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise OutboxCorrupt(
+            f"{path} was written by a newer device_sdk (outbox schema {version}; this "
+            f"version reads {SCHEMA_VERSION}); it was left untouched"
+        )
+    if version < 1:
+        raise OutboxCorrupt(f"{path} is an incomplete outbox (schema 0); it was left untouched")
+
+
+def _check_writable(path: Path) -> None:
+    """Fail at open, with the OS's reason, rather than at the first ``put()``.
+
+    SQLite quietly opens a file it cannot write read-only; opening it for
+    writing ourselves (without writing) gets the real errno, e.g. EROFS.
+    """
+    try:
+        os.close(os.open(path, os.O_RDWR))
+    except OSError as exc:
+        raise OutboxStorageError(
+            f"the outbox {path} cannot be written: {failure_reason(exc)}"
+        ) from exc
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise OutboxStorageError(
+            f"the outbox's directory {path.parent} is not writable (SQLite keeps its "
+            "write-ahead log beside the file)"
+        )
+
+
+def _inspect_read_only(path: Path) -> None:
+    """Check structure and contents through a connection that cannot write the file.
+
+    Without a write-ahead log (the last run closed cleanly) the file alone is
+    the whole database, and ``immutable=1`` reads it with no locks and no side
+    files. After a crash the log holds the newest commits, so it must be read
+    too: ``mode=ro`` does that, through a shared-memory index it may create.
+    """
+    has_log = Path(f"{path}-wal").exists()
+    uri = f"{path.resolve().as_uri()}?{'mode=ro' if has_log else 'immutable=1'}"
+    db = sqlite3.connect(uri, uri=True, timeout=_LOCK_TIMEOUT)
+    try:
+        _check_version(path, db.execute("PRAGMA user_version").fetchone()[0])
+        verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if verdict != "ok":
+            raise OutboxCorrupt(f"{path} is damaged ({verdict}); it was left untouched")
+        for table, columns in _COLUMNS.items():
+            found = tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
+            if found != columns:
+                raise OutboxCorrupt(f"{path} has no valid {table} table; it was left untouched")
+        bad = db.execute(_BAD_ROWS).fetchone()[0] + 1 - db.execute(_GOOD_STATE).fetchone()[0]
+        if bad:
+            raise OutboxCorrupt(f"{path} holds {bad} malformed rows; it was left untouched")
+    finally:
+        db.close()
+
+
+def _connect_for_writing(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=_LOCK_TIMEOUT)
+    try:
+        # Exclusive: a second outbox on this file (another process, or a restart
+        # that overlaps the old one) fails at open instead of sending the same
+        # messages twice under different seqs. It also spares the shared-memory index.
+        db.execute("PRAGMA locking_mode = EXCLUSIVE")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise OutboxStorageError(f"the outbox {path} cannot use WAL mode (got {mode!r})")
+        db.execute(f"PRAGMA synchronous = {synchronous}")
+        db.execute("BEGIN IMMEDIATE")  # takes the lock now, and proves the file writable
+        db.execute("COMMIT")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+@contextlib.contextmanager
+def open_errors(path: Path) -> Iterator[None]:
+    """Translate sqlite3 and OS errors at open into the SDK's two outbox errors."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        if _primary_code(exc) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            raise OutboxCorrupt(f"{path} is damaged ({exc}); it was left untouched") from exc
+        raise OutboxStorageError(f"cannot open the outbox {path}: {failure_reason(exc)}") from exc
+    except OSError as exc:
+        raise OutboxStorageError(f"cannot open the outbox {path}: {failure_reason(exc)}") from exc
+
+
+def storage_failed(path: Path, cause: BaseException) -> OutboxStorageError:
+    return OutboxStorageError(
+        f"the outbox {path} could not store the message: {failure_reason(cause)}; it was not "
+        "accepted, and messages accepted earlier are intact"
+    )
+
+
+_SQLITE_REASONS = {
+    sqlite3.SQLITE_FULL: "the disk is full",
+    sqlite3.SQLITE_IOERR: "I/O error (disk full, file size limit or failing storage)",
+    sqlite3.SQLITE_READONLY: "the file or its file system is read-only",
+    sqlite3.SQLITE_PERM: "permission denied",
+    sqlite3.SQLITE_CANTOPEN: "the file or its directory cannot be opened",
+    sqlite3.SQLITE_BUSY: "another outbox has the file open (in this or another process)",
+    sqlite3.SQLITE_LOCKED: "another outbox has the file open (in this or another process)",
+    sqlite3.SQLITE_CORRUPT: "the file is damaged",
+}
+_OS_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EFBIG: "the file size limit is reached",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOENT: "no such file or directory",
+}
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A short, human reason for a storage failure, with the underlying code."""
+    if isinstance(exc, sqlite3.Error):
+        name = getattr(exc, "sqlite_errorname", "SQLITE_ERROR")
+        reason = _SQLITE_REASONS.get(_primary_code(exc))
+        return f"{reason} ({name}: {exc})" if reason else f"{name}: {exc}"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        reason = _OS_REASONS.get(exc.errno, exc.strerror or "OS error")
+        return f"{reason} ({errno.errorcode.get(exc.errno, exc.errno)}: {exc})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _primary_code(exc: sqlite3.Error) -> int:
+    code: int = getattr(exc, "sqlite_errorcode", -1)
+    return code & 0xFF if code >= 0 else code
+
+
+def rollback_quietly(db: sqlite3.Connection) -> None:
+    # SQLite rolls back by itself after most I/O errors; this covers the others.
+    with contextlib.suppress(sqlite3.Error):
+        if db.in_transaction:
+            db.execute("ROLLBACK")
