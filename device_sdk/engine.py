@@ -652,6 +652,8 @@ class Engine:
         self._wake()
 
     def _wake(self) -> None:
+        if self._wake_pending:
+            return  # already on its way (a racy read: at worst one extra byte is sent)
         with self._lock:
             if self._wake_pending:
                 return

@@ -134,7 +134,7 @@ class LinkSession:
         now = time.monotonic()
         self._watchdog.on_acked(mid, now)
         self._services.outbox.ack(message.seq)
-        self._services.metrics.add(acknowledged=1)
+        self._services.metrics.acknowledged()
         if self._awaiting_first_ack:
             self._first_ack(now)
 

@@ -42,6 +42,11 @@ class MetricsRecorder:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: dict[str, object] = {f.name: f.default for f in dataclasses.fields(Metrics)}
+        self._acknowledged = 0
+
+    def acknowledged(self) -> None:
+        """One more PUBACK. Engine thread only: its single writer needs no lock."""
+        self._acknowledged += 1
 
     def add(self, **increments: int) -> None:
         with self._lock:
@@ -56,4 +61,5 @@ class MetricsRecorder:
     def snapshot(self, *, queue_depth: int, dropped: int) -> Metrics:
         with self._lock:
             values = dict(self._values, queue_depth=queue_depth, dropped=dropped)
+        values["acknowledged"] = self._acknowledged
         return Metrics(**values)  # type: ignore[arg-type]
