@@ -67,6 +67,9 @@ log = logging.getLogger("device_sdk")
 EventCallback = Callable[[events.Event], None]
 MessageHandler = Callable[[str, bytes], None]
 
+# How many attempt causes a NotConnected or RecoveryFailed carries: the latest ones.
+_KEPT_ATTEMPT_ERRORS = 32
+
 # The engine wakes at least this often while connected, so paho's own
 # housekeeping (keepalive bookkeeping) runs even on a silent link.
 _MAX_IDLE_WAIT = 1.0
@@ -109,7 +112,10 @@ class Engine:
         self._is_connected = False
         self._is_finished = False
         self._fatal: DeviceSDKError | None = None
-        self._cycle_errors: list[ConnectError] = []
+        # The causes of the current cycle's attempts, for NotConnected/RecoveryFailed. Bounded:
+        # an outage can last days, and every exception holds its traceback's frames.
+        self._cycle_errors: deque[ConnectError] = deque(maxlen=_KEPT_ATTEMPT_ERRORS)
+        self._cycle_attempts = 0
         self._next: fsm.Attempt | None = None
         self._attempt_no = 0
         self._waited = 0.0
@@ -159,7 +165,7 @@ class Engine:
             if self._fatal is not None:
                 raise self._fatal
             if self._is_finished:
-                raise RecoveryFailed("the client is closed", self._cycle_errors)
+                raise RecoveryFailed("the client is closed", list(self._cycle_errors))
         raise NotConnected(
             f"not connected within {timeout} s; still trying in the background",
             attempts=list(self._cycle_errors),
@@ -251,7 +257,8 @@ class Engine:
 
     def _recover(self, attempt: fsm.Attempt) -> PahoLink | None:
         self._next = attempt
-        self._cycle_errors = []
+        self._cycle_errors.clear()
+        self._cycle_attempts = 0
         self._ask_concierge()  # in parallel with the first attempt: never a delay
         retrying = tenacity.Retrying(
             sleep=self._sleep,
@@ -266,7 +273,7 @@ class Engine:
             if self._closing.is_set():
                 return None
             raise RecoveryFailed(
-                f"gave up after {len(self._cycle_errors)} attempts: {exc}", self._cycle_errors
+                f"gave up after {self._cycle_attempts} attempts: {exc}", list(self._cycle_errors)
             ) from exc
 
     def _wait_before_next(self, _state: tenacity.RetryCallState) -> float:
@@ -326,6 +333,7 @@ class Engine:
     def _attempt_failed(self, hub: HubEndpoint, error: ConnectError) -> None:
         now = time.monotonic()
         self._cycle_errors.append(error)
+        self._cycle_attempts += 1
         self._backoff = self._backoff.failed()
         self._emit(events.AttemptFailed(at=now, hub=hub.name, address=error.address, error=error))
         if isinstance(error, Redirected):

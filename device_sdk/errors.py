@@ -177,7 +177,11 @@ class LinkLost(DeviceSDKError):
 
 
 class RecoveryFailed(DeviceSDKError):
-    """A recovery cycle gave up. ``attempts`` holds every attempt's cause, oldest first."""
+    """A recovery cycle gave up. ``attempts`` holds the attempts' causes, oldest first.
+
+    After a long outage only the latest causes are kept (32), so a device that
+    retries for days does not hold every exception it ever saw.
+    """
 
     def __init__(self, message: str, attempts: Sequence[BaseException] = ()) -> None:
         super().__init__(message)
