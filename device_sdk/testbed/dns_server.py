@@ -50,6 +50,7 @@ import dns.resolver
 import dns.rrset
 
 from device_sdk.errors import ConfigError, TestbedError
+from device_sdk.testbed.loop_thread import LoopThread, SelectorLoop
 from device_sdk.testbed.ports import bind_socket
 
 __all__ = ["DnsQuery", "DnsServer", "SrvTarget"]
@@ -166,7 +167,7 @@ class DnsServer:
         self._host = host
         self._port = port
         self._records = _Records()
-        self._thread: threading.Thread | None = None
+        self._thread: LoopThread | None = None
         self._loop: _ServeLoop | None = None
 
     # -- addresses and lifecycle ---------------------------------------------
@@ -191,21 +192,13 @@ class DnsServer:
         udp, tcp = _bind_udp_and_tcp(self._host, self._port)
         self._port = udp.getsockname()[1]
         self._loop = _ServeLoop(udp, tcp, self._respond)
-        self._thread = threading.Thread(
-            target=self._loop.run, name=f"dns-server-{self._port}", daemon=True
-        )
-        self._thread.start()
+        self._thread = LoopThread(self._loop, f"dns-server-{self._port}")
 
     def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
         """Stop serving and close every socket; waits at most ``timeout``. Idempotent."""
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
+        if self._thread is None:
             return
-        loop.request_stop()
-        thread.join(timeout)
-        if thread.is_alive():
-            raise TestbedError(f"DNS server thread did not stop within {timeout:g} s")
-        loop.close_waker()
+        self._thread.stop(timeout, "DNS server")
         self._thread = self._loop = None
 
     def __enter__(self) -> Self:
@@ -340,16 +333,14 @@ class DnsServer:
         return response
 
 
-class _ServeLoop:
+class _ServeLoop(SelectorLoop):
     """The server thread: one selector over the UDP socket, the TCP listener and its clients."""
 
     def __init__(self, udp: socket.socket, tcp: socket.socket, respond: _Responder) -> None:
         self._udp = udp
         self._tcp = tcp
         self._respond = respond
-        self._selector = selectors.DefaultSelector()
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        self._stopping = threading.Event()
+        super().__init__()
         self._clients: set[_TcpClient] = set()
         # Each registration carries its handler: data(mask) serves that socket.
         for sock, handler in (
@@ -359,22 +350,6 @@ class _ServeLoop:
         ):
             sock.setblocking(False)
             self._selector.register(sock, selectors.EVENT_READ, handler)
-
-    def request_stop(self) -> None:
-        self._stopping.set()
-        with contextlib.suppress(OSError):  # a full waker buffer means it is awake anyway
-            self._wake_writer.send(b"x")
-
-    def close_waker(self) -> None:
-        self._wake_writer.close()
-
-    def run(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                for key, mask in self._selector.select():
-                    key.data(mask)
-        finally:
-            self._close_all()
 
     def _drain_waker(self, _mask: int) -> None:
         self._wake_reader.recv(64)
@@ -420,7 +395,7 @@ class _ServeLoop:
         self._clients.discard(client)
         client.sock.close()
 
-    def _close_all(self) -> None:
+    def _shut_down(self) -> None:
         for client in list(self._clients):
             self._drop_client(client)
         self._selector.close()

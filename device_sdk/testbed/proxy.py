@@ -39,6 +39,7 @@ from types import TracebackType
 from typing import Self
 
 from device_sdk.errors import ConfigError, TestbedError
+from device_sdk.testbed.loop_thread import LoopThread, SelectorLoop
 from device_sdk.testbed.ports import address_family, bind_socket
 
 __all__ = ["FaultProxy", "ProxyMode", "ProxySpec"]
@@ -95,7 +96,7 @@ class FaultProxy:
         self._mode = ProxyMode.FORWARD
         self._accepted_earlier = 0  # by runs before the current start()
         self._loop: _ProxyLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._thread: LoopThread | None = None
 
     @property
     def host(self) -> str:
@@ -132,21 +133,14 @@ class FaultProxy:
         listener.listen(128)
         self._port = listener.getsockname()[1]
         self._loop = _ProxyLoop(self.spec, listener, self._mode)
-        self._thread = threading.Thread(
-            target=self._loop.run, name=f"fault-proxy-{self._port}", daemon=True
-        )
-        self._thread.start()
+        self._thread = LoopThread(self._loop, f"fault-proxy-{self._port}")
 
     def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
         """Close every connection and the listener; waits at most ``timeout``. Idempotent."""
         thread, loop = self._thread, self._loop
         if thread is None or loop is None:
             return
-        loop.request_stop()
-        thread.join(timeout)
-        if thread.is_alive():
-            raise TestbedError(f"proxy thread did not stop within {timeout:g} s")
-        loop.close_waker()
+        thread.stop(timeout, "proxy")
         self._mode = loop.mode
         self._accepted_earlier += loop.accepted
         self._thread = self._loop = None
@@ -212,7 +206,7 @@ class _Pipe:
         return all(side.eof and side.shut and not side.outbox for side in self.sides())
 
 
-class _ProxyLoop:
+class _ProxyLoop(SelectorLoop):
     """The proxy thread: a selector over the listener, every pipe's sockets and a waker."""
 
     def __init__(self, spec: ProxySpec, listener: socket.socket, mode: ProxyMode) -> None:
@@ -225,9 +219,7 @@ class _ProxyLoop:
         self._commands: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = (
             queue.SimpleQueue()
         )
-        self._stopping = threading.Event()
-        self._selector = selectors.DefaultSelector()
-        self._wake_reader, self._wake_writer = socket.socketpair()
+        super().__init__()
         for sock, handler in ((listener, self._accept), (self._wake_reader, self._run_commands)):
             sock.setblocking(False)
             self._selector.register(sock, _READ, handler)
@@ -238,30 +230,11 @@ class _ProxyLoop:
         """Run ``command`` on the proxy thread and wait (bounded) until it has run."""
         done = threading.Event()
         self._commands.put((command, done))
-        self._wake()
+        self.wake()
         if not done.wait(_COMMAND_TIMEOUT):
             raise TestbedError("the proxy thread did not respond within 5 s")
 
-    def request_stop(self) -> None:
-        self._stopping.set()
-        self._wake()
-
-    def close_waker(self) -> None:
-        self._wake_writer.close()
-
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):  # a full waker buffer means it is awake anyway
-            self._wake_writer.send(b"x")
-
     # -- the loop ------------------------------------------------------------
-
-    def run(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                for key, mask in self._selector.select():
-                    key.data(mask)
-        finally:
-            self._shut_down()
 
     def apply_mode(self, mode: ProxyMode) -> None:
         self.mode = mode
