@@ -20,7 +20,7 @@ from device_sdk.config import ClientConfig
 from device_sdk.errors import DeviceSDKError, TestbedError
 from device_sdk.outbox import PublishHandle
 from device_sdk.testbed.bed import Testbed
-from device_sdk.testbed.collector import Collector, merge
+from device_sdk.testbed.collector import Collector, merge, wait_until_seen
 
 SCENARIOS = ("crash", "dns-flip", "hang", "concierge", "failback")
 
@@ -252,6 +252,7 @@ def _report(
         if back and home is not None and at >= home and report.failback_seconds is None:
             report.failback_seconds = at - home
     accepted = len(publisher.handles)
+    wait_until_seen(collectors, range(accepted), timeout=5.0)
     seen = merge(*collectors)
     report.published = accepted
     report.delivered = sum(1 for seq in range(accepted) if seq in seen)

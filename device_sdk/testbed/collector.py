@@ -8,7 +8,9 @@ judge it. Payloads it understands are ``<seq>`` or ``<seq>:<anything>``.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
+from collections.abc import Iterable, Sequence
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -89,3 +91,22 @@ def merge(*collectors: Collector) -> Counter[int]:
     for collector in collectors:
         total.update(collector.seen())
     return total
+
+
+def wait_until_seen(
+    collectors: Sequence[Collector], numbers: Iterable[int], timeout: float
+) -> bool:
+    """Wait (bounded) until every number was seen by one collector or another.
+
+    A hub acknowledges a message to the publisher and delivers it to its
+    subscribers independently; after the last PUBACK, the last deliveries may
+    still be on their way. Counting before they land would report a loss that
+    is not one.
+    """
+    wanted = set(numbers)
+    deadline = time.monotonic() + timeout
+    while not wanted <= set(merge(*collectors)):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True

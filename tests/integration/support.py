@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from device_sdk import DeviceClient, events
 from device_sdk.outbox import PublishHandle
 from device_sdk.testbed import Testbed
-from device_sdk.testbed.collector import Collector, merge
+from device_sdk.testbed.collector import Collector, merge, wait_until_seen
 
 TOPIC = "test/telemetry"
 
@@ -84,9 +84,7 @@ class SteadyPublisher:
 def assert_nothing_lost(publisher: SteadyPublisher, *collectors: Collector) -> None:
     publisher.wait_all_acked()
     expected = set(range(len(publisher.handles)))
-    deadline = time.monotonic() + 5.0  # acked by a hub; give its subscriber a moment
-    while not expected <= set(merge(*collectors)) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until_seen(collectors, expected, timeout=5.0)
     missing = sorted(expected - set(merge(*collectors)))
     assert not missing, f"lost {len(missing)} of {len(expected)}: {missing[:20]}"
     assert len(expected) > 20, "the publisher barely ran; the test proves nothing"

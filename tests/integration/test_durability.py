@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from device_sdk.testbed import Testbed
-from device_sdk.testbed.collector import merge
+from device_sdk.testbed.collector import merge, wait_until_seen
 
 pytestmark = pytest.mark.integration
 
@@ -109,9 +109,7 @@ def test_sigkill_while_publishing_loses_nothing(testbed: Testbed, tmp_path: Path
     with device(spec) as (proc, lines):
         assert read_until(lines, accepted, time.monotonic() + 30, "drained")
         assert proc.wait(10) == 0
-    deadline = time.monotonic() + 10
-    while not accepted <= set(merge(*collectors)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until_seen(collectors, accepted, timeout=10)
     seen = merge(*collectors)
     missing = sorted(accepted - set(seen))
     assert not missing, f"lost {len(missing)} of {len(accepted)} accepted messages: {missing[:20]}"
