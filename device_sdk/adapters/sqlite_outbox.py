@@ -93,6 +93,7 @@ log = logging.getLogger("device_sdk")
 Overflow = Literal["reject", "drop_oldest"]
 
 _INSERT = "INSERT INTO outbox (seq, message_id, topic, payload, qos) VALUES "
+_INSERT_ONE = _INSERT + "(?, ?, ?, ?, ?)"
 _INSERT_ROWS = 100  # rows per INSERT: 500 parameters, under SQLite's old limit of 999
 _DELETE_RANGE = "DELETE FROM outbox WHERE seq BETWEEN ? AND ?"
 _SAVE_STATE = "UPDATE outbox_state SET last_seq = ?, last_message_id = ? WHERE singleton = 1"
@@ -303,10 +304,10 @@ class SqliteOutbox:
         a handle runs its done callbacks right there.
         """
         self._committing = True
-        if not flush_acks:
+        if not flush_acks and self._last_writers > 1:
             self._gather()
         batch, self._queue = self._queue, []
-        batch_bytes = sum(m.size for m in _messages(batch))
+        batch_bytes = sum([write.message.size for write in batch])
         victims = self._choose_victims(batch, batch_bytes) if self._drop_oldest else []
         deletes: list[int] = []
         # Deletes ride along only once enough piled up, so most commits stay a
@@ -381,7 +382,12 @@ class SqliteOutbox:
         a message dropped from its own batch is inserted and deleted atomically.
         """
         newest = (batch[-1].message.seq, batch[-1].message.message_id) if batch else None
-        statements = _insert_statements(list(_messages(batch)))
+        statements: list[tuple[str, tuple[object, ...]]]
+        if len(batch) == 1 and not deletes:  # a lone publisher's commit: skip the general case
+            m = batch[0].message
+            statements = [(_INSERT_ONE, (m.seq, m.message_id, m.topic, m.payload, m.qos))]
+        else:
+            statements = _insert_statements(list(_messages(batch)))
         if deletes:
             statements += [(_DELETE_RANGE, run) for run in _runs(deletes)]
             # Only a delete can remove the newest row, so only then must the
@@ -407,6 +413,13 @@ class SqliteOutbox:
 
     def _settle(self, batch: list[_Write], victims: list[OutboundMessage]) -> list[OutboundMessage]:
         """After a commit: forget the victims, make the batch visible; returns the dropped."""
+        if not victims:
+            for write in batch:
+                message = write.message
+                self._live[message.seq] = message
+                self._live_bytes += message.size
+                self._unsent.append(message.seq)
+            return []
         first_new = batch[0].message.seq if batch else None
         doomed = {message.seq for message in victims}
         dropped: list[OutboundMessage] = []
