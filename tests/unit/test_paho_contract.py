@@ -27,6 +27,8 @@ EXPECTED_PARAMETERS = {
     "_send_publish": [
         "self", "mid", "topic", "payload", "qos", "retain", "dup", "info", "properties"
     ],
+    "_handle_pubackcomp": ["self", "cmd"],
+    "_do_on_publish": ["self", "mid", "reason_code", "properties"],
 }  # fmt: skip
 
 
@@ -78,6 +80,58 @@ def test_paho_reads_attributes_the_override_uses() -> None:
 def test_pingresp_hook_is_called_by_the_packet_dispatcher() -> None:
     source = inspect.getsource(paho.Client._packet_handle)
     assert "self._handle_pingresp()" in source
+
+
+def test_puback_hook_is_called_by_the_packet_dispatcher_and_reports_as_paho_does() -> None:
+    assert 'self._handle_pubackcomp("PUBACK")' in inspect.getsource(paho.Client._packet_handle)
+    source = inspect.getsource(paho.Client._handle_pubackcomp)
+    assert 'self._in_packet["packet"]' in source
+    assert "with self._out_message_mutex:" in source
+    assert "if mid in self._out_messages:" in source
+    assert "self._do_on_publish(mid, reasonCode, properties)" in source
+
+
+def _client_expecting(mid: int) -> tuple[_DialingClient, list[tuple[int, str, object]]]:
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+    client = _DialingClient(
+        dial_address="127.0.0.1",
+        server_hostname="hub.example",
+        on_pingresp=lambda: None,
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
+    reports: list[tuple[int, str, object]] = []
+
+    def on_publish(_c: object, _u: object, mid: int, reason: object, props: object) -> None:
+        reports.append((mid, str(reason), props))
+
+    client.on_publish = on_publish
+    client._out_messages[mid] = paho.MQTTMessage(mid)
+    client._out_messages[mid].qos = 1
+    return client, reports
+
+
+@pytest.mark.parametrize(
+    ("packet", "reason"),
+    [
+        (b"\x01\x05", "Success"),  # MQTT 3.1.1, or MQTT 5 with the reason left out
+        (b"\x01\x05\x00", "Success"),
+        (b"\x01\x05\x10", "No matching subscribers"),  # what mosquitto sends with no subscriber
+        (b"\x01\x05\x00\x00", "Success"),  # an empty property block
+        (b"\x01\x05\x87\x00", "Not authorized"),  # a refusal: paho's own decoder
+        (b"\x01\x05\x10\x03\x1f\x00\x00", "No matching subscribers"),  # with properties
+    ],
+)
+def test_puback_fast_path_reports_what_paho_would(packet: bytes, reason: str) -> None:
+    client, reports = _client_expecting(0x0105)
+    client._in_packet["packet"] = packet
+    assert client._handle_pubackcomp("PUBACK") == paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert [(mid, text) for mid, text, _props in reports] == [(0x0105, reason)]
+    assert 0x0105 not in client._out_messages
+    client._in_packet["packet"] = packet  # a second PUBACK for the same id: ignored
+    assert client._handle_pubackcomp("PUBACK") == paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert len(reports) == 1
 
 
 def test_override_is_what_the_client_uses() -> None:
