@@ -193,6 +193,10 @@ class ClientConfig:
     credentials: Credentials | None = None
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     inflight_window: int = 20
+    # While publish() is called in a stream, the engine waits up to this long
+    # between sends so PUBLISHes and PUBACKs go in batches (0: never; a lone
+    # message never waits). See Engine._batch_while_streaming.
+    publish_batch_delay: float = 0.002
     failback_probe_interval: float = 30.0
     # > 0: ask the hub to keep the session this long, so a reconnect to the same hub
     # resumes it and in-flight messages are resent with DUP and their packet ids.
@@ -224,6 +228,9 @@ class ClientConfig:
         if self.inflight_window > 65535:
             raise ConfigError("inflight_window", self.inflight_window, "at most 65535")
         _check_positive("failback_probe_interval", self.failback_probe_interval)
+        delay = self.publish_batch_delay
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= 0.1:
+            raise ConfigError("publish_batch_delay", delay, "seconds from 0 to 0.1")
         if self.concierge is not None and self.srv is not None:
             raise ConfigError("srv", self.srv.domain, "unset when a concierge names the hubs")
 

@@ -106,6 +106,10 @@ class Engine:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_pending = False
+        self._puts = 0  # publish() calls so far (approximate under races: only compared)
+        self._puts_seen = 0  # ... as of the engine's last wait
+        self._batching = False  # see _batch_while_streaming
+        self._io_mask = 0  # what the selector watches on the link's socket
         self._closing = threading.Event()
         # Guards _is_connected and _is_finished; notified whenever either changes.
         self._status = threading.Condition()
@@ -184,6 +188,7 @@ class Engine:
             raise self._fatal  # the retry policy gave up: nothing would ever send it
         message = self._outbox.put(topic, payload, qos)
         self._metrics.add(published=1)
+        self._puts += 1
         if self._watch_drops:
             self._report_drops()
         self._wake()
@@ -421,6 +426,7 @@ class Engine:
         with selectors.DefaultSelector() as selector:
             selector.register(self._wake_r, selectors.EVENT_READ)
             selector.register(link.fileno(), selectors.EVENT_READ)
+            self._io_mask = selectors.EVENT_READ
             while session.end is None and not self._closing.is_set():
                 self._serve_once(session, selector)
         if self._closing.is_set():
@@ -479,21 +485,30 @@ class Engine:
 
     def _serve_once(self, session: LinkSession, selector: selectors.BaseSelector) -> None:
         link = session.link
+        # From here on a publish() or a command sends a wake-up byte; one that came
+        # while the last cycle ran did not need to, as this drain takes it.
+        self._wake_pending = False
         self._run_mailbox()
         self._run_commands(link)
+        published = self._puts != self._puts_seen
+        streaming = published and bool(session.inflight)  # new messages while others fly
         session.drain()
         now = time.monotonic()
         next_check = session.check_liveness(now)
         if session.end is not None or next_check is None:
             return
         mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if link.want_write() else 0)
-        selector.modify(link.fileno(), mask)
+        if mask != self._io_mask:  # a system call saved on nearly every cycle
+            selector.modify(link.fileno(), mask)
+            self._io_mask = mask
         buffered = link.has_buffered_input()
         readable, writable = buffered, False
         timeout = 0.0 if buffered else self._sleep_until(next_check, now)
+        self._batch_while_streaming(session, published=published, streaming=streaming)
         for key, ready in selector.select(timeout):
             if key.fileobj is self._wake_r:
-                self._drain_wakeups()
+                with contextlib.suppress(BlockingIOError):
+                    self._wake_r.recv(4096)
             else:
                 readable = buffered or bool(ready & selectors.EVENT_READ)
                 writable = bool(ready & selectors.EVENT_WRITE)
@@ -502,6 +517,34 @@ class Engine:
         self._maybe_probe()
         if self._concierge is not None and time.monotonic() >= self._next_concierge_at:
             self._ask_concierge()
+
+    def _batch_while_streaming(
+        self, session: LinkSession, *, published: bool, streaming: bool
+    ) -> None:
+        """While the application publishes in a stream, let messages and PUBACKs pile up a moment.
+
+        Why: otherwise the engine wakes for every publish() and every PUBACK and
+        sends one PUBLISH per wake-up, and each wake-up takes the GIL from the
+        publishing thread just as it returns from its outbox commit; with a
+        durable outbox that hand-off costs more than the commit. Pausing for
+        ``publish_batch_delay`` lets the publisher store several messages, and
+        the engine then sends them (and handles the PUBACKs that came meanwhile)
+        in one go, as Nagle's algorithm does for small TCP segments.
+
+        When: batching starts once publish() is called while earlier messages
+        are still in flight (``streaming``), and stops as soon as a pause passes
+        without a publish() (the application is waiting for its PUBACKs, or has
+        stopped). So a lone message, or an application that waits for each
+        PUBACK before the next publish(), never waits; and a full window is never
+        held back, because the pause also needs room in the window.
+        """
+        self._batching = self._batching or streaming
+        delay = self.config.publish_batch_delay
+        if self._batching and published and delay > 0 and session.inflight and session.has_room():
+            before = self._puts
+            time.sleep(delay)
+            self._batching = self._puts != before
+        self._puts_seen = self._puts
 
     def _sleep_until(self, next_check: float, now: float) -> float:
         """How long the loop may wait: until the watchdog, a probe or a concierge poll is due."""
@@ -668,12 +711,6 @@ class Engine:
             self._wake_pending = True
         with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
-
-    def _drain_wakeups(self) -> None:
-        with self._lock:
-            self._wake_pending = False
-        with contextlib.suppress(BlockingIOError):
-            self._wake_r.recv(4096)
 
     def _emit(self, event: events.Event) -> None:
         level = (

@@ -81,10 +81,17 @@ class LinkSession:
 
     # -- driven by the engine's loop -----------------------------------------------------
 
+    @property
+    def window(self) -> int:
+        """Messages allowed in flight: ours, and the hub's Receive Maximum."""
+        return min(self._services.config.inflight_window, self.link.receive_maximum)
+
+    def has_room(self) -> bool:
+        return len(self.inflight) < self.window
+
     def drain(self) -> None:
-        """Send queued messages while the window (ours and the hub's Receive Maximum) allows."""
-        window = min(self._services.config.inflight_window, self.link.receive_maximum)
-        room = window - len(self.inflight)
+        """Send queued messages while the window allows."""
+        room = self.window - len(self.inflight)
         if room <= 0:
             return
         outbox = self._services.outbox

@@ -178,6 +178,8 @@ SCHEMA: Mapping[str, Key] = MappingProxyType({
                        choices=("3.1.1", "5")),
     "mqtt.inflight_window": _k("int", _C, "inflight_window", "an integer from 1 to 65535",
                                "QoS 1 messages in flight at once"),
+    "mqtt.publish_batch_delay": _k("float", _C, "publish_batch_delay", "seconds from 0 to 0.1",
+                                   "pause between sends while publishing in a stream (0: none)"),
     "mqtt.session_expiry": _k("int", _C, "session_expiry", "seconds from 0 to 4294967295",
                               "session kept by the hub across reconnects (0: none)",
                               check=lambda v: v <= 0xFFFFFFFF),  # a 4-byte MQTT 5 property

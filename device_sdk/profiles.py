@@ -118,6 +118,7 @@ class Profile:
     tls_min_version: Literal["1.2", "1.3"]
     mqtt_version: Literal["3.1.1", "5"]
     inflight_window: int
+    publish_batch_delay: float
     session_expiry: int
     failback_probe_interval: float
     values: Mapping[str, object]
@@ -154,6 +155,7 @@ class Profile:
             credentials=credentials,
             outbox=self.outbox,
             inflight_window=self.inflight_window,
+            publish_batch_delay=self.publish_batch_delay,
             failback_probe_interval=self.failback_probe_interval,
             session_expiry=self.session_expiry,
             concierge=None if concierge is None else self._concierge(concierge),
@@ -387,6 +389,7 @@ def _build(
         tls_min_version=build(TlsSettings).min_version,
         mqtt_version=client.mqtt_version,
         inflight_window=client.inflight_window,
+        publish_batch_delay=client.publish_batch_delay,
         session_expiry=client.session_expiry,
         failback_probe_interval=client.failback_probe_interval,
         values=MappingProxyType(values),

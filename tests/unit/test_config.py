@@ -32,6 +32,21 @@ def hub(name: str = "primary", **kw: object) -> HubEndpoint:
             "at least 1",
         ),
         (
+            lambda: ClientConfig(client_id="d", hubs=(hub(),), publish_batch_delay=-0.001),
+            "publish_batch_delay",
+            "0 to 0.1",
+        ),
+        (
+            lambda: ClientConfig(client_id="d", hubs=(hub(),), publish_batch_delay=1),
+            "publish_batch_delay",
+            "0 to 0.1",
+        ),
+        (
+            lambda: ClientConfig(client_id="d", hubs=(hub(),), publish_batch_delay=float("nan")),
+            "publish_batch_delay",
+            "0 to 0.1",
+        ),
+        (
             lambda: ClientConfig(client_id="d", hubs=(hub(),), mqtt_version="4"),
             "mqtt_version",
             "'3.1.1' or '5'",
