@@ -28,6 +28,7 @@ stays on ``__cause__`` for logs.
     │   ├── OutboxFull              the outbox is at its bound (reject policy); nothing was dropped
     │   ├── MessageDropped          the drop_oldest policy pushed this message out (counted)
     │   ├── ClientClosed            the client was closed before the message was acknowledged
+    │   ├── PublishRejected         the hub refused it in its PUBACK (MQTT 5 reason code >= 0x80)
     │   └── OutboxStorageError      (also an OutboxError) storage refused the write: not accepted
     ├── OutboxError                 the outbox's storage failed
     │   ├── OutboxStorageError      disk full, read-only file system or I/O error
@@ -210,6 +211,31 @@ class MessageDropped(PublishError):
 
 class ClientClosed(PublishError):
     """The client was closed before the message was acknowledged."""
+
+
+class PublishRejected(PublishError):
+    """The hub refused the message: its MQTT 5 PUBACK carried a failure reason code.
+
+    For example 0x87 Not authorized, 0x90 Topic Name invalid, 0x97 Quota exceeded,
+    0x99 Payload format invalid. The hub has decided on this message, so it has
+    left the outbox rather than block the messages behind it; the application
+    decides whether to publish it again. ``hub``, ``message_id``, ``topic``,
+    ``reason_code`` and ``reason`` say which and why. (MQTT 3.1.1 has no way to
+    refuse a PUBLISH: a hub acknowledges or drops the connection.)
+    """
+
+    def __init__(
+        self, *, hub: str, message_id: str, topic: str, reason_code: int, reason: str
+    ) -> None:
+        super().__init__(
+            f"hub {hub} refused message {message_id} on {topic!r}: "
+            f"0x{reason_code:02X} {reason}; it left the outbox"
+        )
+        self.hub = hub
+        self.message_id = message_id
+        self.topic = topic
+        self.reason_code = reason_code
+        self.reason = reason
 
 
 class OutboxError(DeviceSDKError):

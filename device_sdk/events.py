@@ -179,6 +179,23 @@ class MessagesDropped(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MessageRejected(Event):
+    """``hub`` refused a message in its PUBACK; its handle raises PublishRejected."""
+
+    hub: str
+    message_id: str
+    topic: str
+    reason_code: int
+    reason: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.hub} refused message {self.message_id} on {self.topic!r}: "
+            f"0x{self.reason_code:02X} {self.reason}"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ConciergeUpdate(Event):
     """A verified concierge document names ``active_hub`` (sequence ``sequence``)."""
 

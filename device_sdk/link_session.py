@@ -19,6 +19,7 @@ from device_sdk.config import ClientConfig
 from device_sdk.core import failover as fsm
 from device_sdk.core.liveness import Dead, LinkWatchdog, SendPing
 from device_sdk.core.outcomes import FailureKind
+from device_sdk.errors import PublishRejected
 from device_sdk.metrics import MetricsRecorder
 from device_sdk.outbox import OutboundMessage, Outbox
 
@@ -142,6 +143,43 @@ class LinkSession:
         self._watchdog.on_acked(mid, now)
         self._services.outbox.ack(message.seq)
         self._services.metrics.acknowledged()
+        if self._awaiting_first_ack:
+            self._first_ack(now)
+
+    def on_refused(self, mid: int, reason_code: int, reason: str) -> None:
+        """The hub answered, and refused: the message leaves the outbox with a typed error.
+
+        Why not keep it and resend: the hub decided on these bytes (not
+        authorized, topic or payload invalid, over quota), and resending them in
+        order would hold up every message behind this one. The application sees
+        the refusal on the handle, in a MessageRejected event and in the
+        ``rejected`` counter, never as a silent acknowledgement.
+        """
+        message = self.inflight.pop(mid, None)
+        if message is None:
+            return
+        now = time.monotonic()
+        self._watchdog.on_acked(mid, now)  # the hub is alive and answering
+        hub = self.link.hub.name
+        error = PublishRejected(
+            hub=hub,
+            message_id=message.message_id,
+            topic=message.topic,
+            reason_code=reason_code,
+            reason=reason,
+        )
+        self._services.outbox.reject(message.seq, error)
+        self._services.metrics.add(rejected=1)
+        self._services.emit(
+            events.MessageRejected(
+                at=now,
+                hub=hub,
+                message_id=message.message_id,
+                topic=message.topic,
+                reason_code=reason_code,
+                reason=reason,
+            )
+        )
         if self._awaiting_first_ack:
             self._first_ack(now)
 

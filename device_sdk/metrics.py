@@ -21,6 +21,7 @@ class Metrics:
     concierge_rejections: int = 0
     published: int = 0
     acknowledged: int = 0
+    rejected: int = 0  # refused by the hub in a PUBACK (MQTT 5 reason code >= 0x80)
     queue_depth: int = 0
     dropped: int = 0
     current_hub: str | None = None

@@ -113,7 +113,9 @@ class Outbox(Protocol):
     """The interface between ``publish()`` and the engine's drain.
 
     ``put`` is called from application threads; the rest from the engine thread.
-    Implementations must be thread-safe between the two.
+    Implementations must be thread-safe between the two. ``ack`` and ``reject``
+    both end a message's life in the outbox: ``ack`` when the hub took it,
+    ``reject`` (failing its handle with ``error``) when the hub refused it.
     """
 
     def put(self, topic: str, payload: bytes, qos: int) -> OutboundMessage: ...
@@ -121,6 +123,8 @@ class Outbox(Protocol):
     def take_unsent(self, limit: int) -> list[OutboundMessage]: ...
 
     def ack(self, seq: int) -> None: ...
+
+    def reject(self, seq: int, error: PublishError) -> None: ...
 
     def rewind(self) -> None: ...
 
@@ -211,12 +215,15 @@ class MemoryOutbox:
         return taken
 
     def ack(self, seq: int) -> None:
+        self.reject(seq, None)
+
+    def reject(self, seq: int, error: PublishError | None) -> None:
         with self._lock:
             message = self._pending.pop(seq, None)
             if message is not None:
                 self._bytes -= message.size
         if message is not None and message.handle is not None:
-            message.handle._resolve()
+            message.handle._resolve(error)
 
     def rewind(self) -> None:
         with self._lock:

@@ -65,6 +65,7 @@ _COUNTERS = (
     ("device_sdk_messages_published_total", "published", "Messages accepted by publish()."),
     ("device_sdk_messages_acknowledged_total", "acknowledged", "Messages the hub acknowledged."),
     ("device_sdk_messages_dropped_total", "dropped", "Messages dropped by the outbox policy."),
+    ("device_sdk_messages_rejected_total", "rejected", "Messages the hub refused in a PUBACK."),
 )
 _GAUGES = (
     ("device_sdk_outbox_depth", "queue_depth", "Messages waiting for a PUBACK."),

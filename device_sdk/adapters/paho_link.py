@@ -79,6 +79,8 @@ class LinkListener(Protocol):
 
     def on_ack(self, mid: int) -> None: ...
 
+    def on_refused(self, mid: int, reason_code: int, reason: str) -> None: ...
+
     def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None: ...
 
     def on_pingresp(self) -> None: ...
@@ -530,9 +532,13 @@ class PahoLink:
         _client: paho.Client,
         _userdata: object,
         mid: int,
-        _reason_code: ReasonCode,
+        reason_code: ReasonCode,
         _properties: Properties,
     ) -> None:
+        if reason_code.value >= 0x80:  # MQTT 5: the hub refused this message
+            code, reason = reason_code.value, reason_code.getName()
+            self._report(lambda listener: listener.on_refused(mid, code, reason))
+            return
         listener = self._listener
         if self._held is None and listener is not None:
             listener.on_ack(mid)  # the hot path: one call per PUBACK, no closure

@@ -83,6 +83,7 @@ from device_sdk.errors import (
     ConfigError,
     MessageDropped,
     OutboxFull,
+    PublishError,
 )
 from device_sdk.outbox import OutboundMessage, PublishHandle
 
@@ -214,6 +215,10 @@ class SqliteOutbox:
         return taken
 
     def ack(self, seq: int) -> None:
+        self.reject(seq, None)
+
+    def reject(self, seq: int, error: PublishError | None) -> None:
+        """Like ``ack``, but the handle fails with ``error``: the hub refused the message."""
         with self._lock:
             message = self._live.pop(seq, None)
             if message is None:
@@ -226,7 +231,7 @@ class SqliteOutbox:
             elif len(self._deletes) == self._flush_batch:
                 self._acks_waiting.notify()
         if message.handle is not None:
-            message.handle._resolve()
+            message.handle._resolve(error)
 
     def rewind(self) -> None:
         with self._lock:

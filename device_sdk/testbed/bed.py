@@ -85,6 +85,8 @@ class Testbed:
     ``hubs`` names the hubs in priority order; hub *i* listens on 127.0.0.(*first_octet* + *i*).
     ``users`` maps a hub name to the only user names and passwords it accepts.
     ``broker_log_types`` overrides mosquitto's log types (``("all",)`` logs every packet).
+    ``broker_config`` maps a hub name to extra mosquitto configuration lines for it
+    (``BrokerSpec.extra_config``), e.g. an ``acl_file`` that refuses some topics.
     ``concierge=True`` also runs the reference concierge (:attr:`concierge`), naming
     these hubs and signing with a throwaway key; :meth:`concierge_settings` trusts it.
     Everything it starts, it stops (by PID) in :meth:`stop`, also on errors.
@@ -102,6 +104,7 @@ class Testbed:
         first_octet: int = 2,
         dns_ttl: int = 1,
         broker_log_types: Sequence[str] | None = None,
+        broker_config: Mapping[str, Sequence[str]] | None = None,
         concierge: bool = False,
     ) -> None:
         self._hub_names = tuple(hubs)
@@ -110,6 +113,7 @@ class Testbed:
         self._first_octet = first_octet
         self._dns_ttl = dns_ttl
         self._log_types = tuple(broker_log_types or DEFAULT_LOG_TYPES)
+        self._broker_config = {name: tuple(lines) for name, lines in (broker_config or {}).items()}
         self._own_dir = work_dir is None
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="device-sdk-testbed-"))
         self._stack = ExitStack()
@@ -148,6 +152,7 @@ class Testbed:
                 tls=self._broker_tls(name, tls_port),
                 users=self._users.get(name),
                 log_types=self._log_types,
+                extra_config=self._broker_config.get(name, ()),
             )
             broker = MosquittoBroker(spec, work_dir=self.work_dir / name)
             self._stack.callback(broker.close)

@@ -1,7 +1,7 @@
 """Bad input gets a clear, typed error, and nothing the device was handed is lost.
 
-TLS with the wrong name or the wrong CA, refused credentials, and DNS that
-fails: each reaches the application as a typed DeviceSDKError, the device
+TLS with the wrong name or the wrong CA, refused credentials, DNS that fails,
+and a message the hub refuses: each reaches the application as a typed DeviceSDKError, the device
 never falls back to something insecure, and messages stay queued until a hub
 that works acknowledges them.
 """
@@ -18,12 +18,15 @@ from device_sdk import (
     Credentials,
     DeviceClient,
     NotConnected,
+    OutboxSettings,
     PermanentRefusal,
+    PublishRejected,
     ResolveError,
     TlsError,
     TlsSettings,
     events,
 )
+from device_sdk.adapters.sqlite_outbox import SqliteOutbox
 from device_sdk.errors import NameNotFound, ResolverFailure
 from device_sdk.testbed import IMPOSTOR, CertificateAuthority, Testbed
 from device_sdk.testbed.pytest_plugin import TestbedFactory
@@ -150,3 +153,41 @@ def test_dns_failure_is_typed_and_queued_messages_survive_it(
         assert collector.wait_for(set(range(5)), 5)
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "sqlite"])
+def test_a_message_the_hub_refuses_is_a_typed_error_never_a_silent_ack(
+    testbed_factory: TestbedFactory, tmp_path: Path, durable: bool
+) -> None:
+    # mosquitto answers an MQTT 5 PUBLISH its ACL forbids with PUBACK 0x87.
+    acl = tmp_path / "acl"
+    acl.write_text("topic write telemetry/#\ntopic read #\n", encoding="utf-8")
+    bed = testbed_factory(hubs=["primary"], broker_config={"primary": [f"acl_file {acl}"]})
+    path = tmp_path / "outbox.sqlite"
+    outbox = OutboxSettings(path=str(path), synchronous="NORMAL") if durable else OutboxSettings()
+    log = EventLog()
+    config = bed.client_config("refused-device", outbox=outbox)
+    with DeviceClient(config, on_event=log) as client:
+        before = client.publish("telemetry/a", "1")
+        refused = client.publish("forbidden/a", "2")
+        after = client.publish("telemetry/a", "3")
+        after.wait(5)
+        before.wait(5)
+        with pytest.raises(PublishRejected) as caught:
+            refused.wait(5)
+        metrics = client.metrics()
+    error = caught.value
+    assert (error.hub, error.topic, error.reason_code) == ("primary", "forbidden/a", 0x87)
+    assert error.message_id == refused.message_id
+    assert "refused" in str(error) and "Not authorized" in str(error)
+    assert refused.error is error and not refused.acknowledged
+    assert (metrics.rejected, metrics.acknowledged, metrics.queue_depth) == (1, 2, 0)
+    (event,) = log.of(events.MessageRejected)
+    assert event.message_id == refused.message_id  # type: ignore[attr-defined]
+    assert "0x87 Not authorized" in event.describe()
+    if durable:  # refused means decided: it is not sent again after a restart either
+        reopened = SqliteOutbox(path, max_messages=10, max_bytes=10_000)
+        try:
+            assert reopened.take_unsent(10) == []
+        finally:
+            reopened.close()

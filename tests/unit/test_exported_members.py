@@ -11,9 +11,10 @@ PUBLIC = {
     "DialError", "DnsSettings", "FailoverPolicy", "HubEndpoint", "LinkLost",
     "LivenessPolicy", "MemoryOutbox", "Metrics", "NameNotFound", "NoAddress",
     "NotConnected", "Outbox", "OutboxFull", "OutboxSettings", "PermanentRefusal",
-    "PublishError", "PublishHandle", "RecoveryFailed", "Redirected", "ResolveError",
-    "ResolveTimeout", "ResolverFailure", "RetryPolicy", "SrvSettings", "StateMachineError",
-    "TestbedError", "TlsError", "TlsSettings", "TransientRefusal", "__version__", "events",
+    "PublishError", "PublishHandle", "PublishRejected", "RecoveryFailed", "Redirected",
+    "ResolveError", "ResolveTimeout", "ResolverFailure", "RetryPolicy", "SrvSettings",
+    "StateMachineError", "TestbedError", "TlsError", "TlsSettings", "TransientRefusal",
+    "__version__", "events",
 }  # fmt: skip
 
 

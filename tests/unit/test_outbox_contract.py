@@ -38,6 +38,7 @@ from device_sdk.errors import (
     OutboxCorrupt,
     OutboxFull,
     OutboxStorageError,
+    PublishRejected,
 )
 from device_sdk.outbox import MemoryOutbox, OutboundMessage, Outbox
 
@@ -121,6 +122,23 @@ def test_ack_is_idempotent_and_ignores_unknown_seqs(make: Factory) -> None:
     assert outbox.depth() == 0
     outbox.rewind()
     assert outbox.take_unsent(10) == []
+
+
+def test_reject_ends_the_message_and_fails_its_handle_with_the_error(make: Factory) -> None:
+    outbox = make()
+    refused, kept = outbox.put("t", b"0", 1), outbox.put("t", b"1", 1)
+    outbox.take_unsent(2)
+    error = PublishRejected(
+        hub="h", message_id=refused.message_id, topic="t", reason_code=0x87, reason="Not authorized"
+    )
+    outbox.reject(refused.seq, error)
+    outbox.reject(refused.seq, error)  # idempotent, like ack
+    assert refused.handle is not None and refused.handle.error is error
+    with pytest.raises(PublishRejected):
+        refused.handle.wait(0)
+    assert outbox.depth() == 1
+    outbox.rewind()
+    assert outbox.take_unsent(10) == [kept]
 
 
 def test_rewind_keeps_messages_put_after_the_take(make: Factory) -> None:
