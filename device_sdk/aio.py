@@ -10,7 +10,10 @@ only the bridge between the engine's threads and the event loop:
   (PUBACKs resolve futures, events and messages feed :class:`AsyncStream`);
 * the two steps that block (waiting for the first CONNACK, joining the engine's
   threads on close) each run on a short-lived thread named ``device-sdk-aio-*``,
-  so the loop never blocks and the loop's default executor is never borrowed.
+  so the loop never blocks and the loop's default executor is never borrowed;
+* with a durable outbox, ``await publish()`` stores the message on one of a few
+  ``device-sdk-aio-*-store`` threads, so an fsync on a slow SD card never stalls
+  the loop (concurrent tasks then share commits), and they end on close.
 
 This module must not import paho, dnspython, tenacity or any part of the
 recovery path; ``tests/unit/test_one_engine.py`` checks that.
@@ -22,6 +25,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Generic, TypeVar, TypeVarTuple
 
@@ -29,12 +33,17 @@ from device_sdk.adapters.resolver import Resolver
 from device_sdk.client import DeviceClient
 from device_sdk.config import ClientConfig
 from device_sdk.core.topics import check_topic_filter
+from device_sdk.errors import ClientClosed
 from device_sdk.events import Event
 from device_sdk.metrics import Metrics
-from device_sdk.outbox import Outbox, PublishHandle
+from device_sdk.outbox import MemoryOutbox, Outbox, PublishHandle
 from device_sdk.streams import DEFAULT_MAX_QUEUED, Fanout, Message, StreamBuffer, StreamEnded
 
 __all__ = ["AsyncDeviceClient", "AsyncStream", "Message"]
+
+# Threads that store messages for ``await publish()`` with a durable outbox: a few,
+# so that tasks publishing at once share the outbox's group commits.
+_STORE_THREADS = 4
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -72,6 +81,14 @@ class AsyncDeviceClient:
         self._by_filter: dict[str, Fanout[Message]] = {}
         self._subscribed: dict[str, int] = {}
         self._closed: asyncio.Future[None] | None = None
+        # A durable outbox commits (and may fsync) in put(): keep that off the loop.
+        durable = (
+            config.outbox.path is not None
+            if outbox is None
+            else (not isinstance(outbox, MemoryOutbox))
+        )
+        self._store: ThreadPoolExecutor | None = None
+        self._store_off_loop = durable
 
     @property
     def config(self) -> ClientConfig:
@@ -91,7 +108,7 @@ class AsyncDeviceClient:
 
         Like every publish, it is sent and resent across reconnects until the
         hub acknowledges it. With the durable outbox this returns after the
-        SQLite commit, on the calling thread.
+        SQLite commit, on the calling thread (:meth:`publish` commits off the loop).
         """
         return self._client.publish(topic, payload, qos)
 
@@ -100,8 +117,24 @@ class AsyncDeviceClient:
 
         Cancelling the wait does not withdraw the message: it stays in the
         outbox and is still delivered. Bound the wait with ``asyncio.timeout``.
+        With the durable outbox the message is stored on a worker thread, so a
+        slow disk never blocks the event loop.
         """
-        await self.acknowledged(self.publish_nowait(topic, payload, qos))
+        if not self._store_off_loop or self._closed is not None:
+            handle = self.publish_nowait(topic, payload, qos)  # closed: raises ClientClosed
+        else:
+            if self._store is None:
+                self._store = ThreadPoolExecutor(
+                    _STORE_THREADS, thread_name_prefix=f"{self._thread_prefix}-store"
+                )
+            loop = asyncio.get_running_loop()
+            try:
+                handle = await loop.run_in_executor(
+                    self._store, self.publish_nowait, topic, payload, qos
+                )
+            except RuntimeError as exc:  # the executor shut down: close() began meanwhile
+                raise ClientClosed("the client closed; the message was not accepted") from exc
+        await self.acknowledged(handle)
 
     async def acknowledged(self, handle: PublishHandle) -> None:
         """Wait for ``handle``'s PUBACK; raises its PublishError (ClientClosed, dropped)."""
@@ -168,7 +201,11 @@ class AsyncDeviceClient:
             fanouts: list[Fanout[Event] | Fanout[Message]] = [self._events, self._all_messages]
             fanouts += self._by_filter.values()
 
+            store = self._store
+
             def close_all() -> None:
+                if store is not None:  # stores under way finish first: they were accepted
+                    store.shutdown(wait=True)
                 self._client.close(timeout)
                 for fanout in fanouts:  # after the engine: its last items come first
                     fanout.close()

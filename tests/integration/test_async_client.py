@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from device_sdk import AsyncDeviceClient, DeviceClient, events
+from device_sdk import AsyncDeviceClient, ClientClosed, DeviceClient, events
+from device_sdk.adapters.sqlite_outbox import SqliteOutbox
 from device_sdk.aio import AsyncStream
+from device_sdk.outbox import OutboundMessage
 from device_sdk.testbed import Testbed
 from device_sdk.testbed.collector import Collector, merge
 from tests.integration.support import TOPIC, collectors_for
@@ -220,6 +223,35 @@ async def test_leaving_the_block_ends_iterators_and_threads(testbed: Testbed) ->
         assert await events_reader >= 0
     assert asyncio.all_tasks() == tasks_before
     _assert_no_threads_left(threads_before)
+
+
+@pytest.mark.asyncio
+async def test_durable_publishes_store_off_the_loop_and_their_threads_end(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    threads_before = set(threading.enumerate())
+    stored_on: set[str] = set()
+
+    class WatchedOutbox(SqliteOutbox):
+        def put(self, topic: str, payload: bytes, qos: int) -> OutboundMessage:
+            stored_on.add(threading.current_thread().name)
+            return super().put(topic, payload, qos)
+
+    outbox = WatchedOutbox(tmp_path / "outbox.sqlite", max_messages=1000, max_bytes=1_000_000)
+    config = testbed.client_config("async-durable", hubs=["primary"])
+    async with AsyncDeviceClient(config, outbox=outbox) as client:
+        await asyncio.gather(*(client.publish(TOPIC, f"{n}:x") for n in range(50)))
+        client.publish_nowait(TOPIC, "50:x")  # documented: stores on the calling thread
+        assert client.metrics().published == 51
+    loop_thread = threading.current_thread().name
+    assert loop_thread in stored_on  # only from publish_nowait
+    store_threads = stored_on - {loop_thread}
+    assert store_threads and all(
+        n.startswith("device-sdk-aio-async-durable-store") for n in store_threads
+    )
+    _assert_no_threads_left(threads_before)
+    with pytest.raises(ClientClosed):
+        await client.publish(TOPIC, "late")
 
 
 async def _count(stream: AsyncStream[Any]) -> int:
