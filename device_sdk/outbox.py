@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from device_sdk.core.message_id import MessageIdSource
 from device_sdk.errors import ClientClosed, MessageDropped, OutboxFull, PublishError
 
 # One lock for every handle: held for a few bytecodes at a time, it is cheaper than
@@ -135,11 +135,6 @@ class Outbox(Protocol):
     def close(self) -> list[OutboundMessage]: ...
 
 
-def new_message_id_source() -> itertools.count[int]:
-    """Ids sortable by acceptance time: microseconds at start, then +1 per message."""
-    return itertools.count(time.time_ns() // 1000)
-
-
 class MemoryOutbox:
     """A bounded in-memory outbox. Lost on process exit; use it only where that is acceptable."""
 
@@ -159,7 +154,7 @@ class MemoryOutbox:
         self._unsent: deque[int] = deque()
         self._bytes = 0
         self._seq = itertools.count(1)
-        self._ids = new_message_id_source()
+        self._ids = MessageIdSource()  # the same ids as the durable outbox's
         self._closed = False
 
     def put(self, topic: str, payload: bytes, qos: int) -> OutboundMessage:
@@ -174,7 +169,7 @@ class MemoryOutbox:
             evicted = self._make_room(size)
             message = OutboundMessage(
                 seq=next(self._seq),
-                message_id=f"{next(self._ids):016x}",
+                message_id=self._ids.next_id(),
                 topic=topic,
                 payload=payload,
                 qos=qos,

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from device_sdk.adapters.sqlite_outbox import SqliteOutbox
-from device_sdk.core.message_id import MessageIdSource
+from device_sdk.core.message_id import MessageIdSource, message_id_time_ms
 from device_sdk.errors import (
     ClientClosed,
     ConfigError,
@@ -150,11 +150,13 @@ def test_rewind_keeps_messages_put_after_the_take(make: Factory) -> None:
     assert payloads(outbox.take_unsent(10)) == [b"0", b"1"]
 
 
-def test_message_ids_are_unique_and_sortable(make: Factory) -> None:
+def test_message_ids_are_unique_sortable_ulids(make: Factory) -> None:
     outbox = make(max_messages=1000, max_bytes=100_000)
     messages = [outbox.put("t", b"x", 1) for _ in range(300)]
     ids = [m.message_id for m in messages]
     assert ids == sorted(ids) and len(set(ids)) == 300
+    # One id format whichever outbox: consumers decode the time the same way.
+    assert abs(message_id_time_ms(ids[0]) - time.time() * 1000) < 60_000
 
 
 def test_full_by_count_rejects_and_keeps_what_was_queued(make: Factory) -> None:
