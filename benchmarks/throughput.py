@@ -1,13 +1,14 @@
 """QoS 1 publish throughput: raw paho-mqtt against device_sdk, on one local broker, in one run.
 
-    python benchmarks/throughput.py [--messages N] [--runs R] [--json [PATH]]
+    python benchmarks/throughput.py [--messages N] [--runs R] [--json [PATH]] [--mqtt 5|3.1.1]
 
 One mosquitto broker (``device_sdk.testbed.MosquittoBroker``, plain listener on
 127.0.0.1) serves every run. A run publishes N QoS 1 messages of
 ``PAYLOAD_BYTES`` bytes to one topic as fast as the publishing thread can,
 then waits for every PUBACK; its rate is N divided by the time from the first
 ``publish()`` to the last PUBACK. Connecting is not timed. Four variants, each
-with an in-flight window of ``WINDOW`` messages and MQTT 5:
+with an in-flight window of ``WINDOW`` messages and MQTT 5 (``--mqtt 3.1.1``: both
+sides speak 3.1.1):
 
 * ``raw paho``: paho-mqtt 2.x, ``loop_start()``, ``max_inflight_messages_set``,
   publishing from the main thread (paho queues what the window cannot take).
@@ -254,7 +255,7 @@ def format_header(info: dict[str, Any], messages: int, runs: int) -> str:
             f"python {info['python']}, device_sdk {info['device_sdk']} "
             f"({info['device_sdk_source']}), paho-mqtt {info['paho_mqtt']}, {info['mosquitto']}",
             f"load: {messages} QoS 1 messages of {PAYLOAD_BYTES} bytes per run, one topic, "
-            f"in-flight window {WINDOW}, MQTT 5, plain TCP on 127.0.0.1; "
+            f"in-flight window {WINDOW}, MQTT {MQTT_VERSION}, plain TCP on 127.0.0.1; "
             f"median of {runs} runs per variant",
             f"durable outbox directory: {temp} ({_file_system(temp)})",
         ]
