@@ -32,10 +32,7 @@ import tenacity
 
 from device_sdk import events
 from device_sdk.adapters.paho_link import PahoLink
-from device_sdk.adapters.probe import hub_answers
 from device_sdk.adapters.resolver import FreshResolver, Resolver
-from device_sdk.adapters.srv import discover_hubs
-from device_sdk.concierge.source import ConciergeAnswer, ConciergeSource
 from device_sdk.config import ClientConfig, HubEndpoint, OutboxSettings
 from device_sdk.core import failover as fsm
 from device_sdk.core.outcomes import FailureKind
@@ -44,19 +41,17 @@ from device_sdk.core.topics import topic_matches
 from device_sdk.dialer import Dialer, LinkFactory
 from device_sdk.dispatch import CallbackDispatcher
 from device_sdk.errors import (
-    ConciergeError,
     ConnectError,
     ConnectTimeout,
     DeviceSDKError,
-    DocumentRejected,
     LinkLost,
     NotConnected,
     PermanentRefusal,
     RecoveryFailed,
     Redirected,
-    ResolveError,
     TlsError,
 )
+from device_sdk.hub_sources import HubSources
 from device_sdk.link_session import LinkEnd, LinkSession, SessionServices
 from device_sdk.metrics import Metrics, MetricsRecorder
 from device_sdk.outbox import MemoryOutbox, Outbox, PublishHandle
@@ -95,8 +90,6 @@ class Engine:
         self._drops_reported = 0
         self._rng = rng or random.Random()
         self._machine = fsm.FailoverMachine(config.hub_names, config.failover)
-        # Hubs by name: the configured list, plus any a discovery source adds later.
-        self._hubs: dict[str, HubEndpoint] = {hub.name: hub for hub in config.hubs}
         self._backoff = Backoff.start()
         self._metrics = MetricsRecorder()
         self._listeners: list[EventCallback] = []
@@ -126,14 +119,21 @@ class Engine:
         self._session: LinkSession | None = None
         self._resumable: LinkSession | None = None  # its paho session may be resumed
         self._outage_started: float | None = None
-        self._next_probe_at = 0.0
         # Callbacks for the engine thread, posted by side tasks (probes, concierge).
         self._mailbox: deque[Callable[[], None]] = deque()
         self._interrupt = threading.Event()  # cuts a backoff sleep short when mail arrives
         self._side = SideTasks(self._post, f"device-sdk-{config.client_id}")
-        self._concierge = _concierge_source(config)
-        self._next_concierge_at = 0.0
         self._dispatcher = CallbackDispatcher(f"device-sdk-callbacks-{config.client_id}")
+        self._sources = HubSources(
+            config,
+            machine=self._machine,
+            resolver=self._resolver,
+            rng=self._rng,
+            side=self._side,
+            metrics=self._metrics,
+            emit=self._emit,
+            follow=self._feed,
+        )
         self._dialer = Dialer(
             config,
             resolver=self._resolver,
@@ -237,7 +237,7 @@ class Engine:
 
     def _run(self) -> None:
         try:
-            self._ask_concierge()
+            self._sources.ask_concierge()
             attempt = self._single(self._machine.handle(fsm.Start(), time.monotonic()))
             link: PahoLink | None = None
             while not self._closing.is_set():
@@ -264,7 +264,7 @@ class Engine:
         self._next = attempt
         self._cycle_errors.clear()
         self._cycle_attempts = 0
-        self._ask_concierge()  # in parallel with the first attempt: never a delay
+        self._sources.ask_concierge()  # in parallel with the first attempt: never a delay
         retrying = tenacity.Retrying(
             sleep=self._sleep,
             wait=self._wait_before_next,
@@ -303,11 +303,11 @@ class Engine:
 
     def _attempt_once(self) -> PahoLink | None:
         self._run_mailbox()
-        self._refresh_srv()
+        self._sources.refresh_srv()
         if self._closing.is_set():
             return None
         assert self._next is not None
-        hub = self._endpoint(self._next.hub)
+        hub = self._sources.endpoint(self._next.hub)
         self._attempt_no += 1
         self._metrics.add(attempts=1)
         self._emit(
@@ -342,7 +342,7 @@ class Engine:
         self._backoff = self._backoff.failed()
         self._emit(events.AttemptFailed(at=now, hub=hub.name, address=error.address, error=error))
         if isinstance(error, Redirected):
-            target = self._hub_for_reference(error.server_reference)
+            target = self._sources.hub_for_reference(error.server_reference)
             actions = self._machine.handle(fsm.Redirect(hub=hub.name, target=target), now)
         else:
             actions = self._machine.handle(
@@ -350,16 +350,6 @@ class Engine:
             )
         # An empty answer means "carry on as you were": keep the attempt already planned.
         self._next = self._single(actions) or self._next
-
-    def _hub_for_reference(self, reference: str | None) -> str | None:
-        """Map an MQTT 5 server reference to a configured hub; unknown hosts are ignored."""
-        if not reference:
-            return None
-        for candidate in reference.split():
-            for hub in self._hubs.values():
-                if candidate in (hub.fqdn, hub.authority):
-                    return hub.name
-        return None
 
     def _single(self, actions: tuple[fsm.Action, ...]) -> fsm.Attempt | None:
         """Announce the machine's events and return the attempt it asks for."""
@@ -399,7 +389,7 @@ class Engine:
         )
         outage = None if self._outage_started is None else now - self._outage_started
         self._outage_started = None
-        self._next_probe_at = now + self.config.failback_probe_interval
+        self._sources.connected(now)
         self._metrics.add(connects=1)
         self._metrics.set(current_hub=link.hub.name, last_reconnect_seconds=outage)
         self._set_status(connected=True)
@@ -450,7 +440,7 @@ class Engine:
                 at=now, from_hub=migrate.from_hub, to_hub=migrate.to_hub, reason=migrate.reason
             )
         )
-        target = self._endpoint(migrate.to_hub)
+        target = self._sources.endpoint(migrate.to_hub)
         self._metrics.add(attempts=1)
         try:
             new = self._open_link(target)
@@ -514,9 +504,7 @@ class Engine:
                 writable = bool(ready & selectors.EVENT_WRITE)
         if session.end is None:
             link.service(readable=readable, writable=writable)
-        self._maybe_probe()
-        if self._concierge is not None and time.monotonic() >= self._next_concierge_at:
-            self._ask_concierge()
+        self._sources.tick(time.monotonic())
 
     def _batch_while_streaming(
         self, session: LinkSession, *, published: bool, streaming: bool
@@ -548,9 +536,7 @@ class Engine:
 
     def _sleep_until(self, next_check: float, now: float) -> float:
         """How long the loop may wait: until the watchdog, a probe or a concierge poll is due."""
-        wake_at = min(next_check, self._next_probe_at, now + _MAX_IDLE_WAIT)
-        if self._concierge is not None:
-            wake_at = min(wake_at, self._next_concierge_at)
+        wake_at = min(next_check, self._sources.next_due(), now + _MAX_IDLE_WAIT)
         return max(0.0, wake_at - now)
 
     def _run_commands(self, link: PahoLink) -> None:
@@ -575,7 +561,7 @@ class Engine:
         self._emit(events.Disconnected(at=now, hub=link.hub.name, error=error))
         self._emit(events.QueueDepth(at=now, depth=self._outbox.depth()))
         if end.redirect:
-            target = self._hub_for_reference(end.server_reference)
+            target = self._sources.hub_for_reference(end.server_reference)
             actions = self._machine.handle(fsm.Redirect(hub=link.hub.name, target=target), now)
         else:
             actions = self._machine.handle(
@@ -592,79 +578,11 @@ class Engine:
         for handler in handlers:
             self._dispatcher.submit(lambda h=handler: h(topic, payload))  # type: ignore[misc]
 
-    # -- failback probes --------------------------------------------------------------------
+    # -- what the machine asks for between attempts ------------------------------------------
 
-    def _maybe_probe(self) -> None:
-        now = time.monotonic()
-        if now < self._next_probe_at:
-            return
-        self._next_probe_at = now + self.config.failback_probe_interval
-        candidate = self._machine.failback_candidate(now)
-        if candidate is None:
-            return
-        hub = self._endpoint(candidate)
-        timeout = self.config.liveness.connect_timeout
-        self._side.start(
-            "probe",
-            lambda: hub_answers(hub, self._resolver, timeout),
-            lambda healthy: self._probe_result(hub.name, healthy),
-        )
-
-    def _probe_result(self, hub: str, healthy: bool) -> None:
-        if hub not in self._machine.hubs:
-            return  # withdrawn while the probe ran
-        self._follow(
-            self._machine.handle(fsm.ProbeResult(hub=hub, healthy=healthy), time.monotonic())
-        )
-
-    # -- the concierge ----------------------------------------------------------------------
-
-    def _ask_concierge(self) -> None:
-        source = self._concierge
-        if source is None or self.config.concierge is None:
-            return
-        settings = self.config.concierge
-        jitter = 1 + self._rng.uniform(-settings.poll_jitter, settings.poll_jitter)
-        self._next_concierge_at = time.monotonic() + settings.poll_interval * jitter
-        self._side.start("concierge", _asking(source), self._concierge_answered)
-
-    def _concierge_answered(self, outcome: ConciergeAnswer | ConciergeError) -> None:
-        now = time.monotonic()
-        if isinstance(outcome, ConciergeError):
-            self._metrics.add(concierge_rejections=int(isinstance(outcome, DocumentRejected)))
-            self._emit(events.ConciergeProblem(at=now, error=outcome))
-            return  # carry on from the last good answer or the device's own list
-        self._metrics.add(concierge_updates=1)
-        self._emit(
-            events.ConciergeUpdate(at=now, sequence=outcome.sequence, active_hub=outcome.active)
-        )
-        self._set_hubs(outcome.hubs)
-        self._follow(self._machine.handle(fsm.ConciergeNamed(hub=outcome.active), now))
-
-    def _refresh_srv(self) -> None:
-        """Ask DNS SRV for the hub list again; a changed answer is used for this attempt."""
-        srv = self.config.srv
-        if srv is None:
-            return
-        try:
-            hubs = discover_hubs(
-                srv.domain, secure=srv.secure, dns=self.config.dns, rng=self._rng, tls=srv.tls
-            )
-        except ResolveError as exc:
-            log.warning(
-                "SRV discovery for %s failed; keeping the last hub list: %s", srv.domain, exc
-            )
-            return
-        finally:
-            self._metrics.add(dns_queries=1)
-        self._set_hubs(hubs)
-
-    def _set_hubs(self, hubs: tuple[HubEndpoint, ...]) -> None:
-        names = tuple(hub.name for hub in hubs)
-        if names == self._machine.hubs and all(self._hubs.get(h.name) == h for h in hubs):
-            return
-        self._hubs = {hub.name: hub for hub in hubs}
-        self._follow(self._machine.handle(fsm.HubsChanged(hubs=names), time.monotonic()))
+    def _feed(self, event: fsm.Input) -> None:
+        """Hand the machine an input from a side source (concierge, SRV, probe)."""
+        self._follow(self._machine.handle(event, time.monotonic()))
 
     def _follow(self, actions: tuple[fsm.Action, ...]) -> None:
         """Carry out what the machine asked for outside an attempt's own result."""
@@ -676,9 +594,6 @@ class Engine:
                 self._session.end = LinkEnd(reason=action.reason, migrate=action)
 
     # -- plumbing ---------------------------------------------------------------------------
-
-    def _endpoint(self, name: str) -> HubEndpoint:
-        return self._hubs[name]
 
     def _post(self, callback: Callable[[], None]) -> None:
         """From any thread: run ``callback`` on the engine thread soon."""
@@ -750,19 +665,3 @@ def open_outbox(settings: OutboxSettings) -> Outbox:
         overflow=settings.overflow,
         synchronous=settings.synchronous,
     )
-
-
-def _concierge_source(config: ClientConfig) -> ConciergeSource | None:
-    if config.concierge is None:
-        return None
-    return ConciergeSource(config.concierge, config.hubs)
-
-
-def _asking(source: ConciergeSource) -> Callable[[], ConciergeAnswer | ConciergeError]:
-    def ask() -> ConciergeAnswer | ConciergeError:
-        try:
-            return source.ask()
-        except ConciergeError as exc:
-            return exc
-
-    return ask

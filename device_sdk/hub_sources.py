@@ -1,0 +1,180 @@
+"""The engine's side inputs: the hub list, the hub the concierge names, whether home is back.
+
+The failover machine decides where to connect; these sources only ask and
+report. A concierge document names the active hub (``ConciergeNamed``) and may
+change the hub list, as may DNS SRV records (``HubsChanged``); a failback probe
+says whether the home hub answers again (``ProbeResult``). A concierge fetch or
+a probe can block for its whole timeout, so both run as side tasks off the
+engine thread, and their answers come back through the engine's mailbox. An SRV
+lookup is part of an attempt (asked fresh before each one) and runs inline.
+
+Engine thread only: every method is called from the engine thread, and the
+``follow`` callback feeds the machine there.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from device_sdk import events
+from device_sdk.adapters.probe import hub_answers
+from device_sdk.adapters.resolver import Resolver
+from device_sdk.adapters.srv import discover_hubs
+from device_sdk.concierge.source import ConciergeAnswer, ConciergeSource
+from device_sdk.config import ClientConfig, HubEndpoint
+from device_sdk.core import failover as fsm
+from device_sdk.errors import ConciergeError, DocumentRejected, ResolveError
+from device_sdk.metrics import MetricsRecorder
+from device_sdk.side_tasks import SideTasks
+
+log = logging.getLogger("device_sdk")
+
+Emit = Callable[[events.Event], None]
+Follow = Callable[[fsm.Input], None]
+
+
+class HubSources:
+    """The hub list and its three sources: the concierge, DNS SRV and failback probes."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        machine: fsm.FailoverMachine,
+        resolver: Resolver,
+        rng: random.Random,
+        side: SideTasks,
+        metrics: MetricsRecorder,
+        emit: Emit,
+        follow: Follow,
+    ) -> None:
+        self._config = config
+        self._machine = machine  # read here; fed only through ``follow``
+        self._resolver = resolver
+        self._rng = rng
+        self._side = side
+        self._metrics = metrics
+        self._emit = emit
+        self._follow = follow
+        # Hubs by name: the configured list, or the latest a concierge or SRV gave.
+        self._hubs: dict[str, HubEndpoint] = {hub.name: hub for hub in config.hubs}
+        self._concierge = (
+            None if config.concierge is None else ConciergeSource(config.concierge, config.hubs)
+        )
+        self._next_concierge_at = 0.0
+        self._next_probe_at = 0.0
+
+    def endpoint(self, name: str) -> HubEndpoint:
+        return self._hubs[name]
+
+    def hub_for_reference(self, reference: str | None) -> str | None:
+        """Map an MQTT 5 server reference to a known hub; unknown hosts are ignored."""
+        if not reference:
+            return None
+        for candidate in reference.split():
+            for hub in self._hubs.values():
+                if candidate in (hub.fqdn, hub.authority):
+                    return hub.name
+        return None
+
+    def next_due(self) -> float:
+        """When :meth:`tick` has work next (monotonic): a probe or a concierge poll."""
+        if self._concierge is None:
+            return self._next_probe_at
+        return min(self._next_probe_at, self._next_concierge_at)
+
+    def connected(self, now: float) -> None:
+        """A link is up: the first failback probe waits a whole interval."""
+        self._next_probe_at = now + self._config.failback_probe_interval
+
+    def tick(self, now: float) -> None:
+        """While connected: start a failback probe or a concierge poll when one is due."""
+        self._maybe_probe(now)
+        if self._concierge is not None and now >= self._next_concierge_at:
+            self.ask_concierge()
+
+    # -- the concierge ----------------------------------------------------------------------
+
+    def ask_concierge(self) -> None:
+        """Ask now, off the engine thread (never a delay), and schedule the next poll."""
+        source, settings = self._concierge, self._config.concierge
+        if source is None or settings is None:
+            return
+        jitter = 1 + self._rng.uniform(-settings.poll_jitter, settings.poll_jitter)
+        self._next_concierge_at = time.monotonic() + settings.poll_interval * jitter
+        self._side.start("concierge", _asking(source), self._concierge_answered)
+
+    def _concierge_answered(self, outcome: ConciergeAnswer | ConciergeError) -> None:
+        now = time.monotonic()
+        if isinstance(outcome, ConciergeError):
+            self._metrics.add(concierge_rejections=int(isinstance(outcome, DocumentRejected)))
+            self._emit(events.ConciergeProblem(at=now, error=outcome))
+            return  # carry on from the last good answer or the device's own list
+        self._metrics.add(concierge_updates=1)
+        self._emit(
+            events.ConciergeUpdate(at=now, sequence=outcome.sequence, active_hub=outcome.active)
+        )
+        self._set_hubs(outcome.hubs)
+        self._follow(fsm.ConciergeNamed(hub=outcome.active))
+
+    # -- DNS SRV ----------------------------------------------------------------------------
+
+    def refresh_srv(self) -> None:
+        """Ask DNS SRV for the hub list again; a changed answer is used for this attempt."""
+        srv = self._config.srv
+        if srv is None:
+            return
+        try:
+            hubs = discover_hubs(
+                srv.domain, secure=srv.secure, dns=self._config.dns, rng=self._rng, tls=srv.tls
+            )
+        except ResolveError as exc:
+            log.warning(
+                "SRV discovery for %s failed; keeping the last hub list: %s", srv.domain, exc
+            )
+            return
+        finally:
+            self._metrics.add(dns_queries=1)
+        self._set_hubs(hubs)
+
+    def _set_hubs(self, hubs: tuple[HubEndpoint, ...]) -> None:
+        names = tuple(hub.name for hub in hubs)
+        if names == self._machine.hubs and all(self._hubs.get(h.name) == h for h in hubs):
+            return
+        self._hubs = {hub.name: hub for hub in hubs}
+        self._follow(fsm.HubsChanged(hubs=names))
+
+    # -- failback probes --------------------------------------------------------------------
+
+    def _maybe_probe(self, now: float) -> None:
+        if now < self._next_probe_at:
+            return
+        self._next_probe_at = now + self._config.failback_probe_interval
+        candidate = self._machine.failback_candidate(now)
+        if candidate is None:
+            return
+        hub = self.endpoint(candidate)
+        timeout = self._config.liveness.connect_timeout
+        self._side.start(
+            "probe",
+            lambda: hub_answers(hub, self._resolver, timeout),
+            lambda healthy: self._probe_result(hub.name, healthy),
+        )
+
+    def _probe_result(self, hub: str, healthy: bool) -> None:
+        if hub not in self._machine.hubs:
+            return  # withdrawn while the probe ran
+        self._follow(fsm.ProbeResult(hub=hub, healthy=healthy))
+
+
+def _asking(source: ConciergeSource) -> Callable[[], ConciergeAnswer | ConciergeError]:
+    def ask() -> ConciergeAnswer | ConciergeError:
+        try:
+            return source.ask()
+        except ConciergeError as exc:
+            return exc
+
+    return ask
