@@ -423,6 +423,9 @@ class Engine:
             link.disconnect()
             self._set_status(connected=False)
             return None
+        assert session.end is not None
+        if session.end.migrate is None:
+            link.abort()  # a no-op when the link closed itself; the migration keeps it until then
         return session.end
 
     def _migrate(
@@ -549,7 +552,7 @@ class Engine:
 
     def _after_link(self, link: PahoLink, end: LinkEnd) -> fsm.Attempt | None:
         now = time.monotonic()
-        if self.config.session_expiry:
+        if self.config.session_expiry and not end.fresh_session:
             self._resumable = self._session  # its session (and in-flight messages) may resume
         self._session = None
         self._set_status(connected=False)

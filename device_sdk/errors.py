@@ -216,10 +216,11 @@ class ClientClosed(PublishError):
 class PublishRejected(PublishError):
     """The hub refused the message: its MQTT 5 PUBACK carried a failure reason code.
 
-    For example 0x87 Not authorized, 0x90 Topic Name invalid, 0x97 Quota exceeded,
-    0x99 Payload format invalid. The hub has decided on this message, so it has
-    left the outbox rather than block the messages behind it; the application
-    decides whether to publish it again. ``hub``, ``message_id``, ``topic``,
+    For example 0x87 Not authorized, 0x90 Topic Name invalid, 0x99 Payload format
+    invalid. The hub has decided on this message, so it has left the outbox rather
+    than block the messages behind it; the application decides whether to publish
+    it again. (0x97 Quota exceeded is not a refusal of the message: the client
+    backs off and republishes it.) ``hub``, ``message_id``, ``topic``,
     ``reason_code`` and ``reason`` say which and why. (MQTT 3.1.1 has no way to
     refuse a PUBLISH: a hub acknowledges or drops the connection.)
     """

@@ -23,6 +23,10 @@ from device_sdk.errors import PublishRejected
 from device_sdk.metrics import MetricsRecorder
 from device_sdk.outbox import OutboundMessage, Outbox
 
+# PUBACK reason code 0x97: the hub is over a quota (a rate, a volume). It refuses
+# the message now, not the message itself; see LinkSession.on_refused.
+QUOTA_EXCEEDED = 0x97
+
 Emit = Callable[[events.Event], None]
 Deliver = Callable[[str, bytes], None]
 
@@ -36,6 +40,7 @@ class LinkEnd:
     redirect: bool = False
     server_reference: str | None = None
     migrate: fsm.Migrate | None = None
+    fresh_session: bool = False  # do not resume this link's session: republish from the outbox
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,19 +152,32 @@ class LinkSession:
             self._first_ack(now)
 
     def on_refused(self, mid: int, reason_code: int, reason: str) -> None:
-        """The hub answered, and refused: the message leaves the outbox with a typed error.
+        """The hub answered, and refused the message.
 
-        Why not keep it and resend: the hub decided on these bytes (not
-        authorized, topic or payload invalid, over quota), and resending them in
-        order would hold up every message behind this one. The application sees
-        the refusal on the handle, in a MessageRejected event and in the
+        0x97 Quota exceeded refuses the moment, not the message: the link ends
+        as if the hub were busy, the retry policy backs off, and the next link
+        (a new session) republishes everything still in the outbox, this
+        message included, in order and with the same ids. Nothing is dropped.
+
+        Any other refusal (not authorized, topic or payload invalid, ...) is
+        the hub's decision on these bytes, and resending them would hold up
+        every message behind this one: the message leaves the outbox with a
+        typed error, seen on the handle, in a MessageRejected event and in the
         ``rejected`` counter, never as a silent acknowledgement.
         """
-        message = self.inflight.pop(mid, None)
-        if message is None:
+        if mid not in self.inflight:
             return
         now = time.monotonic()
         self._watchdog.on_acked(mid, now)  # the hub is alive and answering
+        if reason_code == QUOTA_EXCEEDED:
+            if self.end is None:  # the engine closes the link once this read is handled
+                self.end = LinkEnd(
+                    reason=f"the hub is over quota (PUBACK 0x97 {reason}): backing off; "
+                    "nothing was dropped",
+                    fresh_session=True,
+                )
+            return
+        message = self.inflight.pop(mid)
         hub = self.link.hub.name
         error = PublishRejected(
             hub=hub,

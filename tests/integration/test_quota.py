@@ -1,0 +1,156 @@
+"""A hub over its quota (PUBACK 0x97) is backed off from; the message is republished, not dropped.
+
+mosquitto never answers a PUBLISH with 0x97 Quota exceeded, but cloud hubs do
+when a device publishes faster than its plan allows. So this test speaks to a
+small MQTT 5 hub of its own on loopback: it accepts connections, refuses the
+first PUBLISH of one payload with 0x97 and acknowledges everything else, and
+records what it acknowledged, in order. Every loop is bounded; the hub's
+thread and sockets are closed at the end.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from device_sdk import ClientConfig, DeviceClient, HubEndpoint, events
+from device_sdk.testbed import FAST_FAILOVER, FAST_LIVENESS, FAST_RETRY
+from tests.integration.support import EventLog
+
+pytestmark = pytest.mark.integration
+
+_CONNACK = bytes([0x20, 0x03, 0x00, 0x00, 0x00])  # MQTT 5: no session, success, no properties
+_PINGRESP = bytes([0xD0, 0x00])
+
+
+class QuotaHub:
+    """An MQTT 5 hub that answers PUBACK 0x97 to the first PUBLISH of ``refuse_once``."""
+
+    def __init__(self, refuse_once: bytes) -> None:
+        self._refuse = refuse_once
+        self._refused = False
+        self.acknowledged: list[bytes] = []  # payloads, in the order they were acknowledged
+        self.connections = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.2)
+        self.port = self._server.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="quota-hub", daemon=True)
+
+    def __enter__(self) -> QuotaHub:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._server.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():  # one connection at a time, as a device makes them
+            try:
+                conn, _peer = self._server.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            with conn:
+                conn.settimeout(0.2)
+                self._session(conn)
+
+    def _session(self, conn: socket.socket) -> None:
+        for header, body in _packets(conn, self._stop):
+            kind = header & 0xF0
+            if kind == 0x10:  # CONNECT
+                conn.sendall(_CONNACK)
+            elif kind == 0xC0:  # PINGREQ
+                conn.sendall(_PINGRESP)
+            elif kind == 0xE0:  # DISCONNECT
+                return
+            elif kind == 0x30:  # PUBLISH, QoS 1 (the device sends nothing else)
+                mid, payload = _parse_publish(body)
+                if payload == self._refuse and not self._refused:
+                    self._refused = True
+                    conn.sendall(bytes([0x40, 0x04, *mid, 0x97, 0x00]))
+                else:
+                    self.acknowledged.append(payload)
+                    conn.sendall(bytes([0x40, 0x02, *mid]))
+
+
+def _packets(conn: socket.socket, stop: threading.Event) -> Iterator[tuple[int, bytes]]:
+    """MQTT packets from ``conn`` until it closes or ``stop`` is set (bounded by 30 s)."""
+    buffer = b""
+    deadline = time.monotonic() + 30
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            chunk = conn.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+        if not chunk:
+            return
+        buffer += chunk
+        while (packet := _split(buffer)) is not None:
+            header, body, buffer = packet
+            yield header, body
+
+
+def _split(buffer: bytes) -> tuple[int, bytes, bytes] | None:
+    """One whole packet off the front of ``buffer``, or None when it is incomplete."""
+    length, multiplier, index = 0, 1, 1
+    while True:
+        if index >= len(buffer) or index > 4:
+            return None
+        byte = buffer[index]
+        length += (byte & 0x7F) * multiplier
+        multiplier *= 128
+        index += 1
+        if not byte & 0x80:
+            break
+    end = index + length
+    if len(buffer) < end:
+        return None
+    return buffer[0], buffer[index:end], buffer[end:]
+
+
+def _parse_publish(body: bytes) -> tuple[bytes, bytes]:
+    """(packet id, payload) of an MQTT 5 QoS 1 PUBLISH body."""
+    topic_length = int.from_bytes(body[:2], "big")
+    at = 2 + topic_length
+    mid = body[at : at + 2]
+    at += 2
+    properties, multiplier = 0, 1
+    while True:  # the property length, a variable byte integer
+        byte = body[at]
+        at += 1
+        properties += (byte & 0x7F) * multiplier
+        multiplier *= 128
+        if not byte & 0x80:
+            break
+    return mid, body[at + properties :]
+
+
+def test_a_hub_over_quota_is_backed_off_from_and_nothing_is_dropped() -> None:
+    log = EventLog()
+    with QuotaHub(refuse_once=b"1") as hub:
+        config = ClientConfig(
+            client_id="quota-device",
+            hubs=(HubEndpoint(name="hub", fqdn="127.0.0.1", port=hub.port, tls=None),),
+            retry=FAST_RETRY,
+            failover=FAST_FAILOVER,
+            liveness=FAST_LIVENESS,
+        )
+        with DeviceClient(config, on_event=log) as client:
+            for payload in ("0", "1", "2"):  # one at a time: the order is the hub's to keep
+                client.publish("telemetry", payload).wait(10)
+            metrics = client.metrics()
+    assert hub.acknowledged == [b"0", b"1", b"2"]
+    assert hub.connections == 2  # left after the refusal, came back, republished
+    assert (metrics.rejected, metrics.acknowledged, metrics.queue_depth) == (0, 3, 0)
+    (lost,) = log.of(events.Disconnected)
+    assert "over quota" in str(lost.error) and "nothing was dropped" in str(lost.error)  # type: ignore[attr-defined]
+    assert not log.of(events.MessageRejected)
