@@ -1,8 +1,9 @@
 """device_sdk: keep a device connected to its cloud hub through outages and failovers,
 and never lose the telemetry it was handed."""
 
+from typing import TYPE_CHECKING
+
 from device_sdk import events
-from device_sdk.aio import AsyncDeviceClient
 from device_sdk.client import DeviceClient
 from device_sdk.config import (
     ClientConfig,
@@ -45,7 +46,21 @@ from device_sdk.errors import (
 from device_sdk.metrics import Metrics
 from device_sdk.outbox import MemoryOutbox, Outbox, PublishHandle
 
+if TYPE_CHECKING:
+    from device_sdk.aio import AsyncDeviceClient
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # The asyncio face loads asyncio, about an eighth of this package's import time,
+    # which a synchronous gateway never needs: it is imported on first use.
+    if name == "AsyncDeviceClient":
+        from device_sdk.aio import AsyncDeviceClient
+
+        return AsyncDeviceClient
+    raise AttributeError(f"module 'device_sdk' has no attribute {name!r}")
+
 
 __all__ = [
     "AsyncDeviceClient",

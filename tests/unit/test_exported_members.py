@@ -34,3 +34,15 @@ def test_every_error_derives_from_the_root() -> None:
 def test_testbed_names_resolve() -> None:
     for name in device_sdk.testbed.__all__:
         assert hasattr(device_sdk.testbed, name), name
+
+
+def test_a_synchronous_gateway_never_imports_asyncio() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, device_sdk; assert 'asyncio' not in sys.modules, 'asyncio imported'; "
+        "from device_sdk import AsyncDeviceClient; assert 'asyncio' in sys.modules; "
+        "assert AsyncDeviceClient is device_sdk.AsyncDeviceClient"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
