@@ -1,0 +1,846 @@
+"""A fleet of devices reconnecting after a hub outage, on virtual time, with the real policies.
+
+    python benchmarks/fleet.py [--devices N] [--outage S] [--seed S] [--capacity C]
+                               [--profile NAME ...] [--json [PATH]]
+
+Pure simulation: no sockets, no threads, no sleeping. An event queue (a heap
+ordered by virtual time, ties in the order events were scheduled) drives N
+devices (default 10 000). Every device is connected to the ``primary`` hub,
+and has been for an hour, when the primary goes down at t = 0; every device
+notices at t = 0 (a crashed broker's host answers with a reset at once: the
+worst case, nothing spreads the fleet out before its first retry). The primary
+is down for S seconds (``--outage``, default 60) and then up for good.
+
+Two scenarios, every policy in each:
+
+* ``failover``: hubs ``primary`` and ``secondary``; the secondary is up all along.
+* ``single-hub``: the device knows only the primary (or every hub it knows is
+  down with it), so all it can do is back off and retry until the primary returns.
+
+What is real: the SDK's own objects decide everything a device does. Each
+device owns a `device_sdk.core.failover.FailoverMachine` (the profile's
+`FailoverPolicy`, hubs in order) and a `device_sdk.core.retry.Backoff`, and
+every delay comes from ``RetryPolicy.next_delay(backoff, attempt.delay, rng)``,
+the call the engine makes, with one seeded ``random.Random`` per simulated
+policy and scenario. The benchmark feeds the machine what the engine feeds it:
+``LinkDown`` at t = 0, ``AttemptFailed`` (``TRANSIENT``) or ``Connected`` after
+every attempt, ``ProbeResult`` for failback probes, and ``AttemptFailed`` then
+``Connected(old hub)`` when a failback move fails (make before break).
+
+What is modelled, after the engine (``device_sdk/engine.py``,
+``device_sdk/hub_sources.py``): the first attempt of a recovery cycle is made
+at once (tenacity calls the first attempt without waiting), every later one
+after ``next_delay``; an attempt takes no time and fails at once while its hub
+is down (connection refused, so ``FailureKind.TRANSIENT``; a hub that does not
+answer at all would cost a connect timeout per attempt and fail over at once
+as ``UNRESPONSIVE``). A device connected away from its home hub probes home
+every ``failback_probe_interval`` seconds from when it connected; a probe is a
+TCP connect, healthy when the hub is up at that moment, and its answer reaches
+the machine `PROBE_ROUND_TRIP` (50 ms) later, where a failback move starts.
+With ``--capacity C`` a hub accepts at most C connects in each second of
+virtual time (buckets [k, k+1)); a connect over that is refused and counts as
+a failed attempt (``TRANSIENT``, like MQTT 5 CONNACK 0x9F "connection rate
+exceeded"). Probes are not connects and are not limited. Not modelled: network
+delay, TLS, DNS, the concierge, keepalive detection (every link ends at
+exactly t = 0), publishing.
+
+Policies compared (the rows): the SDK defaults (``RetryPolicy()``,
+``FailoverPolicy()``, ``ClientConfig``'s failback probe interval), every shipped
+firmware profile's ``retry`` and ``failover`` tables and probe interval (loaded
+with `device_sdk.profiles.load_profile`, environment ignored; ``test-fast`` is
+left out unless named with ``--profile``, see `DEFAULT_EXCLUDED`), and two
+baselines without jitter: ``RetryPolicy.fixed(1.0)`` through the same machinery,
+and a model of paho-mqtt's documented default reconnect (``reconnect_delay_set``
+defaults: wait 1 s before the first reconnect, doubling to 120 s, no jitter, one
+host so no failover). That last row is a model of paho's schedule, not paho.
+
+Devices whose policy draws no random numbers (the two baselines) all do the
+same thing at the same moment, so each is simulated as one cohort carrying a
+count (split when a hub's capacity admits only part of it): exactly what N
+separate copies would do, at the cost of one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime
+import heapq
+import importlib.metadata
+import itertools
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tenacity
+from tenacity.stop import stop_base, stop_never
+
+import device_sdk
+from device_sdk.config import ClientConfig
+from device_sdk.core import failover as fsm
+from device_sdk.core.outcomes import FailureKind
+from device_sdk.core.retry import Backoff, RetryPolicy
+from device_sdk.errors import ConfigError
+from device_sdk.profiles import available_profiles, load_profile
+
+try:  # the recovery benchmark's CPU description, shared
+    from benchmarks.recovery import _cpu_model
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    from recovery import _cpu_model  # type: ignore[import-not-found,no-redef]
+
+ROOT = Path(__file__).resolve().parents[1]
+PRIMARY, SECONDARY = "primary", "secondary"
+
+DEVICES = 10_000  # default of --devices
+OUTAGE = 60.0  # default of --outage: the primary is down for [0, OUTAGE)
+SEED = 1  # default of --seed
+SETTLED = 3600.0  # every link had been up this long at t = 0: stable, so a fresh cycle
+HISTOGRAM_TAIL = 10.0  # the histograms cover [0, outage + this)
+HISTOGRAM_WIDTH = 80  # at most this many columns; wider spans share a column
+PAHO_MIN_DELAY, PAHO_MAX_DELAY = 1.0, 120.0  # paho-mqtt's reconnect_delay_set defaults
+# A failback probe's answer arrives one TCP handshake after it starts. Why not 0: a probe
+# exactly failback_dwell_seconds after the connect would pass or fail the dwell check on
+# float rounding; in the engine the answer always comes after the probe's timer.
+PROBE_ROUND_TRIP = 0.05
+# Bounds of the event loop: events per simulated device (an hour's outage costs the
+# paho model about 35 attempts, the default policy about 130; a failback a few dozen
+# probes), and virtual time. Hitting either marks the row incomplete.
+EVENTS_PER_DEVICE = 5_000
+HORIZON = 7 * 86_400.0
+MAX_DEVICES = 200_000
+MAX_OUTAGE = 86_400.0
+
+# Shipped profiles left out unless named with --profile, and why.
+DEFAULT_EXCLUDED = {
+    "test-fast": "loopback tests only (its file: 'never for a device in the field'); "
+    "a 1 s backoff cap makes it the slowest row to simulate",
+}
+
+SCENARIOS = {
+    "failover": "primary down, secondary up: devices follow the FailoverMachine",
+    "single-hub": "primary only: devices back off and retry until it returns",
+}
+
+
+# -- what is simulated ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One row: the policies every device of the fleet runs."""
+
+    key: str
+    label: str
+    source: str
+    retry: RetryPolicy | None  # None: the paho-mqtt reconnect model
+    failover: fsm.FailoverPolicy
+    probe_interval: float
+
+    @property
+    def deterministic(self) -> bool:
+        """True when the policy draws no random numbers: every device does the same.
+
+        Known strategies only: one added later is simulated device by device (always right).
+        """
+        if self.retry is None:
+            return True
+        return self.retry.strategy in ("fixed", "immediate", "none")
+
+    def as_dict(self) -> dict[str, Any]:
+        retry: dict[str, Any]
+        if self.retry is None:
+            retry = {
+                "model": "paho-mqtt reconnect_delay_set defaults",
+                "min_delay": PAHO_MIN_DELAY,
+                "max_delay": PAHO_MAX_DELAY,
+            }
+        else:
+            retry = dataclasses.asdict(self.retry)
+        return {
+            "key": self.key,
+            "label": self.label,
+            "source": self.source,
+            "retry": retry,
+            "failover": None if self.retry is None else dataclasses.asdict(self.failover),
+            "failback_probe_interval": None if self.retry is None else self.probe_interval,
+        }
+
+
+@dataclass(frozen=True)
+class Settings:
+    devices: int = DEVICES
+    outage: float = OUTAGE
+    seed: int = SEED
+    capacity: int | None = None  # connects a hub accepts per second; None: unlimited
+
+
+def default_profiles() -> list[str]:
+    return [name for name in available_profiles() if name not in DEFAULT_EXCLUDED]
+
+
+def contenders(profiles: Iterable[str]) -> list[Contender]:
+    """The SDK defaults, each named profile, then the two baselines without jitter."""
+    probe_default = next(
+        f.default for f in dataclasses.fields(ClientConfig) if f.name == "failback_probe_interval"
+    )
+    assert isinstance(probe_default, float)
+    rows = [
+        Contender(
+            "sdk-default",
+            "sdk default",
+            "RetryPolicy(), FailoverPolicy(), ClientConfig.failback_probe_interval",
+            RetryPolicy(),
+            fsm.FailoverPolicy(),
+            probe_default,
+        )
+    ]
+    for name in profiles:
+        profile = load_profile(name, env={})
+        source = Path(profile.source)
+        shown = source.relative_to(ROOT) if source.is_relative_to(ROOT) else source
+        rows.append(
+            Contender(
+                f"profile:{profile.name}",
+                profile.name,
+                f"{shown} [retry], [failover]",
+                profile.retry,
+                profile.failover,
+                profile.failback_probe_interval,
+            )
+        )
+    rows.append(
+        Contender(
+            "fixed-1s",
+            "no jitter: fixed 1 s",
+            "RetryPolicy.fixed(1.0), FailoverPolicy(), ClientConfig.failback_probe_interval",
+            RetryPolicy.fixed(1.0),
+            fsm.FailoverPolicy(),
+            probe_default,
+        )
+    )
+    rows.append(
+        Contender(
+            "paho-model",
+            "paho model: 1-120 s x2",
+            "a model of paho-mqtt's documented default reconnect (not paho): 1 s before the "
+            "first reconnect, doubling to 120 s, no jitter, one host (no failover)",
+            None,
+            fsm.FailoverPolicy(),
+            probe_default,
+        )
+    )
+    return rows
+
+
+# -- the simulation ---------------------------------------------------------------------------
+
+_ATTEMPT, _PROBE, _PROBE_RESULT = 0, 1, 2
+_CARRIER = tenacity.Retrying()  # only carries RetryCallState for the stop check; never run
+
+
+class _Cohort:
+    """``count`` devices in the same state (1 unless the policy is deterministic)."""
+
+    __slots__ = (
+        "attempt",
+        "backoff",
+        "count",
+        "cycle_tries",
+        "first_connect",
+        "gave_up",
+        "home_at",
+        "machine",
+        "paho_delay",
+        "probe",
+        "tries",
+    )
+
+    def __init__(self, count: int, machine: fsm.FailoverMachine | None) -> None:
+        self.count = count
+        self.machine = machine
+        self.backoff = Backoff.start().link_up(-SETTLED)
+        self.attempt = fsm.Attempt(PRIMARY, fsm.Delay.NONE, "start")
+        self.tries = 0  # connect attempts, failback moves included
+        self.cycle_tries = 0  # attempts in the current recovery cycle (tenacity's count)
+        self.paho_delay = 0.0  # the paho model's last reconnect delay
+        self.probe: tuple[str, bool] | None = None  # the probe under way: hub, healthy
+        self.first_connect: float | None = None
+        self.home_at: float | None = None
+        self.gave_up: float | None = None
+
+
+def _attempt_in(actions: fsm.Actions) -> fsm.Attempt | None:
+    """The attempt the machine asks for (the engine follows the last one)."""
+    found = None
+    for action in actions:
+        if isinstance(action, fsm.Attempt):
+            found = action
+    return found
+
+
+class Simulation:
+    """One policy, one scenario: N devices from the outage until all are home again."""
+
+    def __init__(self, contender: Contender, scenario: str, settings: Settings) -> None:
+        self.contender = contender
+        self.settings = settings
+        self.hubs = (PRIMARY, SECONDARY) if scenario == "failover" else (PRIMARY,)
+        self.rng = random.Random(f"{settings.seed}/{scenario}/{contender.key}")
+        self.stop: stop_base = (
+            stop_never if contender.retry is None else contender.retry.tenacity_stop()
+        )
+        self._heap: list[tuple[float, int, int, _Cohort]] = []
+        self._seq = itertools.count()
+        self.cohorts: list[_Cohort] = []
+        self.admitted: Counter[tuple[str, int]] = Counter()
+        self.attempts_100ms: Counter[int] = Counter()  # index floor(10 t)
+        self.after_return: Counter[int] = Counter()  # 1 s buckets from the return: floor(t - S)
+        self.probes: Counter[int] = Counter()  # index floor(t)
+        self.first_second = 0  # attempts in [S, S + 1)
+        self.failbacks = 0  # failback moves started (Migrate actions, per device)
+        self.events = 0
+        self.complete = False
+
+    # ---- driving
+
+    def run(self) -> Simulation:
+        for cohort in self._initial():
+            self.cohorts.append(cohort)
+            self._lose_link(cohort)
+        for _ in range(self.settings.devices * EVENTS_PER_DEVICE):
+            if not self._heap or self._heap[0][0] > HORIZON:
+                break
+            at, _seq, kind, cohort = heapq.heappop(self._heap)
+            self.events += 1
+            if kind == _ATTEMPT:
+                self._attempt(cohort, at)
+            elif kind == _PROBE:
+                self._probe(cohort, at)
+            else:
+                self._probe_result(cohort, at)
+        self.complete = not self._heap
+        return self
+
+    def _initial(self) -> list[_Cohort]:
+        if self.contender.deterministic:
+            return [self._fresh(self.settings.devices)]
+        return [self._fresh(1) for _ in range(self.settings.devices)]
+
+    def _fresh(self, count: int) -> _Cohort:
+        """Devices connected to the primary since long before the outage."""
+        if self.contender.retry is None:
+            return _Cohort(count, None)
+        machine = fsm.FailoverMachine(self.hubs, self.contender.failover)
+        machine.handle(fsm.Start(), -SETTLED)
+        machine.handle(fsm.Connected(hub=PRIMARY), -SETTLED)
+        return _Cohort(count, machine)
+
+    def _push(self, at: float, kind: int, cohort: _Cohort) -> None:
+        heapq.heappush(self._heap, (at, next(self._seq), kind, cohort))
+
+    def _up(self, hub: str, at: float) -> bool:
+        return hub != PRIMARY or at >= self.settings.outage
+
+    # ---- a device's life
+
+    def _lose_link(self, cohort: _Cohort) -> None:
+        if cohort.machine is None:  # paho: _reconnect_wait() before every reconnect
+            cohort.paho_delay = PAHO_MIN_DELAY
+            self._push(PAHO_MIN_DELAY, _ATTEMPT, cohort)
+            return
+        retry = self.contender.retry
+        assert retry is not None
+        actions = cohort.machine.handle(fsm.LinkDown(hub=PRIMARY, unresponsive=False), 0.0)
+        cohort.backoff = cohort.backoff.link_down(0.0, retry)
+        cohort.attempt = _attempt_in(actions) or cohort.attempt
+        cohort.cycle_tries = 0
+        self._push(0.0, _ATTEMPT, cohort)  # a recovery cycle's first attempt is not delayed
+
+    def _attempt(self, cohort: _Cohort, at: float) -> None:
+        hub = cohort.attempt.hub
+        self._count_attempt(cohort, at)
+        won, lost = self._admit(cohort, hub, at)
+        if won is not None:
+            self._connected(won, hub, at)
+        if lost is not None:
+            self._failed(lost, hub, at)
+
+    def _failed(self, cohort: _Cohort, hub: str, at: float) -> None:
+        if cohort.machine is None:
+            cohort.paho_delay = min(cohort.paho_delay * 2, PAHO_MAX_DELAY)
+            self._push(at + cohort.paho_delay, _ATTEMPT, cohort)
+            return
+        retry = self.contender.retry
+        assert retry is not None
+        cohort.backoff = cohort.backoff.failed()
+        actions = cohort.machine.handle(fsm.AttemptFailed(hub=hub, kind=FailureKind.TRANSIENT), at)
+        cohort.attempt = _attempt_in(actions) or cohort.attempt
+        # tenacity computes the wait before it checks the stop condition; so does this.
+        delay, cohort.backoff = retry.next_delay(cohort.backoff, cohort.attempt.delay, self.rng)
+        if self._gives_up(cohort):
+            cohort.gave_up = at
+            return
+        self._push(at + delay, _ATTEMPT, cohort)
+
+    def _gives_up(self, cohort: _Cohort) -> bool:
+        """The engine's tenacity stop (``RetryPolicy.tenacity_stop()``) after this attempt."""
+        if self.stop is stop_never:
+            return False
+        state = tenacity.RetryCallState(_CARRIER, fn=None, args=(), kwargs={})
+        state.attempt_number = cohort.cycle_tries
+        return bool(self.stop(state))
+
+    def _connected(self, cohort: _Cohort, hub: str, at: float) -> None:
+        if cohort.first_connect is None:
+            cohort.first_connect = at
+        cohort.cycle_tries = 0
+        if cohort.machine is not None:
+            cohort.machine.handle(fsm.Connected(hub=hub), at)
+            cohort.backoff = cohort.backoff.link_up(at)
+        if hub == PRIMARY:
+            cohort.home_at = at  # home: nothing left to probe, the device is done
+        else:
+            self._push(at + self.contender.probe_interval, _PROBE, cohort)
+
+    def _probe(self, cohort: _Cohort, at: float) -> None:
+        machine = cohort.machine
+        assert machine is not None
+        if cohort.home_at is not None:
+            return  # a probe timer left from before the device went home
+        # The engine sets the next probe when it starts one (HubSources._maybe_probe).
+        self._push(at + self.contender.probe_interval, _PROBE, cohort)
+        candidate = machine.failback_candidate(at)
+        if candidate is None:  # home is penalized: nothing to probe this time
+            return
+        self.probes[math.floor(at)] += cohort.count
+        cohort.probe = (candidate, self._up(candidate, at))
+        self._push(at + PROBE_ROUND_TRIP, _PROBE_RESULT, cohort)
+
+    def _probe_result(self, cohort: _Cohort, at: float) -> None:
+        machine = cohort.machine
+        assert machine is not None and cohort.probe is not None
+        hub, healthy = cohort.probe
+        actions = machine.handle(fsm.ProbeResult(hub=hub, healthy=healthy), at)
+        move = next((a for a in actions if isinstance(a, fsm.Migrate)), None)
+        if move is None:
+            return
+        self.failbacks += cohort.count
+        self._count_attempt(cohort, at)
+        won, lost = self._admit(cohort, move.to_hub, at)
+        if won is not None:
+            self._connected(won, move.to_hub, at)
+        if lost is not None:  # the engine stays on the old link (Engine._migration_failed)
+            assert lost.machine is not None
+            failed = fsm.AttemptFailed(hub=move.to_hub, kind=FailureKind.TRANSIENT)
+            lost.machine.handle(failed, at)
+            lost.machine.handle(fsm.Connected(hub=move.from_hub), at)
+
+    # ---- hubs and counting
+
+    def _admit(self, cohort: _Cohort, hub: str, at: float) -> tuple[_Cohort | None, _Cohort | None]:
+        """Split ``cohort`` into the devices the hub accepts and those it refuses."""
+        if not self._up(hub, at):
+            return None, cohort
+        accepted = cohort.count
+        capacity = self.settings.capacity
+        if capacity is not None:
+            second = (hub, math.floor(at))
+            accepted = max(0, min(accepted, capacity - self.admitted[second]))
+            self.admitted[second] += accepted
+        if accepted == 0:
+            return None, cohort
+        if accepted == cohort.count:
+            return cohort, None
+        won = copy.deepcopy(cohort)
+        won.count, cohort.count = accepted, cohort.count - accepted
+        self.cohorts.append(won)
+        return won, cohort
+
+    def _count_attempt(self, cohort: _Cohort, at: float) -> None:
+        count = cohort.count
+        cohort.tries += 1
+        cohort.cycle_tries += 1
+        self.attempts_100ms[math.floor(at * 10)] += count
+        outage = self.settings.outage
+        if at >= outage:
+            self.after_return[math.floor(at - outage)] += count
+            if at < outage + 1:
+                self.first_second += count
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+def _percentile(pairs: Sequence[tuple[float, int]], total: int, fraction: float) -> float | None:
+    """Nearest-rank percentile of weighted values over ``total`` devices (None: too few)."""
+    need = max(1, math.ceil(fraction * total))
+    seen = 0
+    for value, count in sorted(pairs):
+        seen += count
+        if seen >= need:
+            return value
+    return None
+
+
+def _peak(buckets: Counter[int]) -> tuple[int, int | None]:
+    """The largest bucket and its index (the earliest one on a tie)."""
+    if not buckets:
+        return 0, None
+    index = min(buckets, key=lambda i: (-buckets[i], i))
+    return buckets[index], index
+
+
+def summarise(sim: Simulation, elapsed: float) -> dict[str, Any]:
+    settings = sim.settings
+    total = settings.devices
+    per_second: Counter[int] = Counter()
+    for index, count in sim.attempts_100ms.items():
+        per_second[index // 10] += count
+    peak_s, peak_s_at = _peak(per_second)
+    peak_100, peak_100_at = _peak(sim.attempts_100ms)
+    peak_after, peak_after_at = _peak(sim.after_return)
+    peak_probes, peak_probes_at = _peak(sim.probes)
+    tries = [(float(c.tries), c.count) for c in sim.cohorts]
+    first = [(c.first_connect, c.count) for c in sim.cohorts if c.first_connect is not None]
+    home = [(c.home_at - settings.outage, c.count) for c in sim.cohorts if c.home_at is not None]
+    span = math.ceil(settings.outage + HISTOGRAM_TAIL)
+    return {
+        "contender": sim.contender.key,
+        "label": sim.contender.label,
+        "devices": total,
+        "reconnected": sum(count for _v, count in first),
+        "home": sum(count for _v, count in home),
+        "gave_up": sum(c.count for c in sim.cohorts if c.gave_up is not None),
+        "complete": sim.complete,
+        "attempts": sum(per_second.values()),
+        "attempts_per_device_median": _percentile(tries, total, 0.5),
+        "attempts_per_device_max": max((v for v, _c in tries), default=None),
+        "peak_per_second": peak_s,
+        "peak_per_second_at": peak_s_at,
+        "peak_per_100ms": peak_100,
+        "peak_per_100ms_at": None if peak_100_at is None else round(peak_100_at / 10, 1),
+        "first_second_after_return": sim.first_second,
+        "peak_per_second_after_return": peak_after,
+        "peak_per_second_after_return_at": peak_after_at,
+        "reconnected_all_at": _percentile(first, total, 1.0),
+        "home_after_return_p50": _percentile(home, total, 0.5),
+        "home_after_return_p99": _percentile(home, total, 0.99),
+        "home_after_return_all": _percentile(home, total, 1.0),
+        "failback_moves": sim.failbacks,
+        "probes": sum(sim.probes.values()),
+        "peak_probes_per_second": peak_probes,
+        "peak_probes_per_second_at": peak_probes_at,
+        "attempts_per_second": [per_second.get(i, 0) for i in range(span)],
+        "events": sim.events,
+        "simulated_in_seconds": round(elapsed, 3),
+    }
+
+
+def run_benchmark(settings: Settings, rows: Sequence[Contender]) -> dict[str, list[dict[str, Any]]]:
+    """Every contender in every scenario; the results, by scenario, in row order."""
+    results: dict[str, list[dict[str, Any]]] = {}
+    for scenario in SCENARIOS:
+        results[scenario] = []
+        for contender in rows:
+            started = time.perf_counter()
+            sim = Simulation(contender, scenario, settings).run()
+            results[scenario].append(summarise(sim, time.perf_counter() - started))
+    return results
+
+
+def failures(results: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Rows where some device never got home, or the event loop hit a bound."""
+    problems = []
+    for scenario, rows in results.items():
+        for row in rows:
+            if not row["complete"] or row["home"] < row["devices"]:
+                problems.append(
+                    f"{scenario}/{row['contender']}: {row['home']}/{row['devices']} home"
+                    + ("" if row["complete"] else " (event bound hit)")
+                )
+    return problems
+
+
+# -- tables -----------------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _count_at(count: int, at: float | None) -> str:
+    return f"{count:,}" if at is None else f"{count:,} @{at:g}"
+
+
+COLUMNS = {
+    "failover": (
+        ("policy", lambda r: r["label"]),
+        ("attempts", lambda r: f"{r['attempts']:,}"),
+        (
+            "per dev med/max",
+            lambda r: f"{r['attempts_per_device_median']:g}/{r['attempts_per_device_max']:g}",
+        ),
+        ("peak/s @s", lambda r: _count_at(r["peak_per_second"], r["peak_per_second_at"])),
+        ("peak/100ms @s", lambda r: _count_at(r["peak_per_100ms"], r["peak_per_100ms_at"])),
+        ("all on a hub", lambda r: _num(r["reconnected_all_at"], 2)),
+        (
+            "probes peak/s @s",
+            lambda r: _count_at(r["peak_probes_per_second"], r["peak_probes_per_second_at"]),
+        ),
+        ("1st s back", lambda r: f"{r['first_second_after_return']:,}"),
+        (
+            "peak/s back @+s",
+            lambda r: _count_at(
+                r["peak_per_second_after_return"], r["peak_per_second_after_return_at"]
+            ),
+        ),
+        ("home p50", lambda r: _num(r["home_after_return_p50"])),
+        ("p99", lambda r: _num(r["home_after_return_p99"])),
+        ("all", lambda r: _num(r["home_after_return_all"])),
+    ),
+    "single-hub": (
+        ("policy", lambda r: r["label"]),
+        ("attempts", lambda r: f"{r['attempts']:,}"),
+        (
+            "per dev med/max",
+            lambda r: f"{r['attempts_per_device_median']:g}/{r['attempts_per_device_max']:g}",
+        ),
+        ("peak/s @s", lambda r: _count_at(r["peak_per_second"], r["peak_per_second_at"])),
+        ("peak/100ms @s", lambda r: _count_at(r["peak_per_100ms"], r["peak_per_100ms_at"])),
+        ("1st s back", lambda r: f"{r['first_second_after_return']:,}"),
+        (
+            "peak/s back @+s",
+            lambda r: _count_at(
+                r["peak_per_second_after_return"], r["peak_per_second_after_return_at"]
+            ),
+        ),
+        ("reconn p50", lambda r: _num(r["home_after_return_p50"])),
+        ("p99", lambda r: _num(r["home_after_return_p99"])),
+        ("all", lambda r: _num(r["home_after_return_all"])),
+    ),
+}
+
+NOTES = {
+    "failover": (
+        "attempts: connect attempts to any hub, failback moves included; per dev: per device; "
+        "peak/s, peak/100ms: the busiest bucket of virtual time and where it starts (s); "
+        "all on a hub: s after the outage began until every device was connected somewhere; "
+        "probes: failback probes of the primary (TCP only, not connects); 1st s back: attempts "
+        "in the first second after the primary returned; peak/s back: the busiest second from "
+        "then on (+s after the return); home p50/p99/all: s after the return until that share "
+        "of the fleet was connected to the primary again"
+    ),
+    "single-hub": (
+        "columns as above; reconn p50/p99/all: s after the hub returned until that share of "
+        "the fleet was connected again"
+    ),
+}
+
+
+def format_table(scenario: str, rows: Sequence[dict[str, Any]], settings: Settings) -> str:
+    columns = COLUMNS[scenario]
+    cells = [[name for name, _f in columns]] + [[f(row) for _n, f in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    title = (
+        f"== {scenario}: {SCENARIOS[scenario]}; primary down [0, {settings.outage:g}) s, "
+        f"{settings.devices:,} devices"
+    )
+    incomplete = [
+        f"{r['label']}: {r['home']:,}/{r['devices']:,} home"
+        for r in rows
+        if r["home"] < r["devices"] or not r["complete"]
+    ]
+    extra = ["NOT ALL HOME: " + "; ".join(incomplete)] if incomplete else []
+    return "\n".join([title, *lines, *extra, _wrap(NOTES[scenario])])
+
+
+def _wrap(text: str, width: int = 100) -> str:
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return "\n".join([*lines, line])
+
+
+def format_histogram(row: dict[str, Any], outage: float) -> str:
+    """Attempts per second over [0, outage + tail), as columns on a log scale."""
+    counts: list[int] = row["attempts_per_second"]
+    group = max(1, math.ceil(len(counts) / HISTOGRAM_WIDTH))
+    columns = [max(counts[i : i + group]) for i in range(0, len(counts), group)]
+    top = max(columns, default=0)
+    levels = math.floor(2 * math.log10(top)) if top > 1 else 0
+    label = "second" if group == 1 else f"{group} s (the busiest second in each)"
+    lines = [
+        f"{row['label']}: attempts per second, one column per {label}; "
+        "log scale, '#' = at least the row's value"
+    ]
+    for level in range(levels, -1, -1):
+        threshold = 10 ** (level / 2)
+        bar = "".join("#" if value >= threshold else " " for value in columns)
+        lines.append(f"{round(threshold):>8,} |{bar.rstrip()}")
+    axis = [" "] * len(columns)
+    for second in range(0, len(counts), 10 * group):
+        text = str(second)
+        col = second // group
+        axis[col : col + len(text)] = list(text)
+    back = min(len(columns) - 1, math.floor(outage) // group)
+    lines.append(" " * 9 + "+" + "-" * len(columns))
+    lines.append(" " * 10 + "".join(axis[: len(columns)]).rstrip() + "  (s)")
+    lines.append(" " * 10 + " " * back + f"^ primary back at {outage:g} s")
+    return "\n".join(lines)
+
+
+def machine_info() -> dict[str, Any]:
+    """recovery.machine_info() without its git and mosquitto calls: neither matters here."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "device_sdk": importlib.metadata.version("device_sdk"),
+        "device_sdk_path": str(Path(device_sdk.__file__).resolve().parent),
+        "tenacity": importlib.metadata.version("tenacity"),
+    }
+
+
+def format_header(info: dict[str, Any], settings: Settings, rows: Sequence[Contender]) -> str:
+    capacity = "unlimited" if settings.capacity is None else f"{settings.capacity:,} connects/s"
+    excluded = [n for n in DEFAULT_EXCLUDED if n in available_profiles()]
+    names = {row.label for row in rows}
+    left_out = [
+        f"{n}: {DEFAULT_EXCLUDED[n]}; --profile {n} adds it" for n in excluded if n not in names
+    ]
+    lines = [
+        f"fleet benchmark (virtual time), {info['date']}",
+        f"machine: {info['platform']}, {info['cpu']}, {info['cpu_count']} CPUs",
+        f"python {info['python']}, device_sdk {info['device_sdk']} ({info['device_sdk_path']}), "
+        f"tenacity {info['tenacity']}",
+        f"fleet: {settings.devices:,} devices on the primary, all links lost at t=0; primary "
+        f"down for {settings.outage:g} s, then up; secondary always up; seed {settings.seed}; "
+        f"hub capacity {capacity}",
+        "policies:",
+        *(f"  {row.label}: {row.source}" for row in rows),
+    ]
+    if left_out:
+        lines.extend(f"left out: {text}" for text in left_out)
+    return "\n".join(lines)
+
+
+def format_report(results: dict[str, list[dict[str, Any]]], settings: Settings) -> str:
+    parts = [format_table(scenario, rows, settings) for scenario, rows in results.items()]
+    single = {row["contender"]: row for row in results["single-hub"]}
+    for key in ("sdk-default", "fixed-1s"):
+        parts.append("single-hub, " + format_histogram(single[key], settings.outage))
+    took = sum(row["simulated_in_seconds"] for rows in results.values() for row in rows)
+    problems = failures(results)
+    verdict = "every device home in every row" if not problems else "FAIL: " + "; ".join(problems)
+    parts.append(f"{verdict}; simulated in {took:.1f} s of wall time")
+    return "\n\n".join(parts)
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--devices", type=int, default=DEVICES, help=f"fleet size (default {DEVICES:,})"
+    )
+    parser.add_argument(
+        "--outage",
+        type=float,
+        default=OUTAGE,
+        help=f"seconds the primary is down (default {OUTAGE:g})",
+    )
+    parser.add_argument("--seed", type=int, default=SEED, help=f"for the jitter (default {SEED})")
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        default=None,
+        help="connects a hub accepts per second; more are refused (default unlimited)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="append",
+        metavar="NAME",
+        help="a firmware profile to compare (repeatable; default: every shipped profile "
+        f"except {', '.join(DEFAULT_EXCLUDED)})",
+    )
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="PATH",
+        help="machine-readable results: alone, printed instead of the tables; "
+        "with PATH, written there and the tables are printed too",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not 1 <= args.devices <= MAX_DEVICES:
+        parser.error(f"--devices must be between 1 and {MAX_DEVICES}")
+    if not 0 < args.outage <= MAX_OUTAGE:
+        parser.error(f"--outage must be > 0 and at most {MAX_OUTAGE:g}")
+    if args.capacity is not None and args.capacity < 1:
+        parser.error("--capacity must be at least 1")
+    settings = Settings(
+        devices=args.devices, outage=args.outage, seed=args.seed, capacity=args.capacity
+    )
+    try:
+        rows = contenders(args.profile if args.profile else default_profiles())
+    except ConfigError as exc:
+        parser.error(str(exc))
+    info = machine_info()
+    json_only = args.json == "-"
+    if not json_only:
+        print(format_header(info, settings, rows), end="\n\n", flush=True)
+    results = run_benchmark(settings, rows)
+    if args.json is not None:
+        document = {
+            "machine": info,
+            "command": " ".join(
+                ["python", "benchmarks/fleet.py", *(sys.argv[1:] if argv is None else argv)]
+            ),
+            "settings": dataclasses.asdict(settings)
+            | {"settled_seconds": SETTLED, "events_per_device": EVENTS_PER_DEVICE},
+            "contenders": [row.as_dict() for row in rows],
+            "scenarios": {key: SCENARIOS[key] for key in results},
+            "results": results,
+            "failures": failures(results),
+        }
+        text = json.dumps(document, indent=2)
+        if json_only:
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n", encoding="utf-8")
+    if not json_only:
+        print(format_report(results, settings))
+    return 1 if failures(results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
