@@ -32,6 +32,19 @@ from device_sdk.side_tasks import SideTasks
 
 log = logging.getLogger("device_sdk")
 
+# Failback probes are spread over +-50 % of their interval. Why: devices that
+# failed over together (every device of a hub that crashed) would otherwise
+# probe home in the same instant every interval, and all move back in the same
+# moment once home answers: a stampede on the hub that just recovered
+# (measured by benchmarks/fleet.py).
+PROBE_JITTER = 0.5
+
+
+def next_probe_at(now: float, interval: float, rng: random.Random) -> float:
+    """When to probe home next: ``interval`` from ``now``, spread by +-PROBE_JITTER of it."""
+    return now + interval * (1 + rng.uniform(-PROBE_JITTER, PROBE_JITTER))
+
+
 Emit = Callable[[events.Event], None]
 Follow = Callable[[fsm.Input], None]
 
@@ -87,8 +100,8 @@ class HubSources:
         return min(self._next_probe_at, self._next_concierge_at)
 
     def connected(self, now: float) -> None:
-        """A link is up: the first failback probe waits a whole interval."""
-        self._next_probe_at = now + self._config.failback_probe_interval
+        """A link is up: the first failback probe waits about an interval."""
+        self._next_probe_at = next_probe_at(now, self._config.failback_probe_interval, self._rng)
 
     def tick(self, now: float) -> None:
         """While connected: start a failback probe or a concierge poll when one is due."""
@@ -152,7 +165,7 @@ class HubSources:
     def _maybe_probe(self, now: float) -> None:
         if now < self._next_probe_at:
             return
-        self._next_probe_at = now + self._config.failback_probe_interval
+        self._next_probe_at = next_probe_at(now, self._config.failback_probe_interval, self._rng)
         candidate = self._machine.failback_candidate(now)
         if candidate is None:
             return

@@ -137,7 +137,7 @@ SCHEMA: Mapping[str, Key] = MappingProxyType({
     "failover.failback_healthy_probes": _k("int", _F, "failback_healthy_probes", "an integer >= 1",
                                            "healthy probes of home needed to fail back"),
     "failover.failback_probe_interval": _k("float", _C, "failback_probe_interval", "seconds > 0",
-                                           "time between probes of home while away"),
+                                           "time between probes of home (spread +-50 %)"),
     "failover.permanent_penalty_seconds": _k("float", _F, "permanent_penalty_seconds",
                                              "seconds >= 0", "how long a refusing hub is skipped"),
     "failover.stable_after_seconds": _k("float", _F, "stable_after_seconds", "seconds >= 0",
