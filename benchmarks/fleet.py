@@ -33,10 +33,17 @@ at once (tenacity calls the first attempt without waiting), every later one
 after ``next_delay``; an attempt takes no time and fails at once while its hub
 is down (connection refused, so ``FailureKind.TRANSIENT``; a hub that does not
 answer at all would cost a connect timeout per attempt and fail over at once
-as ``UNRESPONSIVE``). A device connected away from its home hub probes home
-every ``failback_probe_interval`` seconds from when it connected; a probe is a
-TCP connect, healthy when the hub is up at that moment, and its answer reaches
-the machine `PROBE_ROUND_TRIP` (50 ms) later, where a failback move starts.
+as ``UNRESPONSIVE``). A device connected away from its home hub probes home at
+the times the engine's own `device_sdk.hub_sources.next_probe_at` gives, where
+the engine calls it: the first probe when the link comes up
+(``HubSources.connected``), the next one each time a probe starts
+(``HubSources._maybe_probe``), so each wait is ``failback_probe_interval``
+spread by +-`PROBE_JITTER` (50 %) of it, drawn from a seeded ``random.Random``
+of its own per policy and scenario (the retry delays draw from theirs, as
+before). A probe is a TCP connect, healthy when the hub is up at that moment,
+and its answer reaches the machine `PROBE_ROUND_TRIP` (50 ms) later, where a
+failback move starts. A failback move that fails leaves the probe timer as it
+was (the engine stays on the old link and does not call ``connected``).
 With ``--capacity C`` a hub accepts at most C connects in each second of
 virtual time (buckets [k, k+1)); a connect over that is refused and counts as
 a failed attempt (``TRANSIENT``, like MQTT 5 CONNACK 0x9F "connection rate
@@ -54,10 +61,13 @@ and a model of paho-mqtt's documented default reconnect (``reconnect_delay_set``
 defaults: wait 1 s before the first reconnect, doubling to 120 s, no jitter, one
 host so no failover). That last row is a model of paho's schedule, not paho.
 
-Devices whose policy draws no random numbers (the two baselines) all do the
-same thing at the same moment, so each is simulated as one cohort carrying a
-count (split when a hub's capacity admits only part of it): exactly what N
-separate copies would do, at the cost of one.
+Devices whose retry policy draws no random numbers (the two baselines) all do
+the same thing at the same moment, so each is simulated as one cohort carrying
+a count (split when a hub's capacity admits only part of it): exactly what N
+separate copies would do, at the cost of one. That holds until they need a
+probe time, which every device draws for itself: a cohort that connects away
+from home is split into single devices there, each with its own first probe.
+(The paho model has one hub and never probes; in ``single-hub`` nothing probes.)
 """
 
 from __future__ import annotations
@@ -91,6 +101,7 @@ from device_sdk.core import failover as fsm
 from device_sdk.core.outcomes import FailureKind
 from device_sdk.core.retry import Backoff, RetryPolicy
 from device_sdk.errors import ConfigError
+from device_sdk.hub_sources import PROBE_JITTER, next_probe_at
 from device_sdk.profiles import available_profiles, load_profile
 
 try:  # the recovery benchmark's CPU description, shared
@@ -148,9 +159,11 @@ class Contender:
 
     @property
     def deterministic(self) -> bool:
-        """True when the policy draws no random numbers: every device does the same.
+        """True when the retry policy draws no random numbers: every device does the same.
 
-        Known strategies only: one added later is simulated device by device (always right).
+        Until it needs a failback probe time: those are drawn device by device (see
+        `Simulation._connected`). Known strategies only: one added later is simulated
+        device by device (always right).
         """
         if self.retry is None:
             return True
@@ -173,6 +186,7 @@ class Contender:
             "retry": retry,
             "failover": None if self.retry is None else dataclasses.asdict(self.failover),
             "failback_probe_interval": None if self.retry is None else self.probe_interval,
+            "failback_probe_jitter": None if self.retry is None else PROBE_JITTER,
         }
 
 
@@ -249,7 +263,11 @@ _CARRIER = tenacity.Retrying()  # only carries RetryCallState for the stop check
 
 
 class _Cohort:
-    """``count`` devices in the same state (1 unless the policy is deterministic)."""
+    """``count`` devices in the same state.
+
+    1 unless the retry policy is deterministic, and always 1 once the devices need a
+    failback probe time (each draws its own).
+    """
 
     __slots__ = (
         "attempt",
@@ -296,6 +314,9 @@ class Simulation:
         self.settings = settings
         self.hubs = (PRIMARY, SECONDARY) if scenario == "failover" else (PRIMARY,)
         self.rng = random.Random(f"{settings.seed}/{scenario}/{contender.key}")
+        # The probe times' own stream: the retry delays draw what they drew before probes
+        # were spread, so the probe schedule is the only thing that changed.
+        self.probe_rng = random.Random(f"{settings.seed}/{scenario}/{contender.key}/probes")
         self.stop: stop_base = (
             stop_never if contender.retry is None else contender.retry.tenacity_stop()
         )
@@ -408,17 +429,34 @@ class Simulation:
             cohort.machine.handle(fsm.Connected(hub=hub), at)
             cohort.backoff = cohort.backoff.link_up(at)
         if hub == PRIMARY:
-            cohort.home_at = at  # home: nothing left to probe, the device is done
-        else:
-            self._push(at + self.contender.probe_interval, _PROBE, cohort)
+            # Home: nothing left to probe, the device is done. (The engine draws a probe
+            # time here too, but at home failback_candidate() is None: it never probes.)
+            cohort.home_at = at
+            return
+        # The engine sets the first probe when a link comes up (HubSources.connected), a
+        # random time per device: from here on every device is simulated on its own.
+        for device in self._split(cohort):
+            self._push(self._next_probe(at), _PROBE, device)
+
+    def _split(self, cohort: _Cohort) -> list[_Cohort]:
+        """``cohort`` as single devices: itself, with ``count - 1`` copies."""
+        copies = [copy.deepcopy(cohort) for _ in range(cohort.count - 1)]
+        for device in copies:
+            device.count = 1
+        cohort.count = 1
+        self.cohorts.extend(copies)
+        return [cohort, *copies]
+
+    def _next_probe(self, at: float) -> float:
+        return next_probe_at(at, self.contender.probe_interval, self.probe_rng)
 
     def _probe(self, cohort: _Cohort, at: float) -> None:
         machine = cohort.machine
-        assert machine is not None
+        assert machine is not None and cohort.count == 1
         if cohort.home_at is not None:
             return  # a probe timer left from before the device went home
         # The engine sets the next probe when it starts one (HubSources._maybe_probe).
-        self._push(at + self.contender.probe_interval, _PROBE, cohort)
+        self._push(self._next_probe(at), _PROBE, cohort)
         candidate = machine.failback_candidate(at)
         if candidate is None:  # home is penalized: nothing to probe this time
             return
@@ -637,7 +675,8 @@ NOTES = {
         "attempts: connect attempts to any hub, failback moves included; per dev: per device; "
         "peak/s, peak/100ms: the busiest bucket of virtual time and where it starts (s); "
         "all on a hub: s after the outage began until every device was connected somewhere; "
-        "probes: failback probes of the primary (TCP only, not connects); 1st s back: attempts "
+        "probes: failback probes of the primary (TCP only, not connects), every wait the "
+        f"probe interval +-{PROBE_JITTER:.0%} (next_probe_at); 1st s back: attempts "
         "in the first second after the primary returned; peak/s back: the busiest second from "
         "then on (+s after the return); home p50/p99/all: s after the return until that share "
         "of the fleet was connected to the primary again"

@@ -62,6 +62,19 @@ def test_jitter_spreads_the_fleet_where_no_jitter_stampedes(
     # is busier than the no-jitter baselines' (see benchmarks/README.md).
 
 
+def test_failback_probes_are_spread_so_the_fleet_goes_home_over_the_probe_band(
+    run: tuple[dict[str, Any], int],
+) -> None:
+    row = _rows(run[0], "failover")["sdk-default"]
+    # Every device fails over at t = 0 and later fails back: the only attempts after the
+    # primary returns are the failback moves. With probes on a fixed timer the whole fleet
+    # moved home in the same 100 ms; next_probe_at spreads them over the probe band.
+    assert row["failback_moves"] == DEVICES
+    assert row["peak_per_second_after_return"] < DEVICES / 4
+    assert row["peak_probes_per_second"] < DEVICES / 4
+    assert row["home_after_return_all"] - row["home_after_return_p50"] > 5.0
+
+
 def test_the_tables_are_printed_beside_the_json(
     run: tuple[dict[str, Any], int], capsys: pytest.CaptureFixture[str]
 ) -> None:
