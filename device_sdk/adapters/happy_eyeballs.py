@@ -1,0 +1,102 @@
+"""Happy Eyeballs for a hub's addresses: race TCP connects, staggered, and dial the winner first.
+
+A hub name often resolves to several addresses, IPv6 and IPv4 interleaved (see
+the resolver). Dialled one after another, an address whose packets vanish (a
+broken IPv6 route on a cellular modem, a withdrawn load-balancer address) costs
+a whole connect timeout before the next one is tried, and that on every
+attempt of an outage. As RFC 8305 recommends, connects start 250 ms apart, a
+failure starts the next one at once, and the first to complete wins. Only TCP
+is raced: the dialer then opens the real link (TLS, CONNECT) to the winner
+first and to the others after it, so nothing about TLS or MQTT changes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import socket
+import time
+from dataclasses import dataclass
+
+__all__ = ["CONNECTION_ATTEMPT_DELAY", "Race", "race_connects"]
+
+# RFC 8305, section 5: the recommended delay between starting connection attempts.
+CONNECTION_ATTEMPT_DELAY = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Race:
+    """The first address that accepted a TCP connection, and why the others did not."""
+
+    winner: str | None
+    failures: dict[str, OSError]  # every address that lost by failing or running out of time
+
+
+def race_connects(
+    addresses: tuple[str, ...],
+    port: int,
+    *,
+    timeout: float,
+    stagger: float = CONNECTION_ATTEMPT_DELAY,
+) -> Race:
+    """Race TCP connects to ``addresses`` (in their order, ``stagger`` apart) for ``timeout``.
+
+    Every socket opened here is closed before it returns; the winner is dialled
+    again by the caller. Bounded: at most one connect per address, and no wait
+    past ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    waiting = list(addresses)
+    failures: dict[str, OSError] = {}
+    racing: dict[socket.socket, str] = {}
+    next_start = 0.0
+    with selectors.DefaultSelector() as selector:
+        try:
+            while (waiting or racing) and (now := time.monotonic()) < deadline:
+                if waiting and (not racing or now >= next_start):
+                    address = waiting.pop(0)
+                    try:
+                        sock = _start_connect(address, port)
+                    except OSError as exc:  # unreachable at once: the next one starts now
+                        failures[address] = exc
+                        continue
+                    racing[sock] = address
+                    selector.register(sock, selectors.EVENT_WRITE)
+                    next_start = now + stagger
+                    continue
+                until = deadline if not waiting else min(deadline, next_start)
+                for key, _events in selector.select(max(0.0, until - now)):
+                    done = key.fileobj
+                    assert isinstance(done, socket.socket)
+                    address = racing.pop(done)
+                    selector.unregister(done)
+                    code = done.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    done.close()
+                    if code == 0:
+                        return Race(winner=address, failures=failures)
+                    failures[address] = OSError(code, os.strerror(code))
+                    next_start = time.monotonic()  # a failure starts the next one at once
+        finally:
+            for sock in racing:
+                sock.close()
+    for address in (*racing.values(), *waiting):
+        failures[address] = TimeoutError(errno.ETIMEDOUT, f"no answer within {timeout:g} s")
+    return Race(winner=None, failures=failures)
+
+
+def _start_connect(address: str, port: int) -> socket.socket:
+    """A non-blocking socket with its connect under way (raises when it fails at once)."""
+    family, kind, proto, _name, sockaddr = socket.getaddrinfo(
+        address, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        code = sock.connect_ex(sockaddr)
+        if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            raise OSError(code, os.strerror(code))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
