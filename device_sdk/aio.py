@@ -11,9 +11,9 @@ only the bridge between the engine's threads and the event loop:
 * the two steps that block (waiting for the first CONNACK, joining the engine's
   threads on close) each run on a short-lived thread named ``device-sdk-aio-*``,
   so the loop never blocks and the loop's default executor is never borrowed;
-* with a durable outbox, ``await publish()`` stores the message on one of a few
-  ``device-sdk-aio-*-store`` threads, so an fsync on a slow SD card never stalls
-  the loop (concurrent tasks then share commits), and they end on close.
+* with a durable outbox, ``await publish()`` stores the message on one
+  ``device-sdk-aio-*-store`` thread, so an fsync on a slow SD card never stalls
+  the loop; it ends on close.
 
 This module must not import paho, dnspython, tenacity or any part of the
 recovery path; ``tests/unit/test_one_engine.py`` checks that.
@@ -41,9 +41,9 @@ from device_sdk.streams import DEFAULT_MAX_QUEUED, Fanout, Message, StreamBuffer
 
 __all__ = ["AsyncDeviceClient", "AsyncStream", "Message"]
 
-# Threads that store messages for ``await publish()`` with a durable outbox: a few,
-# so that tasks publishing at once share the outbox's group commits.
-_STORE_THREADS = 4
+# One thread stores messages for ``await publish()`` with a durable outbox: one, so
+# that messages are stored in the order publish() was called, as on the loop itself.
+_STORE_THREADS = 1
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -82,13 +82,12 @@ class AsyncDeviceClient:
         self._subscribed: dict[str, int] = {}
         self._closed: asyncio.Future[None] | None = None
         # A durable outbox commits (and may fsync) in put(): keep that off the loop.
-        durable = (
+        self._store_off_loop = (
             config.outbox.path is not None
             if outbox is None
-            else (not isinstance(outbox, MemoryOutbox))
+            else not isinstance(outbox, MemoryOutbox)
         )
         self._store: ThreadPoolExecutor | None = None
-        self._store_off_loop = durable
 
     @property
     def config(self) -> ClientConfig:

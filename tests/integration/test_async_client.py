@@ -231,16 +231,20 @@ async def test_durable_publishes_store_off_the_loop_and_their_threads_end(
 ) -> None:
     threads_before = set(threading.enumerate())
     stored_on: set[str] = set()
+    outbox_order: list[OutboundMessage] = []  # in the order the outbox accepted them
 
     class WatchedOutbox(SqliteOutbox):
         def put(self, topic: str, payload: bytes, qos: int) -> OutboundMessage:
             stored_on.add(threading.current_thread().name)
-            return super().put(topic, payload, qos)
+            message = super().put(topic, payload, qos)
+            outbox_order.append(message)
+            return message
 
     outbox = WatchedOutbox(tmp_path / "outbox.sqlite", max_messages=1000, max_bytes=1_000_000)
     config = testbed.client_config("async-durable", hubs=["primary"])
     async with AsyncDeviceClient(config, outbox=outbox) as client:
         await asyncio.gather(*(client.publish(TOPIC, f"{n}:x") for n in range(50)))
+        assert [m.payload for m in outbox_order] == [f"{n}:x".encode() for n in range(50)]
         client.publish_nowait(TOPIC, "50:x")  # documented: stores on the calling thread
         assert client.metrics().published == 51
     loop_thread = threading.current_thread().name
