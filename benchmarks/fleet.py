@@ -75,14 +75,10 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import datetime
 import heapq
 import importlib.metadata
 import itertools
-import json
 import math
-import os
-import platform
 import random
 import sys
 import time
@@ -95,7 +91,6 @@ from typing import Any
 import tenacity
 from tenacity.stop import stop_base, stop_never
 
-import device_sdk
 from device_sdk.config import ClientConfig
 from device_sdk.core import failover as fsm
 from device_sdk.core.outcomes import FailureKind
@@ -104,10 +99,10 @@ from device_sdk.errors import ConfigError
 from device_sdk.hub_sources import PROBE_JITTER, next_probe_at
 from device_sdk.profiles import available_profiles, load_profile
 
-try:  # the recovery benchmark's CPU description, shared
-    from benchmarks.recovery import _cpu_model
+try:  # the benchmarks' shared machine description and --json handling
+    from benchmarks import report
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
-    from recovery import _cpu_model  # type: ignore[import-not-found,no-redef]
+    import report  # type: ignore[import-not-found,no-redef]
 
 ROOT = Path(__file__).resolve().parents[1]
 PRIMARY, SECONDARY = "primary", "secondary"
@@ -750,17 +745,10 @@ def format_histogram(row: dict[str, Any], outage: float) -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    """recovery.machine_info() without its git and mosquitto calls: neither matters here."""
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "device_sdk": importlib.metadata.version("device_sdk"),
-        "device_sdk_path": str(Path(device_sdk.__file__).resolve().parent),
-        "tenacity": importlib.metadata.version("tenacity"),
-    }
+    """The shared machine description without paho, git and mosquitto: none matters here."""
+    info = report.machine_info(paho=False, git=False, mosquitto=False)
+    info["tenacity"] = importlib.metadata.version("tenacity")
+    return info
 
 
 def format_header(info: dict[str, Any], settings: Settings, rows: Sequence[Contender]) -> str:
@@ -826,14 +814,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a firmware profile to compare (repeatable; default: every shipped profile "
         f"except {', '.join(DEFAULT_EXCLUDED)})",
     )
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        metavar="PATH",
-        help="machine-readable results: alone, printed instead of the tables; "
-        "with PATH, written there and the tables are printed too",
-    )
+    report.add_json_option(parser)
     return parser
 
 
@@ -854,12 +835,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     info = machine_info()
-    json_only = args.json == "-"
-    if not json_only:
+    if not report.json_only(args.json):
         print(format_header(info, settings, rows), end="\n\n", flush=True)
     results = run_benchmark(settings, rows)
-    if args.json is not None:
-        document = {
+
+    def document() -> dict[str, Any]:
+        return {
             "machine": info,
             "command": " ".join(
                 ["python", "benchmarks/fleet.py", *(sys.argv[1:] if argv is None else argv)]
@@ -871,13 +852,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "results": results,
             "failures": failures(results),
         }
-        text = json.dumps(document, indent=2)
-        if json_only:
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n", encoding="utf-8")
-    if not json_only:
-        print(format_report(results, settings))
+
+    report.emit(lambda: format_report(results, settings), document, args.json)
     return 1 if failures(results) else 0
 
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
-import json
 import logging
 import os
 import re
@@ -63,10 +62,10 @@ from typing import Any
 
 from device_sdk.testbed import BrokerSpec, MosquittoBroker
 
-try:  # the recovery benchmark's machine description, shared
-    from benchmarks.recovery import machine_info
+try:  # the benchmarks' shared machine description and --json handling
+    from benchmarks import report
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
-    from recovery import machine_info  # type: ignore[import-not-found,no-redef]
+    import report  # type: ignore[import-not-found,no-redef]
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPIC = "bench/footprint"
@@ -648,14 +647,7 @@ def _parser() -> argparse.ArgumentParser:
         default=IMPORTTIME_RUNS,
         help=f"python -X importtime runs, 0 to skip (default {IMPORTTIME_RUNS})",
     )
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        metavar="PATH",
-        help="machine-readable results: alone, printed instead of the tables; "
-        "with PATH, written there and the tables are printed too",
-    )
+    report.add_json_option(parser)
     return parser
 
 
@@ -671,9 +663,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 <= args.importtime_runs <= 100:
         parser.error("--importtime-runs must be between 0 and 100")
     logging.getLogger("device_sdk").addHandler(logging.NullHandler())
-    json_only = args.json == "-"
-    info = machine_info()
-    if not json_only:
+    info = report.machine_info()
+    if not report.json_only(args.json):
         print(format_header(info, args), end="\n\n", flush=True)
 
     def progress(text: str) -> None:
@@ -688,8 +679,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     imports = summarise_imports(import_runs)
     memory = summarise_memory(memory_runs)
-    if args.json is not None:
-        document = {
+
+    def document() -> dict[str, Any]:
+        return {
             "machine": info,
             "dependencies": dependency_versions(),
             "command": " ".join(
@@ -709,17 +701,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "import_runs": [asdict(r) for r in import_runs if r.index > 0],
             "memory_runs": [asdict(r) for r in memory_runs],
         }
-        text = json.dumps(document, indent=2)
-        if json_only:
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n", encoding="utf-8")
-    if not json_only:
+
+    def tables() -> str:
         sections = [format_imports(imports)]
         if importtime is not None:
             sections.append(format_importtime(importtime))
         sections.append(format_memory(memory, args.messages))
-        print("\n\n".join(sections))
+        return "\n\n".join(sections)
+
+    report.emit(tables, document, args.json)
     return 0
 
 

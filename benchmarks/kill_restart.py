@@ -57,10 +57,10 @@ from typing import IO, Any
 from device_sdk.testbed import Collector, Testbed
 from device_sdk.testbed.collector import merge, wait_until_seen
 
-try:  # the recovery benchmark's machine description, shared
-    from benchmarks.recovery import machine_info
+try:  # the benchmarks' shared machine description and --json handling
+    from benchmarks import report
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
-    from recovery import machine_info  # type: ignore[import-not-found,no-redef]
+    import report  # type: ignore[import-not-found,no-redef]
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAM = ROOT / "tests" / "integration" / "programs" / "numbered_device.py"
@@ -601,14 +601,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also SIGKILL the primary hub mid-run in every second run",
     )
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        metavar="PATH",
-        help="machine-readable results: alone, printed instead of the tables; "
-        "with PATH, written there and the tables are printed too",
-    )
+    report.add_json_option(parser)
     return parser
 
 
@@ -629,14 +622,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         failover=args.failover,
     )
-    info = machine_info()
-    json_only = args.json == "-"
-    if not json_only:
+    info = report.machine_info()
+    if not report.json_only(args.json):
         print(format_header(info, settings), end="\n\n", flush=True)
     outcome = run_benchmark(settings)
     summary = summarise(settings, outcome)
-    if args.json is not None:
-        document = {
+
+    def document() -> dict[str, Any]:
+        return {
             "machine": info,
             "command": " ".join(
                 ["python", "benchmarks/kill_restart.py", *(sys.argv[1:] if argv is None else argv)]
@@ -646,13 +639,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "failures": failures(summary),
             "runs": [run.as_dict() for run in outcome.runs],
         }
-        text = json.dumps(document, indent=2)
-        if json_only:
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n", encoding="utf-8")
-    if not json_only:
-        print(format_report(settings, outcome, summary))
+
+    report.emit(lambda: format_report(settings, outcome, summary), document, args.json)
     return 1 if failures(summary) else 0
 
 

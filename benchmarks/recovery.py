@@ -37,16 +37,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime
-import importlib.metadata
-import json
 import logging
-import os
-import platform
 import random
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -61,11 +55,15 @@ import dns.resolver
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-import device_sdk
 from device_sdk import ClientConfig, DeviceClient, DeviceSDKError, PublishHandle, events
 from device_sdk.errors import TestbedError
-from device_sdk.testbed import DOMAIN, FAST_LIVENESS, Collector, Testbed, find_mosquitto
+from device_sdk.testbed import DOMAIN, FAST_LIVENESS, Collector, Testbed
 from device_sdk.testbed.collector import merge
+
+try:  # the benchmarks' shared machine description and --json handling
+    from benchmarks import report
+except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
+    import report  # type: ignore[import-not-found,no-redef]
 
 SCENARIOS = ("crash", "dns-flip", "hang")
 SDK = "device_sdk"
@@ -748,62 +746,6 @@ def format_timeline(trial: Trial) -> str:
 # -- machine ----------------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, Any]:
-    return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "paho_mqtt": importlib.metadata.version("paho-mqtt"),
-        "device_sdk": importlib.metadata.version("device_sdk"),
-        "device_sdk_source": _source_revision(),
-        "mosquitto": _mosquitto_version(),
-    }
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def _source_revision() -> str:
-    """Where the imported device_sdk comes from: its git commit and uncommitted files."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(device_sdk.__file__)))
-    try:
-        head = _git(root, "rev-parse", "--short", "HEAD").strip()
-        changed = _git(root, "status", "--porcelain", "--", "device_sdk").splitlines()
-    except (OSError, subprocess.SubprocessError):
-        return f"{root}, not a git checkout"
-    if not changed:
-        return f"{root} at {head}"
-    return f"{root} at {head} + uncommitted changes in {', '.join(ln[3:] for ln in changed)}"
-
-
-def _git(root: str, *args: str) -> str:
-    done = subprocess.run(
-        ["git", "-C", root, *args], capture_output=True, text=True, timeout=5.0, check=True
-    )
-    return done.stdout
-
-
-def _mosquitto_version() -> str:
-    binary = find_mosquitto()
-    if binary is None:
-        return "not installed"
-    try:
-        done = subprocess.run(
-            [binary, "-h"], capture_output=True, text=True, timeout=5.0, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unknown ({exc})"
-    first = (done.stdout or done.stderr).splitlines()
-    return first[0].strip() if first else "unknown"
-
-
 def format_machine(info: dict[str, Any]) -> str:
     return "\n".join(
         [
@@ -857,14 +799,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Time-to-recover of device_sdk and raw paho-mqtt on the local testbed."
     )
     parser.add_argument("--trials", type=int, default=5, help="trials per scenario (default 5)")
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        metavar="PATH",
-        help="machine-readable results: alone, printed instead of the tables; "
-        "with PATH, written there and the tables are printed too",
-    )
+    report.add_json_option(parser)
     parser.add_argument(
         "--scenario", choices=(*SCENARIOS, "all"), default="all", help="default: all three"
     )
@@ -878,9 +813,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 1 <= args.trials <= 100:
         _parser().error("--trials must be between 1 and 100")
     scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
-    info = machine_info()
-    json_only = args.json == "-"
-    if not json_only:
+    info = report.machine_info()
+    if not report.json_only(args.json):
         print(format_machine(info), end="\n\n", flush=True)
     results = run(scenarios, args.trials)
     summaries = {
@@ -891,15 +825,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for scenario in scenarios
     }
     checks = check_targets({scenario: pair[0] for scenario, pair in summaries.items()})
-    if args.json is not None:
-        document = json.dumps(_document(info, args, results, summaries, checks), indent=2)
-        if json_only:
-            print(document)
-        else:
-            with open(args.json, "w", encoding="utf-8") as out:
-                out.write(document + "\n")
-    if not json_only:
-        print(_text_report(results, summaries, checks))
+    report.emit(
+        lambda: _text_report(results, summaries, checks),
+        lambda: _document(info, args, results, summaries, checks),
+        args.json,
+    )
     return 0 if all(ok for _text, ok in checks) else 1
 
 

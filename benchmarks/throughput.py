@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import statistics
@@ -49,10 +48,10 @@ from device_sdk.config import OutboxSettings
 from device_sdk.outbox import Outbox
 from device_sdk.testbed import BrokerSpec, MosquittoBroker
 
-try:  # the recovery benchmark's machine description, shared
-    from benchmarks.recovery import machine_info
+try:  # the benchmarks' shared machine description and --json handling
+    from benchmarks import report
 except ModuleNotFoundError:  # run as a script: benchmarks/ itself is on sys.path
-    from recovery import machine_info  # type: ignore[import-not-found,no-redef]
+    import report  # type: ignore[import-not-found,no-redef]
 
 WINDOW = 20
 PAYLOAD_BYTES = 64
@@ -278,14 +277,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--messages", type=int, default=20_000, help="per run (default 20000)")
     parser.add_argument("--runs", type=int, default=5, help="per variant (default 5)")
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        metavar="PATH",
-        help="machine-readable results: alone, printed instead of the table; "
-        "with PATH, written there and the table is printed too",
-    )
+    report.add_json_option(parser, one_table=True)
     parser.add_argument(
         "--mqtt", choices=("5", "3.1.1"), default="5", help="protocol for both sides (default 5)"
     )
@@ -299,9 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.messages < 1 or not 1 <= args.runs <= 100:
         _parser().error("--messages must be at least 1 and --runs between 1 and 100")
     logging.getLogger("device_sdk").addHandler(logging.NullHandler())
-    json_only = args.json == "-"
-    info = machine_info()
-    if not json_only:
+    info = report.machine_info()
+    if not report.json_only(args.json):
         print(format_header(info, args.messages, args.runs), end="\n\n", flush=True)
 
     def progress(text: str) -> None:
@@ -309,8 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results = measure(args.messages, args.runs, progress)
     rows = summarise(results)
-    if args.json is not None:
-        document = {
+
+    def document() -> dict[str, Any]:
+        return {
             "machine": info,
             "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
             "settings": {
@@ -323,13 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "summary": rows,
             "runs": [asdict(r) | {"rate": round(r.rate)} for r in results if r.index > 0],
         }
-        text = json.dumps(document, indent=2)
-        if json_only:
-            print(text)
-        else:
-            Path(args.json).write_text(text + "\n", encoding="utf-8")
-    if not json_only:
-        print(format_table(rows))
+
+    report.emit(lambda: format_table(rows), document, args.json)
     return 0 if all(row["target_met"] is not False for row in rows) else 1
 
 
