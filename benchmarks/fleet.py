@@ -34,7 +34,7 @@ after ``next_delay``; an attempt takes no time and fails at once while its hub
 is down (connection refused, so ``FailureKind.TRANSIENT``; a hub that does not
 answer at all would cost a connect timeout per attempt and fail over at once
 as ``UNRESPONSIVE``). A device connected away from its home hub probes home at
-the times the engine's own `device_sdk.hub_sources.next_probe_at` gives, where
+the times the engine's own `device_sdk.engine.hub_sources.next_probe_at` gives, where
 the engine calls it: the first probe when the link comes up
 (``HubSources.connected``), the next one each time a probe starts
 (``HubSources._maybe_probe``), so each wait is ``failback_probe_interval``
@@ -95,8 +95,8 @@ from device_sdk.config import ClientConfig
 from device_sdk.core import failover as fsm
 from device_sdk.core.outcomes import FailureKind
 from device_sdk.core.retry import Backoff, RetryPolicy
+from device_sdk.engine.hub_sources import PROBE_JITTER, next_probe_at
 from device_sdk.errors import ConfigError
-from device_sdk.hub_sources import PROBE_JITTER, next_probe_at
 from device_sdk.profiles import available_profiles, load_profile
 
 try:  # the benchmarks' shared machine description and --json handling

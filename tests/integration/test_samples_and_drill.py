@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from device_sdk.drill import format_report, run_drill
+from device_sdk.cli.drill import format_report, run_drill
 from device_sdk.testbed import find_mosquitto
 
 pytestmark = [

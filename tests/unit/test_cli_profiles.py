@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from device_sdk import Metrics
-from device_sdk.cli_profiles import add_profile_subcommands, run
-from device_sdk.profile_schema import SCHEMA
+from device_sdk.cli.profiles import add_profile_subcommands, run
+from device_sdk.profiles.schema import SCHEMA
 from device_sdk.status import write_status
 
 

@@ -45,7 +45,7 @@ def test_a_long_outage_keeps_only_the_latest_attempt_causes() -> None:
 def test_a_stuck_callback_cannot_queue_without_bound() -> None:
     import threading
 
-    from device_sdk.dispatch import CallbackDispatcher
+    from device_sdk.engine.dispatch import CallbackDispatcher
 
     release = threading.Event()
     dispatcher = CallbackDispatcher("stuck-test", max_pending=10)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from device_sdk.hub_sources import PROBE_JITTER, next_probe_at
+from device_sdk.engine.hub_sources import PROBE_JITTER, next_probe_at
 
 
 def test_probes_are_spread_over_the_jitter_band_around_the_interval() -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from device_sdk import ConfigError, HubEndpoint, SrvSettings, TlsSettings
-from device_sdk.profile_schema import SCHEMA, builtin_default, keys_markdown
 from device_sdk.profiles import (
     DEFAULT_ORIGIN,
     MAX_EXTENDS_DEPTH,
@@ -22,6 +21,7 @@ from device_sdk.profiles import (
     load_profile,
     parse_setting,
 )
+from device_sdk.profiles.schema import SCHEMA, builtin_default, keys_markdown
 from device_sdk.testbed import FAST_FAILOVER, FAST_LIVENESS, FAST_RETRY
 
 SHIPPED = (
@@ -472,7 +472,7 @@ def test_the_readme_key_table_matches_the_schema() -> None:
     assert block is not None, "the README lost its keys markers"
     assert block.group(1) == keys_markdown(), (
         "firmware_profiles/README.md is out of date; regenerate the table with "
-        "device_sdk.profile_schema.keys_markdown()"
+        "device_sdk.profiles.schema.keys_markdown()"
     )
     assert "Not built yet" not in readme
 

@@ -8,7 +8,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from device_sdk import cli_profiles, cli_run
+from device_sdk.cli import profiles as cli_profiles
+from device_sdk.cli import run as cli_run
 from device_sdk.concierge import cli as concierge_cli
 from device_sdk.errors import DeviceSDKError
 
@@ -40,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _drill(args: argparse.Namespace) -> int:
-    from device_sdk.drill import SCENARIOS, format_report, run_drill
+    from device_sdk.cli.drill import SCENARIOS, format_report, run_drill
 
     scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
     progress = (lambda _t: None) if args.json else (lambda text: print(f"... {text}", flush=True))
@@ -83,7 +84,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `device-sdk ... | head`: the reader left, nothing is wrong
         sys.stderr.close()
         return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -38,8 +38,11 @@ from device_sdk.core import failover as fsm
 from device_sdk.core.outcomes import FailureKind
 from device_sdk.core.retry import Backoff
 from device_sdk.core.topics import topic_matches
-from device_sdk.dialer import Dialer, LinkFactory
-from device_sdk.dispatch import CallbackDispatcher
+from device_sdk.engine.dialer import Dialer, LinkFactory
+from device_sdk.engine.dispatch import CallbackDispatcher
+from device_sdk.engine.hub_sources import HubSources
+from device_sdk.engine.link_session import LinkEnd, LinkSession, SessionServices
+from device_sdk.engine.side_tasks import SideTasks
 from device_sdk.errors import (
     ConnectError,
     ConnectTimeout,
@@ -51,11 +54,8 @@ from device_sdk.errors import (
     Redirected,
     TlsError,
 )
-from device_sdk.hub_sources import HubSources
-from device_sdk.link_session import LinkEnd, LinkSession, SessionServices
 from device_sdk.metrics import Metrics, MetricsRecorder
 from device_sdk.outbox import MemoryOutbox, Outbox, PublishHandle
-from device_sdk.side_tasks import SideTasks
 
 log = logging.getLogger("device_sdk")
 

@@ -26,9 +26,9 @@ from device_sdk.adapters.srv import discover_hubs
 from device_sdk.concierge.source import ConciergeAnswer, ConciergeSource
 from device_sdk.config import ClientConfig, HubEndpoint
 from device_sdk.core import failover as fsm
+from device_sdk.engine.side_tasks import SideTasks
 from device_sdk.errors import ConciergeError, DocumentRejected, ResolveError
 from device_sdk.metrics import MetricsRecorder
-from device_sdk.side_tasks import SideTasks
 
 log = logging.getLogger("device_sdk")
 

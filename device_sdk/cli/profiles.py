@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from device_sdk.errors import ConfigError, DeviceSDKError
-from device_sdk.profile_schema import SCHEMA, SECTIONS, toml_literal
 from device_sdk.profiles import (
     Profile,
     available_profiles,
@@ -32,6 +31,7 @@ from device_sdk.profiles import (
     load_profile,
     parse_setting,
 )
+from device_sdk.profiles.schema import SCHEMA, SECTIONS, toml_literal
 from device_sdk.status import StatusReport, read_status
 
 __all__ = ["add_profile_subcommands", "run"]

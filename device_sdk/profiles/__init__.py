@@ -22,7 +22,7 @@ boolean is not an integer, a string is not a number) or an out-of-range value
 raises :class:`~device_sdk.errors.ConfigError` naming the file, the dotted key,
 the value and what is allowed. `Profile.origins` records where every resolved
 value came from, for ``device-sdk profile show``. The keys are in
-:mod:`device_sdk.profile_schema`.
+:mod:`device_sdk.profiles.schema`.
 
 Where profiles are found: a bare name is looked up as ``<name>.toml`` in the
 search path. By default that is the repository's ``firmware_profiles/`` folder
@@ -55,7 +55,7 @@ from device_sdk.core.failover import FailoverPolicy
 from device_sdk.core.liveness import LivenessPolicy
 from device_sdk.core.retry import RetryPolicy
 from device_sdk.errors import ConfigError
-from device_sdk.profile_schema import (
+from device_sdk.profiles.schema import (
     SCHEMA,
     SECTIONS,
     TLS_VERSIONS,
@@ -188,7 +188,7 @@ def default_search_path() -> tuple[Path, ...]:
     An editable install imports the package from the checkout, so the folder sits
     beside it. A wheel ships no profiles: pass a search path (``--profile-dir``).
     """
-    folder = Path(__file__).resolve().parent.parent / "firmware_profiles"
+    folder = Path(__file__).resolve().parents[2] / "firmware_profiles"
     return (folder,) if folder.is_dir() else ()
 
 
