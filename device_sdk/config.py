@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # the concierge package builds on this module
     from device_sdk.concierge.settings import ConciergeSettings
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+# The largest packet MQTT can express: a four-byte remaining length, plus its header.
+_MQTT_MAX = 268_435_455 + 5
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -205,6 +207,16 @@ class ClientConfig:
     message_id_property: str = "message-id"
     # Wrap payloads in a JSON envelope carrying the message id (for MQTT 3.1.1 consumers).
     envelope: bool = False
+    # The largest MQTT packet the device accepts from a hub, in bytes. Checked from a
+    # packet's fixed header, before its body is read or allocated, so a hostile or
+    # broken hub cannot make a small board allocate hundreds of MB; MQTT 5 also
+    # announces it in CONNECT (Maximum Packet Size), so a well-behaved hub never
+    # sends more. 256 KiB covers Azure IoT Hub's and AWS IoT Core's largest messages.
+    max_packet_size: int = 256 * 1024
+    # MQTT 3.1.1 only (MQTT 5 hubs refuse a message in their PUBACK): a message after
+    # which the hub drops the link this many times in a row is one it can never take.
+    # It leaves the outbox as PoisonMessage rather than block the messages behind it.
+    poison_after: int = 3
     # Ask a concierge which hub is active; None: the hub list alone decides.
     concierge: ConciergeSettings | None = None
     # Take the hub list from DNS SRV records; None: the configured hubs.
@@ -225,6 +237,14 @@ class ClientConfig:
             minimum = 0 if name == "session_expiry" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ConfigError(name, value, f"an integer of at least {minimum}")
+        size = self.max_packet_size
+        if isinstance(size, bool) or not isinstance(size, int) or not 128 <= size <= _MQTT_MAX:
+            raise ConfigError(
+                "max_packet_size", size, f"an integer of bytes from 128 to {_MQTT_MAX}"
+            )
+        poison = self.poison_after
+        if isinstance(poison, bool) or not isinstance(poison, int) or not 1 <= poison <= 100:
+            raise ConfigError("poison_after", poison, "an integer from 1 to 100")
         if self.inflight_window > 65535:
             raise ConfigError("inflight_window", self.inflight_window, "at most 65535")
         _check_positive("failback_probe_interval", self.failback_probe_interval)

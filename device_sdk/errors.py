@@ -22,6 +22,8 @@ stays on ``__cause__`` for logs.
     │       ├── PermanentRefusal    bad credentials, not authorised, banned: no fast retry
     │       └── Redirected          0x9C use another server / 0x9D server moved
     ├── LinkLost                    an established link died (socket error, ack or ping deadline)
+    │   └── ProtocolError           the hub broke MQTT (malformed, forbidden or oversized packet)
+    ├── EngineFailed                our own code faulted repeatedly: the client stopped, visibly
     ├── RecoveryFailed              a whole recovery cycle gave up; carries every attempt's cause
     │   └── NotConnected            connect() timed out; the client keeps trying in the background
     ├── PublishError                a publish could not be accepted or completed
@@ -29,6 +31,10 @@ stays on ``__cause__`` for logs.
     │   ├── MessageDropped          the drop_oldest policy pushed this message out (counted)
     │   ├── ClientClosed            the client was closed before the message was acknowledged
     │   ├── PublishRejected         the hub refused it in its PUBACK (MQTT 5 reason code >= 0x80)
+    │   ├── MessageNotDeliverable   this hub can never take it; it left the outbox (counted)
+    │   │   ├── MessageTooLarge     over the hub's Maximum Packet Size
+    │   │   ├── QosNotSupported     above the hub's Maximum QoS
+    │   │   └── PoisonMessage       MQTT 3.1.1: the hub dropped the link over it K times in a row
     │   └── OutboxStorageError      (also an OutboxError) storage refused the write: not accepted
     ├── OutboxError                 the outbox's storage failed
     │   ├── OutboxStorageError      disk full, read-only file system or I/O error
@@ -44,7 +50,8 @@ stays on ``__cause__`` for logs.
     │       ├── DocumentNotYetValid issued in the future (beyond the allowed clock skew)
     │       ├── RollbackRejected    sequence not newer than the last accepted one (replay)
     │       ├── ScopeMismatch       meant for another device or fleet
-    │       └── HubNotAllowed       names a hub FQDN outside the allow-list
+    │       ├── HubNotAllowed       names a hub FQDN outside the allow-list
+    │       └── InvalidHubSet       applied, it would give a hub set the device cannot use
     ├── StateMachineError           an impossible (state, input) pair reached a pure machine
     └── TestbedError                the local testbed could not start or control a part
 """
@@ -177,6 +184,31 @@ class LinkLost(DeviceSDKError):
         self.unresponsive = unresponsive
 
 
+class ProtocolError(LinkLost):
+    """The hub broke the MQTT protocol, so the link was dropped and recovery goes on.
+
+    For example a packet longer than the client's ``max_packet_size`` (refused
+    before anything is allocated), a topic that is not UTF-8, a malformed or
+    forbidden packet (a second CONNACK, a PUBLISH before the CONNACK). Counted
+    in ``metrics().protocol_errors``.
+    """
+
+
+class EngineFailed(DeviceSDKError):
+    """The engine stopped for good after repeated faults in device_sdk's own code.
+
+    Terminal and visible: every pending handle, every later ``publish()``,
+    ``wait()`` and ``connect()`` raises this; ``metrics().engine_failed``, the
+    status file and the Prometheus file say so, and the systemd sample stops
+    feeding its watchdog so the process is restarted (the durable outbox keeps
+    every accepted message). ``__cause__`` and ``faults`` hold the faults.
+    """
+
+    def __init__(self, message: str, faults: Sequence[BaseException] = ()) -> None:
+        super().__init__(message)
+        self.faults = tuple(faults)
+
+
 class RecoveryFailed(DeviceSDKError):
     """A recovery cycle gave up. ``attempts`` holds the attempts' causes, oldest first.
 
@@ -237,6 +269,37 @@ class PublishRejected(PublishError):
         self.topic = topic
         self.reason_code = reason_code
         self.reason = reason
+
+
+class MessageNotDeliverable(PublishError):
+    """This hub can never take the message, so it left the outbox instead of blocking it.
+
+    Counted in ``metrics().undeliverable`` and announced by a ``MessageRejected``
+    event. ``hub``, ``message_id`` and ``topic`` say which.
+    """
+
+    def __init__(self, message: str, *, hub: str, message_id: str, topic: str) -> None:
+        super().__init__(f"{message}; message {message_id} on {topic!r} left the outbox")
+        self.hub = hub
+        self.message_id = message_id
+        self.topic = topic
+
+
+class MessageTooLarge(MessageNotDeliverable):
+    """The PUBLISH would exceed the Maximum Packet Size the hub announced in its CONNACK."""
+
+
+class QosNotSupported(MessageNotDeliverable):
+    """The message's QoS is above the Maximum QoS the hub announced in its CONNACK."""
+
+
+class PoisonMessage(MessageNotDeliverable):
+    """MQTT 3.1.1: the hub dropped the link right after this message, K times in a row.
+
+    3.1.1 gives a hub no way to refuse one message, so a message it cannot take
+    (too large, a forbidden topic) shows only as a dropped link; without this
+    rule it would block every message behind it forever.
+    """
 
 
 class OutboxError(DeviceSDKError):
@@ -301,6 +364,14 @@ class ScopeMismatch(DocumentRejected):
 
 class HubNotAllowed(DocumentRejected):
     """The document names a hub FQDN outside the configured allow-list."""
+
+
+class InvalidHubSet(DocumentRejected):
+    """A verified document whose hubs, applied, would break the device's hub set.
+
+    For example two hubs with one name after renaming, or a name the device
+    already uses for another FQDN. Rejected before it reaches the failover machine.
+    """
 
 
 class StateMachineError(DeviceSDKError):

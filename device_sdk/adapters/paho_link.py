@@ -72,6 +72,7 @@ class LinkSettings:
     session_expiry: int = 0
     message_id_property: str = "message-id"
     envelope: bool = False
+    max_packet_size: int = 256 * 1024  # inbound limit, see ClientConfig.max_packet_size
 
 
 class LinkListener(Protocol):

@@ -38,6 +38,7 @@ def link_settings(config: ClientConfig) -> LinkSettings:
         session_expiry=config.session_expiry,
         message_id_property=config.message_id_property,
         envelope=config.envelope,
+        max_packet_size=config.max_packet_size,
     )
 
 

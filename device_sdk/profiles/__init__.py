@@ -121,6 +121,8 @@ class Profile:
     publish_batch_delay: float
     session_expiry: int
     failback_probe_interval: float
+    max_packet_size: int
+    poison_after: int
     values: Mapping[str, object]
     origins: Mapping[str, str]
 
@@ -158,6 +160,8 @@ class Profile:
             publish_batch_delay=self.publish_batch_delay,
             failback_probe_interval=self.failback_probe_interval,
             session_expiry=self.session_expiry,
+            max_packet_size=self.max_packet_size,
+            poison_after=self.poison_after,
             concierge=None if concierge is None else self._concierge(concierge),
             srv=None if srv is None else dataclasses.replace(srv, tls=self._tls(srv.tls)),
         )
@@ -392,6 +396,8 @@ def _build(
         publish_batch_delay=client.publish_batch_delay,
         session_expiry=client.session_expiry,
         failback_probe_interval=client.failback_probe_interval,
+        max_packet_size=client.max_packet_size,
+        poison_after=client.poison_after,
         values=MappingProxyType(values),
         origins=MappingProxyType(origins),
     )

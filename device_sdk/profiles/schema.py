@@ -183,6 +183,11 @@ SCHEMA: Mapping[str, Key] = MappingProxyType({
     "mqtt.session_expiry": _k("int", _C, "session_expiry", "seconds from 0 to 4294967295",
                               "session kept by the hub across reconnects (0: none)",
                               check=lambda v: v <= 0xFFFFFFFF),  # a 4-byte MQTT 5 property
+    "mqtt.max_packet_size": _k("int", _C, "max_packet_size",
+                               "an integer of bytes from 128 to 268435460",
+                               "largest packet accepted from a hub (announced in CONNECT)"),
+    "mqtt.poison_after": _k("int", _C, "poison_after", "an integer from 1 to 100",
+                            "MQTT 3.1.1: drops in a row that make a message undeliverable"),
     "concierge.poll_interval": _k("float", _P, "poll_interval", "seconds > 0",
                                   "time between concierge polls while connected"),
     "concierge.poll_jitter": _k("float", _P, "poll_jitter", "a fraction in [0, 1)",

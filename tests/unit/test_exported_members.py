@@ -14,7 +14,8 @@ PUBLIC = {
     "PublishError", "PublishHandle", "PublishRejected", "RecoveryFailed", "Redirected",
     "ResolveError", "ResolveTimeout", "ResolverFailure", "RetryPolicy", "SrvSettings",
     "StateMachineError", "TestbedError", "TlsError", "TlsSettings", "TransientRefusal",
-    "__version__", "events",
+    "__version__", "events", "EngineFailed", "ProtocolError", "MessageNotDeliverable",
+    "MessageTooLarge", "QosNotSupported", "PoisonMessage",
 }  # fmt: skip
 
 
