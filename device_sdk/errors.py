@@ -17,6 +17,7 @@ stays on ``__cause__`` for logs.
     │   ├── DialError               TCP connect refused, unreachable or timed out
     │   ├── TlsError                handshake failed or the certificate did not verify
     │   ├── ConnectTimeout          no CONNACK within the connect deadline
+    │   ├── HandshakeProtocolError  the hub broke MQTT before or in its CONNACK
     │   └── ConnectRefused          the hub answered CONNACK with a failure code
     │       ├── TransientRefusal    unavailable, busy, quota, rate: retry later
     │       ├── PermanentRefusal    bad credentials, not authorised, banned: no fast retry
@@ -131,6 +132,11 @@ class TlsError(ConnectError):
 
 class ConnectTimeout(ConnectError):
     """The hub accepted the socket but sent no CONNACK before the connect deadline."""
+
+
+class HandshakeProtocolError(ConnectError):
+    """The hub broke the MQTT protocol before or in its CONNACK (a malformed or
+    forbidden packet, an oversized one). Transient: back off, then retry or fail over."""
 
 
 class ConnectRefused(ConnectError):

@@ -86,6 +86,10 @@ class LinkListener(Protocol):
 
     def on_pingresp(self) -> None: ...
 
+    def on_protocol_error(self, reason: str) -> None:
+        """The hub broke MQTT on an established link; the link has already been aborted."""
+        ...
+
     def on_link_closed(
         self, reason: str, kind: FailureKind, server_reference: str | None
     ) -> None: ...

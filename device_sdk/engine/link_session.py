@@ -41,6 +41,7 @@ class LinkEnd:
     server_reference: str | None = None
     migrate: fsm.Migrate | None = None
     fresh_session: bool = False  # do not resume this link's session: republish from the outbox
+    protocol_error: bool = False  # the hub broke MQTT: reported as ProtocolError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,6 +218,10 @@ class LinkSession:
 
     def on_pingresp(self) -> None:
         self._watchdog.on_pingresp(time.monotonic())
+
+    def on_protocol_error(self, reason: str) -> None:
+        if self.end is None:
+            self.end = LinkEnd(reason=f"protocol error: {reason}", protocol_error=True)
 
     def on_link_closed(self, reason: str, kind: FailureKind, server_reference: str | None) -> None:
         if kind is FailureKind.REDIRECT:
