@@ -33,7 +33,7 @@ from device_sdk.adapters.resolver import Resolver
 from device_sdk.client import DeviceClient
 from device_sdk.config import ClientConfig
 from device_sdk.core.topics import check_topic_filter
-from device_sdk.errors import ClientClosed
+from device_sdk.errors import ClientClosed, DeviceSDKError
 from device_sdk.events import Event
 from device_sdk.metrics import Metrics
 from device_sdk.outbox import MemoryOutbox, Outbox, PublishHandle
@@ -189,6 +189,16 @@ class AsyncDeviceClient:
 
     def metrics(self) -> Metrics:
         return self._client.metrics()
+
+    @property
+    def healthy(self) -> bool:
+        """See :attr:`DeviceClient.healthy <device_sdk.client.DeviceClient.healthy>`."""
+        return self._client.healthy
+
+    @property
+    def failure(self) -> DeviceSDKError | None:
+        """See :attr:`DeviceClient.failure <device_sdk.client.DeviceClient.failure>`."""
+        return self._client.failure
 
     async def close(self, timeout: float = 5.0) -> None:
         """Disconnect, stop every engine thread (bounded by ``timeout``) and end the iterators.

@@ -12,7 +12,7 @@ from device_sdk.adapters.resolver import Resolver
 from device_sdk.config import ClientConfig
 from device_sdk.core.topics import check_topic_filter, check_topic_name
 from device_sdk.engine import Engine, EventCallback, MessageHandler
-from device_sdk.errors import ConfigError
+from device_sdk.errors import ConfigError, DeviceSDKError
 from device_sdk.events import Event
 from device_sdk.metrics import Metrics
 from device_sdk.outbox import Outbox, PublishHandle
@@ -98,6 +98,19 @@ class DeviceClient:
 
     def metrics(self) -> Metrics:
         return self._engine.metrics()
+
+    @property
+    def healthy(self) -> bool:
+        """True while the engine runs (connected or recovering); False once it stopped
+        for good (see :attr:`failure`) or the client was closed."""
+        return self._engine.failure is None and not self._engine.finished
+
+    @property
+    def failure(self) -> DeviceSDKError | None:
+        """Why the client stopped for good, or None: :class:`~device_sdk.errors.EngineFailed`
+        after repeated internal faults, or RecoveryFailed when the retry policy gave up.
+        Every call then raises it; a supervisor should restart the process."""
+        return self._engine.failure
 
     def close(self, timeout: float = 5.0) -> None:
         """Disconnect and stop every thread. Unacknowledged handles raise ClientClosed."""

@@ -280,8 +280,8 @@ class PublishRejected(PublishError):
 class MessageNotDeliverable(PublishError):
     """This hub can never take the message, so it left the outbox instead of blocking it.
 
-    Counted in ``metrics().undeliverable`` and announced by a ``MessageRejected``
-    event. ``hub``, ``message_id`` and ``topic`` say which.
+    Counted in ``metrics().undeliverable`` and announced by a
+    ``MessageUndeliverable`` event. ``hub``, ``message_id`` and ``topic`` say which.
     """
 
     def __init__(self, message: str, *, hub: str, message_id: str, topic: str) -> None:

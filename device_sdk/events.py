@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from device_sdk.errors import ConciergeError, DeviceSDKError, DocumentRejected, LinkLost
+from device_sdk.errors import (
+    ConciergeError,
+    DeviceSDKError,
+    DocumentRejected,
+    LinkLost,
+    MessageNotDeliverable,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -193,6 +199,40 @@ class MessageRejected(Event):
             f"{self.hub} refused message {self.message_id} on {self.topic!r}: "
             f"0x{self.reason_code:02X} {self.reason}"
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageUndeliverable(Event):
+    """``hub`` can never take a message, so it left the outbox; its handle raises ``error``.
+
+    ``error`` is a :class:`~device_sdk.errors.MessageNotDeliverable`: too large for
+    the hub's Maximum Packet Size, above its Maximum QoS, or (MQTT 3.1.1) a
+    message the hub dropped the link over again and again.
+    """
+
+    hub: str
+    message_id: str
+    topic: str
+    error: MessageNotDeliverable
+
+    def describe(self) -> str:
+        return f"{self.hub} cannot take message {self.message_id}: {self.error}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineFault(Event):
+    """device_sdk's own code raised on the engine thread (a bug, or a broken plug-in part
+    such as a custom outbox or resolver). The link was restarted; ``faults`` counts
+    the recent ones. ``terminal``: they repeated, and the client stopped for good
+    (every call now raises :class:`~device_sdk.errors.EngineFailed`)."""
+
+    error: BaseException
+    faults: int
+    terminal: bool
+
+    def describe(self) -> str:
+        what = "engine stopped for good" if self.terminal else "restarting the link"
+        return f"internal fault #{self.faults} ({type(self.error).__name__}: {self.error}); {what}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -22,6 +22,12 @@ class Metrics:
     published: int = 0
     acknowledged: int = 0
     rejected: int = 0  # refused by the hub in a PUBACK (MQTT 5 reason code >= 0x80)
+    undeliverable: int = 0  # a hub could never take them (too large, QoS, poison): left
+    protocol_errors: int = 0  # links dropped because the hub broke MQTT
+    callback_errors: int = 0  # application callbacks that raised (contained, logged)
+    internal_faults: int = 0  # faults of device_sdk's own code on the engine thread
+    # "running", "failed" (terminal: EngineFailed or the retry policy gave up) or "closed".
+    engine_state: str = "running"
     queue_depth: int = 0
     dropped: int = 0
     current_hub: str | None = None

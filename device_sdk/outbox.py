@@ -11,6 +11,7 @@ keeps order per topic across reconnects and failovers.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -18,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from device_sdk.core.message_id import MessageIdSource
-from device_sdk.errors import ClientClosed, MessageDropped, OutboxFull, PublishError
+from device_sdk.errors import ClientClosed, DeviceSDKError, MessageDropped, OutboxFull
+
+log = logging.getLogger("device_sdk")
 
 # One lock for every handle: held for a few bytecodes at a time, it is cheaper than
 # a lock and an Event per message, which showed in the publish hot path.
@@ -39,7 +42,7 @@ class PublishHandle:
     def __init__(self, message_id: str) -> None:
         self.message_id = message_id
         self._done = False
-        self._error: PublishError | None = None
+        self._error: DeviceSDKError | None = None
         self._event: threading.Event | None = None  # made only when someone waits
         self._callbacks: list[Callable[[PublishHandle], None]] | None = None
 
@@ -62,7 +65,7 @@ class PublishHandle:
         return self._done and self._error is None
 
     @property
-    def error(self) -> PublishError | None:
+    def error(self) -> DeviceSDKError | None:
         """Why the message will not be acknowledged (once done), or None."""
         return self._error
 
@@ -78,9 +81,9 @@ class PublishHandle:
                     self._callbacks = []
                 self._callbacks.append(callback)
                 return
-        callback(self)
+        _call_contained(callback, self)
 
-    def _resolve(self, error: PublishError | None = None) -> None:
+    def _resolve(self, error: DeviceSDKError | None = None) -> None:
         with _HANDLES_LOCK:
             if self._done:
                 return
@@ -90,7 +93,22 @@ class PublishHandle:
         if event is not None:
             event.set()
         for callback in callbacks or ():
-            callback(self)
+            _call_contained(callback, self)
+
+
+def _call_contained(callback: Callable[[PublishHandle], None], handle: PublishHandle) -> None:
+    """Run an application's done-callback; its fault is logged and counted, never raised.
+
+    Why: it usually runs on the engine thread, inside the handling of a PUBACK;
+    an exception there would unwind through paho and end the engine thread.
+    """
+    try:
+        callback(handle)
+    except Exception as exc:
+        log.exception("a PublishHandle done-callback raised; the client carries on")
+        from device_sdk.engine.supervision import report_callback_fault  # the fault path only
+
+        report_callback_fault(exc)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -124,7 +142,7 @@ class Outbox(Protocol):
 
     def ack(self, seq: int) -> None: ...
 
-    def reject(self, seq: int, error: PublishError) -> None: ...
+    def reject(self, seq: int, error: DeviceSDKError) -> None: ...
 
     def rewind(self) -> None: ...
 
@@ -132,7 +150,10 @@ class Outbox(Protocol):
 
     def dropped(self) -> int: ...
 
-    def close(self) -> list[OutboundMessage]: ...
+    def close(self, error: DeviceSDKError | None = None) -> list[OutboundMessage]:
+        """Refuse new messages; the handles still waiting raise ``error`` (default
+        ClientClosed). Returns the messages that were never acknowledged."""
+        ...
 
 
 class MemoryOutbox:
@@ -212,7 +233,7 @@ class MemoryOutbox:
     def ack(self, seq: int) -> None:
         self.reject(seq, None)
 
-    def reject(self, seq: int, error: PublishError | None) -> None:
+    def reject(self, seq: int, error: DeviceSDKError | None) -> None:
         with self._lock:
             message = self._pending.pop(seq, None)
             if message is not None:
@@ -233,12 +254,14 @@ class MemoryOutbox:
         with self._lock:
             return self._dropped
 
-    def close(self) -> list[OutboundMessage]:
+    def close(self, error: DeviceSDKError | None = None) -> list[OutboundMessage]:
         """Refuse new messages; fail the handles of those never acknowledged."""
         with self._lock:
             self._closed = True
             left = list(self._pending.values())
         for message in left:
             if message.handle is not None and not message.handle.done():
-                message.handle._resolve(ClientClosed("closed before the hub acknowledged it"))
+                message.handle._resolve(
+                    error or ClientClosed("closed before the hub acknowledged it")
+                )
         return left

@@ -66,6 +66,26 @@ _COUNTERS = (
     ("device_sdk_messages_acknowledged_total", "acknowledged", "Messages the hub acknowledged."),
     ("device_sdk_messages_dropped_total", "dropped", "Messages dropped by the outbox policy."),
     ("device_sdk_messages_rejected_total", "rejected", "Messages the hub refused in a PUBACK."),
+    (
+        "device_sdk_messages_undeliverable_total",
+        "undeliverable",
+        "Messages a hub could never take (size, QoS, poison); they left the outbox.",
+    ),
+    (
+        "device_sdk_protocol_errors_total",
+        "protocol_errors",
+        "Links dropped because the hub broke MQTT.",
+    ),
+    (
+        "device_sdk_callback_errors_total",
+        "callback_errors",
+        "Application callbacks that raised (contained and logged).",
+    ),
+    (
+        "device_sdk_internal_faults_total",
+        "internal_faults",
+        "Faults in device_sdk's own code on the engine thread (each restarts the link).",
+    ),
 )
 _GAUGES = (
     ("device_sdk_outbox_depth", "queue_depth", "Messages waiting for a PUBACK."),
@@ -157,6 +177,7 @@ def _parse_status(data: bytes) -> StatusReport:
 # What a Metrics field of each annotated type may hold in the file (bool is never a number).
 _ACCEPTS: Mapping[str, tuple[type, ...]] = {
     "int": (int,),
+    "str": (str,),
     "str | None": (str, type(None)),
     "float | None": (int, float, type(None)),
 }
@@ -198,6 +219,13 @@ def prometheus_text(metrics: Metrics, *, labels: Mapping[str, str] | None = None
     lines += _family("device_sdk_connected", "gauge", "1 while connected to a hub.", connected)
     hub = [] if metrics.current_hub is None else [((*base, ("hub", metrics.current_hub)), 1)]
     lines += _family("device_sdk_current_hub", "gauge", "The hub connected to now.", hub)
+    failed = [(base, 1 if metrics.engine_state == "failed" else 0)]
+    lines += _family(
+        "device_sdk_engine_failed",
+        "gauge",
+        "1 once the client stopped for good (EngineFailed, or the retry policy gave up).",
+        failed,
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -81,9 +81,9 @@ from device_sdk.core.message_id import MessageIdSource
 from device_sdk.errors import (
     ClientClosed,
     ConfigError,
+    DeviceSDKError,
     MessageDropped,
     OutboxFull,
-    PublishError,
 )
 from device_sdk.outbox import OutboundMessage, PublishHandle
 
@@ -217,7 +217,7 @@ class SqliteOutbox:
     def ack(self, seq: int) -> None:
         self.reject(seq, None)
 
-    def reject(self, seq: int, error: PublishError | None) -> None:
+    def reject(self, seq: int, error: DeviceSDKError | None) -> None:
         """Like ``ack``, but the handle fails with ``error``: the hub refused the message."""
         with self._lock:
             message = self._live.pop(seq, None)
@@ -246,8 +246,9 @@ class SqliteOutbox:
         with self._lock:
             return self._dropped
 
-    def close(self) -> list[OutboundMessage]:
-        """Commit what is queued, close the file, fail the handles never acknowledged.
+    def close(self, error: DeviceSDKError | None = None) -> list[OutboundMessage]:
+        """Commit what is queued, close the file, fail the handles never acknowledged
+        (with ``error``, by default ClientClosed).
 
         Returns the messages still unacknowledged; they stay in the file for the
         next ``SqliteOutbox`` on it. Calling it again returns them again.
@@ -267,7 +268,9 @@ class SqliteOutbox:
         self._close_db()
         for message in left:
             if message.handle is not None and not message.handle.done():
-                message.handle._resolve(ClientClosed("closed before the hub acknowledged it"))
+                message.handle._resolve(
+                    error or ClientClosed("closed before the hub acknowledged it")
+                )
         return left
 
     # -- put: bounds and identity (lock held) ----------------------------------------------

@@ -25,8 +25,15 @@ MAX_PENDING = 10_000
 class CallbackDispatcher:
     """A single worker thread that calls queued callbacks in order, logging their errors."""
 
-    def __init__(self, name: str, *, max_pending: int = MAX_PENDING) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        max_pending: int = MAX_PENDING,
+        on_fault: Callable[[BaseException], None] | None = None,
+    ) -> None:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
+        self._on_fault = on_fault
         self.dropped = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -54,5 +61,7 @@ class CallbackDispatcher:
         while (item := self._queue.get()) is not _STOP:
             try:
                 item()  # type: ignore[operator]
-            except Exception:
+            except Exception as exc:
                 log.exception("application callback raised; the client carries on")
+                if self._on_fault is not None:
+                    self._on_fault(exc)

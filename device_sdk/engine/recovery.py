@@ -31,25 +31,30 @@ from collections.abc import Callable
 import tenacity
 
 from device_sdk import events
+from device_sdk.adapters.cancel import CancelToken
 from device_sdk.adapters.paho_link import PahoLink
 from device_sdk.adapters.resolver import FreshResolver, Resolver
 from device_sdk.config import ClientConfig, HubEndpoint, OutboxSettings
 from device_sdk.core import failover as fsm
 from device_sdk.core.outcomes import FailureKind
 from device_sdk.core.retry import Backoff
+from device_sdk.core.supervision import FaultLog, SupervisionPolicy
 from device_sdk.core.topics import topic_matches
 from device_sdk.engine.dialer import Dialer, LinkFactory
 from device_sdk.engine.dispatch import CallbackDispatcher
 from device_sdk.engine.hub_sources import HubSources
 from device_sdk.engine.link_session import LinkEnd, LinkSession, SessionServices
 from device_sdk.engine.side_tasks import SideTasks
+from device_sdk.engine.supervision import handle_faults_reported_to
 from device_sdk.errors import (
     ConnectError,
     ConnectTimeout,
     DeviceSDKError,
+    EngineFailed,
     LinkLost,
     NotConnected,
     PermanentRefusal,
+    ProtocolError,
     RecoveryFailed,
     Redirected,
     TlsError,
@@ -81,8 +86,11 @@ class Engine:
         outbox: Outbox | None = None,
         link_factory: LinkFactory = PahoLink,
         rng: random.Random | None = None,
+        supervision: SupervisionPolicy | None = None,
     ) -> None:
         self.config = config
+        # Cut short by close(): DNS waits, connect races, TLS handshakes, CONNACK waits.
+        self._cancel = CancelToken()
         self._resolver = resolver or FreshResolver(config.dns)
         self._outbox = outbox or open_outbox(config.outbox)
         # Only an outbox that may drop is asked after every publish (it costs a lock).
@@ -109,6 +117,7 @@ class Engine:
         self._is_connected = False
         self._is_finished = False
         self._fatal: DeviceSDKError | None = None
+        self._faults = FaultLog(supervision or SupervisionPolicy())
         # The causes of the current cycle's attempts, for NotConnected/RecoveryFailed. Bounded:
         # an outage can last days, and every exception holds its traceback's frames.
         self._cycle_errors: deque[ConnectError] = deque(maxlen=_KEPT_ATTEMPT_ERRORS)
@@ -123,7 +132,9 @@ class Engine:
         self._mailbox: deque[Callable[[], None]] = deque()
         self._interrupt = threading.Event()  # cuts a backoff sleep short when mail arrives
         self._side = SideTasks(self._post, f"device-sdk-{config.client_id}")
-        self._dispatcher = CallbackDispatcher(f"device-sdk-callbacks-{config.client_id}")
+        self._dispatcher = CallbackDispatcher(
+            f"device-sdk-callbacks-{config.client_id}", on_fault=self._application_fault
+        )
         self._sources = HubSources(
             config,
             machine=self._machine,
@@ -222,43 +233,164 @@ class Engine:
     def close(self, timeout: float = 5.0) -> None:
         """Disconnect cleanly and stop every thread this engine started (bounded)."""
         self._closing.set()
+        self._cancel.cancel()  # whatever the engine thread is waiting on ends now
+        self._interrupt.set()  # ... including a backoff sleep
         self._wake()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
-        self._interrupt.set()
         self._side.join(timeout)
         self._outbox.close()
         self._dispatcher.close(timeout)
         self._wake_r.close()
         self._wake_w.close()
+        self._cancel.close()
+        if self._fatal is None:
+            self._metrics.set(engine_state="closed")
         self._set_status(connected=False, finished=True)
+
+    @property
+    def finished(self) -> bool:
+        """True once the engine thread has ended (closed, or stopped for good)."""
+        with self._status:
+            return self._is_finished
+
+    @property
+    def failure(self) -> DeviceSDKError | None:
+        """Why the engine stopped for good (EngineFailed or RecoveryFailed), or None."""
+        return self._fatal
 
     # -- engine thread: the recovery cycle --------------------------------------------------
 
     def _run(self) -> None:
         try:
-            self._sources.ask_concierge()
-            attempt = self._single(self._machine.handle(fsm.Start(), time.monotonic()))
-            link: PahoLink | None = None
-            while not self._closing.is_set():
-                if link is None:
-                    if attempt is None:
-                        break
-                    link = self._recover(attempt)
-                    if link is None:
-                        break
-                end = self._serve(link)
-                if end is None:
-                    break
-                if end.migrate is not None:
-                    link, attempt = self._migrate(link, end.migrate)
-                else:
-                    attempt, link = self._after_link(link, end), None
-        except RecoveryFailed as exc:
-            self._fatal = exc
-            log.error("device_sdk gave up: %s", exc)
+            with handle_faults_reported_to(self._application_fault):
+                self._supervised()
+        except (RecoveryFailed, EngineFailed) as exc:
+            self._stop_for_good(exc)
+        except BaseException as exc:  # a fault while handling a fault: still never silent
+            log.critical("device_sdk engine thread failed", exc_info=exc)
+            failed = EngineFailed(f"the engine thread failed: {type(exc).__name__}: {exc}", [exc])
+            failed.__cause__ = exc
+            self._stop_for_good(failed)
         finally:
             self._set_status(connected=False, finished=True)
+
+    def _supervised(self) -> None:
+        """The engine loop inside its one supervision boundary.
+
+        Faults of a link or of its input never reach here: the link adapter turns
+        them into a dropped link (a ProtocolError), and the recovery path goes on.
+        Application callbacks are contained where they run. Whatever else is
+        raised here is a fault of our own code (or of a plugged-in part, such as a
+        custom outbox): it is logged with its traceback, counted, emitted as an
+        EngineFault event, and the link is restarted from the outbox; repeated
+        faults stop the engine for good, visibly (see core/supervision.py).
+        """
+        link: PahoLink | None = None
+        attempt: fsm.Attempt | None = None
+        started = False
+        while not self._closing.is_set():
+            try:
+                if not started:
+                    self._sources.ask_concierge()
+                    attempt = self._single(self._machine.handle(fsm.Start(), time.monotonic()))
+                    started = True
+                link, attempt = self._step(link, attempt)
+            except (RecoveryFailed, EngineFailed):
+                raise
+            except Exception as exc:
+                if self._closing.is_set():
+                    return
+                attempt, link = self._survive(exc, link), None
+                started = True
+            if link is None and attempt is None:
+                return
+
+    def _step(
+        self, link: PahoLink | None, attempt: fsm.Attempt | None
+    ) -> tuple[PahoLink | None, fsm.Attempt | None]:
+        """Recover a link if there is none, then serve it until it ends."""
+        if link is None:
+            if attempt is None:
+                return None, None
+            link = self._recover(attempt)
+            if link is None:
+                return None, None
+        end = self._serve(link)
+        if end is None:
+            return None, None
+        if end.migrate is not None:
+            return self._migrate(link, end.migrate)
+        return None, self._after_link(link, end)
+
+    def _survive(self, error: Exception, link: PahoLink | None) -> fsm.Attempt:
+        """Contain a fault of our own code: drop the link, then recover after a backoff."""
+        now = time.monotonic()
+        stop = self._faults.record(now)
+        self._metrics.add(internal_faults=1)
+        log.error("device_sdk internal fault on the engine thread", exc_info=error)
+        self._emit(
+            events.EngineFault(at=now, error=error, faults=self._faults.recent, terminal=stop)
+        )
+        if stop:
+            policy = self._faults.policy
+            raise EngineFailed(
+                f"{policy.max_faults} internal faults within {policy.window:g} s; "
+                f"the last: {type(error).__name__}: {error}",
+                [error],
+            ) from error
+        self._drop_after_fault(link, error, now)
+        return self._restart_attempt(now)
+
+    def _drop_after_fault(self, link: PahoLink | None, error: Exception, now: float) -> None:
+        """Close every link the fault may have left half-handled; nothing is resumed."""
+        session, self._session, self._resumable = self._session, None, None
+        for open_link in {link, session.link if session is not None else None} - {None}:
+            with contextlib.suppress(Exception):
+                open_link.abort()  # type: ignore[union-attr]
+        with self._lock:
+            self._commands.clear()  # subscriptions are restored from the registry
+        was_connected = self._is_connected
+        self._set_status(connected=False)
+        if was_connected:
+            hub = self._machine.current_hub
+            self._outage_started = now
+            self._metrics.set(current_hub=None)
+            self._metrics.add(disconnects=1)
+            reason = f"restarting the link after an internal fault: {type(error).__name__}"
+            self._emit(events.Disconnected(at=now, hub=hub, error=LinkLost(reason, hub=hub)))
+
+    def _restart_attempt(self, now: float) -> fsm.Attempt:
+        """Where to go after a fault: as after a lost link, and never without a backoff."""
+        phase = self._machine.phase
+        actions: tuple[fsm.Action, ...] = ()
+        if phase is fsm.Phase.IDLE:
+            actions = self._machine.handle(fsm.Start(), now)
+        elif phase is fsm.Phase.CONNECTED:
+            lost = fsm.LinkDown(hub=self._machine.current_hub, unresponsive=False)
+            actions = self._machine.handle(lost, now)
+        planned = self._single(actions) or self._next
+        hub = planned.hub if planned is not None else self._machine.current_hub
+        # Backed off, so a fault that recurs on every attempt cannot spin the CPU.
+        self._backoff = self._backoff.failed()
+        return fsm.Attempt(hub, fsm.Delay.BACKOFF, "restart after an internal fault")
+
+    def _stop_for_good(self, error: DeviceSDKError) -> None:
+        """The terminal state: every handle, publish(), wait() and connect() raises ``error``."""
+        self._fatal = error
+        self._metrics.set(engine_state="failed", current_hub=None)
+        log.error("device_sdk stopped for good: %s", error)
+        if isinstance(error, EngineFailed):
+            for open_link in {self._session.link if self._session else None} - {None}:
+                with contextlib.suppress(Exception):
+                    open_link.abort()  # type: ignore[union-attr]
+            self._session = None
+            with contextlib.suppress(Exception):
+                close_outbox(self._outbox, error)
+
+    def _application_fault(self, error: BaseException) -> None:
+        """An application callback raised: it was logged where it ran; count it."""
+        self._metrics.add(callback_errors=1)
 
     def _recover(self, attempt: fsm.Attempt) -> PahoLink | None:
         self._next = attempt
@@ -273,6 +405,12 @@ class Engine:
             reraise=True,
         )
         try:
+            if attempt.delay is not fsm.Delay.NONE:
+                # tenacity waits only between the attempts of one cycle; the machine
+                # may ask for a backoff before the first one too (a link that ended
+                # soon after its CONNACK, a restart after a fault): without this, a
+                # hub that accepts and drops at once would be redialled in a hot loop.
+                self._sleep(self._wait_before_next(None))
             return retrying(self._attempt_once)
         except ConnectError as exc:
             if self._closing.is_set():
@@ -281,7 +419,7 @@ class Engine:
                 f"gave up after {self._cycle_attempts} attempts: {exc}", list(self._cycle_errors)
             ) from exc
 
-    def _wait_before_next(self, _state: tenacity.RetryCallState) -> float:
+    def _wait_before_next(self, _state: tenacity.RetryCallState | None) -> float:
         assert self._next is not None
         self._waited, self._backoff = self.config.retry.next_delay(
             self._backoff, self._next.delay, self._rng
@@ -304,8 +442,7 @@ class Engine:
     def _attempt_once(self) -> PahoLink | None:
         self._run_mailbox()
         self._sources.refresh_srv()
-        if self._closing.is_set():
-            return None
+        self._cancel.check()
         assert self._next is not None
         hub = self._sources.endpoint(self._next.hub)
         self._attempt_no += 1
@@ -319,9 +456,14 @@ class Engine:
         try:
             link = self._open_link(hub)
         except ConnectError as exc:
-            self._attempt_failed(hub, exc)
+            if not self._closing.is_set():
+                self._attempt_failed(hub, exc)
             raise
-        self._on_connected(link)
+        try:
+            self._on_connected(link)
+        except BaseException:
+            link.abort()  # not handed to anyone yet: the fault must not leak its socket
+            raise
         return link
 
     def _open_link(self, hub: HubEndpoint) -> PahoLink:
@@ -560,7 +702,12 @@ class Engine:
         self._outage_started = now
         self._backoff = self._backoff.link_down(now, self.config.retry)
         self._metrics.add(disconnects=1)
-        error = LinkLost(end.reason, hub=link.hub.name, unresponsive=end.unresponsive)
+        error: LinkLost
+        if end.protocol_error:
+            self._metrics.add(protocol_errors=1)
+            error = ProtocolError(end.reason, hub=link.hub.name)
+        else:
+            error = LinkLost(end.reason, hub=link.hub.name, unresponsive=end.unresponsive)
         self._emit(events.Disconnected(at=now, hub=link.hub.name, error=error))
         self._emit(events.QueueDepth(at=now, depth=self._outbox.depth()))
         if end.redirect:
@@ -649,6 +796,18 @@ def _failure_kind(error: ConnectError) -> FailureKind:
     if isinstance(error, ConnectTimeout):
         return FailureKind.UNRESPONSIVE
     return FailureKind.TRANSIENT
+
+
+def close_outbox(outbox: Outbox, error: DeviceSDKError) -> None:
+    """Close ``outbox`` so that its waiting handles raise ``error``.
+
+    An application's own Outbox may predate the ``error`` argument: it is then
+    closed the old way, and its handles raise ClientClosed.
+    """
+    try:
+        outbox.close(error=error)
+    except TypeError:
+        outbox.close()
 
 
 def open_outbox(settings: OutboxSettings) -> Outbox:
