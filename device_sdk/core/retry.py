@@ -206,10 +206,15 @@ class Backoff:
         return replace(self, up_since=now)
 
     def link_down(self, now: float, policy: RetryPolicy) -> Backoff:
-        """The link ended: reset only if it stayed up for ``policy.stable_after``."""
+        """The link ended: reset only if it stayed up for ``policy.stable_after``.
+
+        A link that ended sooner counts as a failed attempt, so the schedule keeps
+        growing: a hub that accepts and then drops at once (or over one message)
+        gets ever longer waits, never a storm of reconnects.
+        """
         if self.up_since is not None and now - self.up_since >= policy.stable_after:
             return Backoff()
-        return replace(self, up_since=None)
+        return replace(self, up_since=None, failures=self.failures + 1)
 
 
 def _finite(value: object, minimum: object) -> bool:

@@ -150,10 +150,13 @@ POLICY = RetryPolicy(stable_after=10.0)
 @pytest.mark.parametrize(
     ("up_at", "down_at", "failures_after"),
     [
-        (100.0, 100.5, 3),  # accepted then dropped at once: keep the schedule
-        (100.0, 109.9, 3),
+        (100.0, 100.5, 4),  # accepted then dropped at once: one more failure, no storm
+        (100.0, 109.9, 4),
         (100.0, 110.0, 0),  # stayed up for stable_after: start over
         (100.0, 5000.0, 0),
+        # A real monotonic clock is days or months in: the rule is about the difference.
+        (8_640_000.0, 8_640_000.5, 4),
+        (8_640_000.0, 8_640_010.0, 0),
     ],
 )
 def test_backoff_resets_only_after_a_stable_link(
@@ -165,8 +168,8 @@ def test_backoff_resets_only_after_a_stable_link(
     assert backoff.up_since is None
 
 
-def test_link_down_without_link_up_keeps_the_count() -> None:
-    assert Backoff(failures=2).link_down(50.0, POLICY).failures == 2
+def test_link_down_without_link_up_counts_as_a_failure() -> None:
+    assert Backoff(failures=2).link_down(50.0, POLICY).failures == 3
 
 
 def test_backoff_is_immutable() -> None:
