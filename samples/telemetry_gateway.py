@@ -13,6 +13,10 @@ Under systemd (see ``telemetry-gateway.service``) it reports READY=1 once
 connected and pings the watchdog from its main loop, so systemd restarts it if
 the loop ever hangs. It does not stop pinging while the hub is unreachable: a
 restart cannot fix the network, and the outbox keeps every reading meanwhile.
+It does stop pinging, and exits, once the client has stopped for good
+(``client.healthy`` is False: repeated internal faults, see the README's
+"When something goes wrong"): then a restart is exactly the cure, and the
+durable outbox hands every accepted reading to the new process.
 """
 
 from __future__ import annotations
@@ -46,6 +50,24 @@ def watchdog_interval() -> float | None:
     """Half of systemd's WatchdogSec, the usual ping period; None without a watchdog."""
     usec = os.environ.get("WATCHDOG_USEC")
     return int(usec) / 2e6 if usec else None
+
+
+class Watchdog:
+    """Feeds systemd's watchdog from the main loop, but only while the client is healthy."""
+
+    def __init__(self) -> None:
+        self.every = watchdog_interval()
+        self._last = 0.0
+
+    def feed(self, client: DeviceClient) -> bool:
+        """Ping when due; False (and no ping) once the client has stopped for good."""
+        if not client.healthy:
+            return False
+        now = time.monotonic()
+        if self.every is not None and now - self._last >= self.every:
+            sd_notify("WATCHDOG=1")
+            self._last = now
+        return True
 
 
 def parse_hub(text: str) -> HubEndpoint:
@@ -82,16 +104,16 @@ def main() -> int:
 
     with configured(args) as config, DeviceClient(config, on_event=show) as client:
         sd_notify("READY=1")
-        ping_every, last_ping = watchdog_interval(), 0.0
+        watchdog = Watchdog()
         topic = f"devices/{config.client_id}/telemetry"
         handles = []
         end = time.monotonic() + args.seconds
         while time.monotonic() < end:
+            if not watchdog.feed(client):
+                print(f"device_sdk stopped for good ({client.failure}); exiting", flush=True)
+                return 70  # EX_SOFTWARE: systemd restarts us; the outbox kept every reading
             reading = {"temperature": round(20 + random.random() * 5, 2), "ts": time.time()}
             handles.append(client.publish(topic, json.dumps(reading)))
-            if ping_every is not None and time.monotonic() - last_ping >= ping_every:
-                sd_notify("WATCHDOG=1")
-                last_ping = time.monotonic()
             time.sleep(1.0 / args.rate)
         for handle in handles:
             handle.wait(timeout=30)  # every reading acknowledged by a hub

@@ -119,3 +119,35 @@ def test_asyncio_sensor_sample_reports_and_obeys_commands() -> None:
     assert result.returncode == 0, result.stderr
     assert "[command] period is now 0.25 s" in result.stdout
     assert "readings acknowledged" in result.stdout
+
+
+def test_gateway_sample_feeds_the_watchdog_only_while_the_client_is_healthy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client stopped for good (EngineFailed) must let systemd's watchdog fire."""
+    import importlib.util
+    import socket
+
+    spec = importlib.util.spec_from_file_location("gateway", ROOT / "samples/telemetry_gateway.py")
+    assert spec is not None and spec.loader is not None
+    gateway = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gateway)
+
+    class Client:
+        healthy = True
+
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(address)
+        systemd.settimeout(1.0)
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        monkeypatch.setenv("WATCHDOG_USEC", "2")  # due on every loop
+        watchdog = gateway.Watchdog()
+        client = Client()
+        assert watchdog.feed(client)
+        assert systemd.recv(64) == b"WATCHDOG=1"
+        client.healthy = False
+        assert not watchdog.feed(client)
+        systemd.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            systemd.recv(64)  # no ping: systemd restarts the process
