@@ -4,6 +4,12 @@ A file is inspected with plain reads and a connection that cannot write before
 anything is written to it, so a corrupt or foreign file is reported
 (:class:`~device_sdk.errors.OutboxCorrupt`) and never modified, and storage
 failures become :class:`~device_sdk.errors.OutboxStorageError` with the reason.
+
+The files are private: only the user the device runs as may read queued
+telemetry. A new outbox is created 0600 whatever the umask, and a missing
+folder 0700; SQLite gives its ``-wal`` and ``-shm`` files the database file's
+mode. An existing outbox that others may read is made private at open (see
+``_make_private`` for why it is tightened rather than only warned about).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -37,6 +44,11 @@ _APPLICATION_ID_AT = 68
 # Another outbox on the same file holds an exclusive lock for as long as it is
 # open; a process that is just exiting releases it within moments.
 _LOCK_TIMEOUT = 0.25
+_PRIVATE_FILE = 0o600
+_PRIVATE_FOLDER = 0o700
+_SIDE_FILES = ("-wal", "-shm")  # SQLite's write-ahead log and its shared-memory index
+# Named in every error about where the outbox lives: the two ways out.
+_PATH_VARIABLE = "DEVICE_SDK_OUTBOX_PATH"  # the profile key outbox.path, from the environment
 
 _SCHEMA = (
     "CREATE TABLE outbox ("
@@ -73,11 +85,51 @@ def open_outbox_file(path: Path, synchronous: Synchronous) -> sqlite3.Connection
     """
     with open_errors(path):
         if not path.exists():
+            _ensure_folder(path.parent)
             _create(path)
         _check_header(path)
         _check_writable(path)
         _inspect_read_only(path)
+        _make_private(path)  # before the writer opens: a new -wal takes the file's mode
         return _connect_for_writing(path, synchronous)
+
+
+def _ways_out(folder: Path) -> str:
+    return (
+        f"create {folder} as a folder owned by the user the device runs as, mode 0700 "
+        f"(systemd: StateDirectory=), or give the outbox a path in a writable folder "
+        f"({_PATH_VARIABLE}=/path/outbox.sqlite, or outbox.path in the profile)"
+    )
+
+
+def _ensure_folder(folder: Path) -> None:
+    """Create the outbox's missing folder, private (0700): only the last level of it.
+
+    That is what systemd's ``StateDirectory=`` does for ``/var/lib/<name>``, so a
+    profile's default path works on a fresh machine. Why only one level: a
+    typo higher up (``/var/lbi/device-sdk/``) must fail here, naming the path,
+    rather than grow a tree of folders that nothing else will ever look in.
+    """
+    if folder.is_dir():
+        return
+    try:
+        os.mkdir(folder, _PRIVATE_FOLDER)
+    except FileExistsError:
+        raise OutboxStorageError(
+            f"cannot create the outbox in {folder}: it exists and is not a folder; "
+            + _ways_out(folder)
+        ) from None
+    except OSError as exc:
+        why = failure_reason(exc)
+        if exc.errno == errno.ENOENT:
+            why = f"{folder.parent} does not exist either (only the last folder is created)"
+        elif exc.errno == errno.ENOTDIR:
+            why = f"{folder.parent} is not a folder"
+        raise OutboxStorageError(
+            f"cannot create the outbox's folder {folder}: {why}; " + _ways_out(folder)
+        ) from exc
+    _fsync(folder.parent)  # the new folder's entry survives power loss, with what it will hold
+    log.info("outbox: created the folder %s (mode 0700)", folder)
 
 
 def _create(path: Path) -> None:
@@ -89,6 +141,14 @@ def _create(path: Path) -> None:
     """
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
     try:
+        # Created here, 0600, before SQLite opens it: SQLite would create it 0644
+        # less the umask, and gives its -journal and -wal files the same mode.
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _PRIVATE_FILE))
+        except OSError as exc:
+            raise OutboxStorageError(
+                f"cannot create the outbox {path}: {failure_reason(exc)}; " + _ways_out(path.parent)
+            ) from exc
         db = sqlite3.connect(temporary, isolation_level=None)
         try:
             db.execute("BEGIN")
@@ -173,6 +233,43 @@ def _check_writable(path: Path) -> None:
             f"the outbox's directory {path.parent} is not writable (SQLite keeps its "
             "write-ahead log beside the file)"
         )
+
+
+def _make_private(path: Path) -> None:
+    """Take the group and other permissions off the outbox and its side files.
+
+    Why tighten, not only warn: queued telemetry belongs to the device, the
+    outbox's files are promised to be private, and a file others can read was
+    most likely created by an earlier version or under a lax umask, so a
+    warning alone would leave every such device exposed until someone acts.
+    Nothing loses by it: an open outbox holds its file exclusively, so no other
+    process can share it. Only bits are removed (a read-only file stays
+    read-only). A file this user does not own cannot be changed: a warning
+    names it and the outbox opens all the same.
+    """
+    for file in (path, *(Path(f"{path}{side}") for side in _SIDE_FILES)):
+        try:
+            mode = stat.S_IMODE(os.stat(file).st_mode)
+        except FileNotFoundError:
+            continue
+        if not mode & 0o077:
+            continue
+        try:
+            os.chmod(file, mode & 0o700)
+        except OSError as exc:
+            log.warning(
+                "outbox: %s can be read by other users (mode %04o) and cannot be made private: %s",
+                file,
+                mode,
+                failure_reason(exc),
+            )
+        else:
+            log.warning(
+                "outbox: %s could be read by other users (mode %04o); it is now %04o",
+                file,
+                mode,
+                mode & 0o700,
+            )
 
 
 def _inspect_read_only(path: Path) -> None:

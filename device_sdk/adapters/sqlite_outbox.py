@@ -50,6 +50,17 @@ before is untouched.
 
 Pending messages are also kept in memory (bounded by ``max_bytes``), so the
 engine's drain never waits for the file.
+
+The files are private. A new outbox and its ``-wal`` and ``-shm`` files are
+created 0600 whatever the umask. An existing outbox that other users can read
+is made 0600 at open (bits are only taken away, and a warning is logged)
+rather than merely warned about: queued telemetry belongs to the device, such a
+file most likely predates this rule, and nothing can share an open outbox
+anyway, since it holds its file exclusively. A file this user does not own is
+left as it is, with a warning. A missing folder is created 0700, one level
+only, as systemd's ``StateDirectory=`` would; deeper (a typo in the path) the
+open fails with ``OutboxStorageError`` naming the folder and the two ways out:
+create it, or set ``DEVICE_SDK_OUTBOX_PATH`` (``outbox.path``) to another file.
 """
 
 from __future__ import annotations
