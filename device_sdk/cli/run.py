@@ -13,6 +13,11 @@ every ``--interval`` seconds, and keeps one status line up to date (state,
 hub, outbox depth, last recovery). ``publish`` sends one message and exits 0
 once it is acknowledged, 1 on an error, 2 when it timed out (the message may
 still be delivered later from a durable outbox).
+
+An outbox that cannot be opened (say its folder's parent is missing, or the
+user may not write there) ends the command with the error and a hint naming
+the two ways out: create the folder, or point ``DEVICE_SDK_OUTBOX_PATH``
+elsewhere (empty keeps the outbox in memory).
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ from typing import TextIO
 
 from device_sdk.client import DeviceClient
 from device_sdk.config import ClientConfig, Credentials, HubEndpoint, TlsSettings
-from device_sdk.errors import ConfigError, DeviceSDKError
+from device_sdk.errors import ConfigError, DeviceSDKError, OutboxStorageError
 from device_sdk.metrics import Metrics
-from device_sdk.profiles import load_profile
+from device_sdk.profiles import env_variable, load_profile
 from device_sdk.status import StatusWriter
 
 
@@ -87,10 +92,36 @@ def _topic(args: argparse.Namespace, config: ClientConfig) -> str:
     return str(args.topic or f"devices/{config.client_id}/telemetry")
 
 
+def _open_client(args: argparse.Namespace, config: ClientConfig) -> DeviceClient | None:
+    """The client, or ``None`` once an outbox that cannot be opened has been reported.
+
+    Why here and not the generic "run again with --debug": the fix is never in a
+    traceback. The folder is missing or not writable, and the hint says both
+    ways out, in the words of the profile's own override variable.
+    """
+    try:
+        return DeviceClient(config)
+    except OutboxStorageError as exc:
+        if getattr(args, "debug", False):
+            raise
+        variable = env_variable("outbox.path")
+        print(f"device-sdk: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(
+            f"hint: create the outbox's folder for the user running device-sdk, or run with "
+            f"{variable}=/a/writable/folder/outbox.sqlite ({variable}= keeps the outbox in "
+            "memory, lost if the process dies)",
+            file=sys.stderr,
+        )
+        return None
+
+
 def run_device(args: argparse.Namespace) -> int:
     config = device_config(args)
     topic = _topic(args, config)
-    with DeviceClient(config) as client:
+    opened = _open_client(args, config)
+    if opened is None:
+        return 1
+    with opened as client:
         writer = _status_writer(args, client)
         stop = threading.Event()
         try:
@@ -152,7 +183,10 @@ def _show(metrics: Metrics) -> None:
 
 def publish_once(args: argparse.Namespace) -> int:
     config = device_config(args)
-    with DeviceClient(config) as client:
+    opened = _open_client(args, config)
+    if opened is None:
+        return 1
+    with opened as client:
         handle = client.publish(_topic(args, config), args.message)
         try:
             handle.wait(args.timeout)

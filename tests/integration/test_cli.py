@@ -1,20 +1,28 @@
-"""The device-sdk command as an operator runs it: publish, run with a status file, status."""
+"""The device-sdk command as an operator runs it: publish, run with a status file, status,
+and a fresh machine whose outbox folder does not exist yet."""
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from device_sdk.profiles import env_variable
 from device_sdk.testbed import Testbed
 
 pytestmark = pytest.mark.integration
 
+OUTBOX_PATH = env_variable("outbox.path")  # DEVICE_SDK_OUTBOX_PATH
 
-def device_sdk(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+
+def device_sdk(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "device_sdk.cli", *args],
         capture_output=True,
@@ -22,15 +30,16 @@ def device_sdk(*args: str, stdin: str | None = None) -> subprocess.CompletedProc
         input=stdin,
         timeout=60,
         check=False,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
-def hub_arguments(bed: Testbed) -> list[str]:
+def hub_arguments(bed: Testbed, profile: str = "test-fast") -> list[str]:
     # IP literals need no DNS; the hubs are plain MQTT on the testbed.
     return [
         *(f"--hub={h.name}={h.address}:{h.broker.port}" for h in bed.hubs),
         "--plain",
-        "--profile=test-fast",
+        f"--profile={profile}",
     ]
 
 
@@ -74,3 +83,49 @@ def test_run_publishes_stdin_and_writes_a_status_file(testbed: Testbed, tmp_path
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["metrics"]["published"] == 3
     assert "device_sdk_messages_acknowledged_total" in (tmp_path / "gw.prom").read_text()
+
+
+def test_a_fresh_machine_gets_its_outbox_folder_made_private(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    # The gateway profile's durable outbox, moved (as on a device) to a folder not made yet.
+    state = tmp_path / "state"
+    collector = testbed.collector("primary", "cli/fresh")
+    result = device_sdk(
+        "publish",
+        "--client-id=cli-3",
+        "--topic=cli/fresh",
+        "--message=8:durable",
+        *hub_arguments(testbed, profile="raspberry-pi-gateway"),
+        env={OUTBOX_PATH: str(state / "outbox.sqlite")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert collector.wait_for({8}, 5)
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in state.iterdir()}
+    assert modes.get("outbox.sqlite") == 0o600, modes
+    assert set(modes.values()) == {0o600}, modes
+
+
+@pytest.mark.parametrize("where", ["parent-missing", "parent-is-a-file"])
+def test_an_outbox_that_cannot_be_created_is_one_error_naming_both_ways_out(
+    tmp_path: Path, where: str
+) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    folder = tmp_path / "typo" / "state" if where == "parent-missing" else tmp_path / "a-file"
+    result = device_sdk(
+        "run",
+        "--client-id=cli-4",
+        "--hub=primary=127.0.0.1:9",  # never dialled: the outbox is opened first
+        "--plain",
+        "--profile=raspberry-pi-gateway",
+        "--duration=0",
+        env={OUTBOX_PATH: str(folder / "outbox.sqlite")},
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    error, hint = result.stderr.strip().splitlines()
+    assert error.startswith("device-sdk: error: OutboxStorageError: ")
+    assert str(folder) in error and OUTBOX_PATH in error
+    assert hint.startswith("hint: create the outbox's folder") and f"{OUTBOX_PATH}=" in hint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing was created
