@@ -25,10 +25,12 @@ value came from, for ``device-sdk profile show``. The keys are in
 :mod:`device_sdk.profiles.schema`.
 
 Where profiles are found: a bare name is looked up as ``<name>.toml`` in the
-search path. By default that is the repository's ``firmware_profiles/`` folder
-beside the package (a checkout, or an editable install of one). A wheel ships
-no profiles: pass ``search_path=`` (``--profile-dir`` on the command line), or a
-path to a ``.toml`` file.
+search path. By default that is the profiles that came with the package: inside
+it (``device_sdk/firmware_profiles``) when installed from a wheel, or the
+repository's top-level ``firmware_profiles/`` beside it when it runs from a
+checkout (or an editable install of one). Pass ``search_path=``
+(``--profile-dir`` on the command line) for profiles of your own, or a path to
+a ``.toml`` file.
 """
 
 from __future__ import annotations
@@ -187,13 +189,19 @@ class Profile:
 
 
 def default_search_path() -> tuple[Path, ...]:
-    """``firmware_profiles/`` at the repository root, when the package runs from a checkout.
+    """The profiles that came with the package: the folder of the first layout that exists.
 
-    An editable install imports the package from the checkout, so the folder sits
-    beside it. A wheel ships no profiles: pass a search path (``--profile-dir``).
+    A wheel carries them inside the package, as ``device_sdk/firmware_profiles``
+    (pyproject.toml maps the top-level folder there). A checkout, or an editable
+    install of one, keeps them in ``firmware_profiles/`` at the repository root,
+    beside the package. Only one is used, so a name always means the profile
+    that was shipped with the code that loads it. ``()`` when neither exists.
     """
-    folder = Path(__file__).resolve().parents[2] / "firmware_profiles"
-    return (folder,) if folder.is_dir() else ()
+    package = Path(__file__).resolve().parents[1]
+    for folder in (package / "firmware_profiles", package.parent / "firmware_profiles"):
+        if folder.is_dir():
+            return (folder,)
+    return ()
 
 
 def available_profiles(search_path: Iterable[Path | str] | None = None) -> dict[str, Path]:

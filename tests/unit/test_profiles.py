@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import device_sdk.profiles as profiles_module
 from device_sdk import ConfigError, HubEndpoint, SrvSettings, TlsSettings
 from device_sdk.profiles import (
     DEFAULT_ORIGIN,
@@ -66,6 +67,50 @@ def assert_complete(error: ConfigError, *, file: str, key: str, value: str, allo
 def test_the_default_search_path_is_the_repositorys_folder() -> None:
     assert default_search_path() == (PROFILES_DIR,)
     assert set(SHIPPED) <= set(available_profiles())
+
+
+def package_at(monkeypatch: pytest.MonkeyPatch, package: Path) -> None:
+    """Make the profiles module believe it was imported from ``package``."""
+    (package / "profiles").mkdir(parents=True)
+    monkeypatch.setattr(profiles_module, "__file__", str(package / "profiles" / "__init__.py"))
+
+
+# Where a package's profiles may sit, relative to the folder holding device_sdk/.
+LAYOUTS = {
+    "wheel": ("device_sdk/firmware_profiles",),  # inside the installed package
+    "checkout": ("firmware_profiles",),  # beside the package, at the repository root
+    "both": ("device_sdk/firmware_profiles", "firmware_profiles"),
+    "neither": (),
+}
+
+
+@pytest.mark.parametrize(
+    ("layout", "expected"),
+    [
+        ("wheel", "device_sdk/firmware_profiles"),
+        ("checkout", "firmware_profiles"),
+        ("both", "device_sdk/firmware_profiles"),  # the copy shipped inside the package wins
+        ("neither", None),
+    ],
+)
+def test_the_default_search_path_is_the_profiles_shipped_with_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str, expected: str | None
+) -> None:
+    package_at(monkeypatch, tmp_path / "device_sdk")
+    for folder in LAYOUTS[layout]:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        write(tmp_path / folder, "a", "")
+    assert default_search_path() == (() if expected is None else (tmp_path / expected,))
+    if expected is not None:
+        assert find_profile("a") == tmp_path / expected / "a.toml"
+
+
+def test_with_no_profiles_shipped_a_name_is_an_error_that_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package_at(monkeypatch, tmp_path / "device_sdk")
+    with pytest.raises(ConfigError, match=r"in no profile folder, or a path to a \.toml file"):
+        load_profile("cellular-low-data", env={})
 
 
 @pytest.mark.parametrize("name", SHIPPED)
