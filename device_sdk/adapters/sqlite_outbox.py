@@ -61,6 +61,13 @@ left as it is, with a warning. A missing folder is created 0700, one level
 only, as systemd's ``StateDirectory=`` would; deeper (a typo in the path) the
 open fails with ``OutboxStorageError`` naming the folder and the two ways out:
 create it, or set ``DEVICE_SDK_OUTBOX_PATH`` (``outbox.path``) to another file.
+
+Why one module of over 500 lines: the group commit, the lazy deletes, the
+bounds and the recovery after a crash share one lock and one set of in-memory
+books (``_live``, ``_unsent``, ``_queue``, ``_deletes``); split apart, each
+piece would need the others' invariants spelled out across a module boundary.
+The file and permission handling, which needs none of that, is in
+:mod:`device_sdk.adapters.sqlite_file`.
 """
 
 from __future__ import annotations

@@ -62,8 +62,8 @@ def add_profile_subcommands(
             action="append",
             type=Path,
             metavar="DIR",
-            help="where to look for profiles (repeatable; default: the repository's "
-            "firmware_profiles/)",
+            help="where to look for profiles (repeatable; default: the profiles shipped "
+            "with the package, or the checkout's firmware_profiles/)",
         )
     status = subparsers.add_parser("status", help="read a running client's status file")
     status.add_argument("path", type=Path, help="the status JSON file")

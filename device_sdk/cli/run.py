@@ -48,6 +48,12 @@ def add_device_subcommands(commands: argparse._SubParsersAction[argparse.Argumen
     run.add_argument("--status-file", type=Path, help="write the metrics snapshot here")
     run.add_argument("--prometheus-file", type=Path, help="also write a node_exporter .prom file")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="at the end of input or --duration, wait this long for every PUBACK (default 30)",
+    )
     publish = commands.add_parser("publish", help="publish one message, then exit")
     _device_arguments(publish)
     publish.add_argument("--message", required=True, help="the payload (UTF-8 text)")
@@ -121,6 +127,7 @@ def run_device(args: argparse.Namespace) -> int:
     opened = _open_client(args, config)
     if opened is None:
         return 1
+    status = 0
     with opened as client:
         writer = _status_writer(args, client)
         stop = threading.Event()
@@ -129,6 +136,7 @@ def run_device(args: argparse.Namespace) -> int:
                 _publish_lines(client, topic, sys.stdin, stop)
             else:
                 _publish_readings(client, topic, args.interval, args.duration, stop)
+            status = _drain(client, args.drain_timeout)
         except KeyboardInterrupt:
             pass
         finally:
@@ -136,7 +144,33 @@ def run_device(args: argparse.Namespace) -> int:
             if writer is not None:
                 writer.stop(5.0)
             print(file=sys.stderr)
-    return 0
+    return status
+
+
+def _drain(client: DeviceClient, timeout: float) -> int:
+    """Wait (bounded) until the outbox is empty: every message acknowledged or refused.
+
+    Why: leaving at the end of input would drop an in-memory outbox's messages
+    and leave a durable one's for the next run. Returns the exit status: 0, or
+    3 when messages were still waiting, with a line saying where they are.
+    """
+    deadline = time.monotonic() + timeout
+    while (depth := client.metrics().queue_depth) and time.monotonic() < deadline:
+        if not client.healthy:
+            break
+        time.sleep(0.02)
+    if depth == 0:
+        return 0
+    where = (
+        "they stay in the durable outbox for the next run"
+        if client.config.outbox.path is not None
+        else "the outbox is in memory: they are lost"
+    )
+    print(
+        f"device-sdk: {depth} message(s) not acknowledged within {timeout:g} s; {where}",
+        file=sys.stderr,
+    )
+    return 3
 
 
 def _status_writer(args: argparse.Namespace, client: DeviceClient) -> StatusWriter | None:

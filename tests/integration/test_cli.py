@@ -85,6 +85,35 @@ def test_run_publishes_stdin_and_writes_a_status_file(testbed: Testbed, tmp_path
     assert "device_sdk_messages_acknowledged_total" in (tmp_path / "gw.prom").read_text()
 
 
+def test_run_waits_for_every_puback_at_the_end_of_its_input(testbed: Testbed) -> None:
+    """Without a status file slowing its exit, `run --stdin` used to leave before its PUBACKs."""
+    collector = testbed.collector("primary", "cli/all")
+    lines = "".join(f"{n}:x\n" for n in range(200))
+    result = device_sdk(
+        "run", "--client-id=cli-4", "--topic=cli/all", "--stdin", *hub_arguments(testbed),
+        stdin=lines,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert collector.wait_for(set(range(200)), 5)
+
+
+def test_run_says_what_was_not_acknowledged_when_time_runs_out(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from device_sdk import ClientConfig, DeviceClient, HubEndpoint
+    from device_sdk.cli.run import _drain
+
+    hub = HubEndpoint(name="gone", fqdn="127.0.0.1", port=9, tls=None)
+    client = DeviceClient(ClientConfig(client_id="cli-5", hubs=(hub,)))  # never connected
+    try:
+        client.publish("cli/none", b"1:x")
+        assert _drain(client, 0.2) == 3
+    finally:
+        client.close()
+    err = capsys.readouterr().err
+    assert "1 message(s) not acknowledged within 0.2 s; the outbox is in memory" in err
+
+
 def test_a_fresh_machine_gets_its_outbox_folder_made_private(
     testbed: Testbed, tmp_path: Path
 ) -> None:
