@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import select
+import socket
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from device_sdk.adapters.resolver import FreshResolver
+from device_sdk.adapters.resolver import FreshResolver, Resolution, resolve_within
 from device_sdk.config import DnsSettings
 from device_sdk.errors import NameNotFound, NoAddress, ResolverFailure, ResolveTimeout
 from device_sdk.testbed import DnsServer
@@ -86,3 +89,55 @@ def test_silence_is_a_bounded_timeout(dns: DnsServer) -> None:
     dns.drop(NAME)
     with pytest.raises(ResolveTimeout):
         resolver_for(dns, lifetime=0.3).resolve_fresh(NAME)
+
+
+def test_one_lifetime_covers_both_questions(dns: DnsServer) -> None:
+    dns.set_address(NAME, ["127.0.0.2"])
+    dns.drop(NAME)
+    started = time.monotonic()
+    with pytest.raises(ResolveTimeout):
+        resolver_for(dns, lifetime=0.3).resolve_fresh(NAME)
+    # A and AAAA share the lifetime: a silent server costs it once, not once per type.
+    assert time.monotonic() - started < 0.3 + 0.2
+
+
+def test_a_deadline_cuts_the_lifetime_short(dns: DnsServer) -> None:
+    dns.set_address(NAME, ["127.0.0.2"])
+    dns.drop(NAME)
+    resolver = resolver_for(dns, lifetime=4.0)
+    started = time.monotonic()
+    with pytest.raises(ResolveTimeout):
+        resolver.resolve_fresh(NAME, deadline=started + 0.2)
+    assert time.monotonic() - started < 0.2 + 0.2
+    with pytest.raises(ResolveTimeout):  # a deadline already gone: no wait at all
+        resolver.resolve_fresh(NAME, deadline=started)
+
+
+def test_a_silent_nameserver_is_skipped_for_the_next_one(dns: DnsServer) -> None:
+    dns.set_address(NAME, ["127.0.0.2"])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.77", dns.port))  # never answers
+        settings = DnsSettings(
+            nameservers=("127.0.0.77", dns.host), port=dns.port, timeout=0.1, lifetime=2.0
+        )
+        assert FreshResolver(settings).resolve_fresh(NAME).addresses == ("127.0.0.2",)
+        assert select.select([silent], [], [], 0)[0]  # it was asked first
+
+
+def test_an_answer_too_big_for_a_datagram_is_asked_again_over_tcp(dns: DnsServer) -> None:
+    many = [f"127.0.1.{n}" for n in range(1, 61)]  # 60 A records: past 512 bytes
+    dns.set_address(NAME, many)
+    resolution = resolver_for(dns, ipv6=False).resolve_fresh(NAME)
+    assert sorted(resolution.addresses) == sorted(many)
+    assert [q.transport for q in dns.queries(name=NAME)] == ["udp", "tcp"]
+
+
+def test_a_fake_resolver_needs_only_resolve_fresh(dns: DnsServer) -> None:
+    class Fake:
+        def resolve_fresh(self, fqdn: str) -> Resolution:
+            return Resolution(fqdn, ("127.0.0.5",), 0)
+
+    assert resolve_within(Fake(), NAME, time.monotonic() + 1).addresses == ("127.0.0.5",)
+    dns.set_address(NAME, ["127.0.0.2"])
+    real = resolve_within(resolver_for(dns), NAME, time.monotonic() + 1)
+    assert real.addresses == ("127.0.0.2",)
