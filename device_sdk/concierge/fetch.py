@@ -15,9 +15,14 @@ needs an explicit opt-in (the local testbed uses it). Redirects are not
 followed: one could lead to plain HTTP or to another host. Every failure is a
 :class:`~device_sdk.errors.ConciergeUnavailable` carrying the original cause.
 
-Names are resolved fresh with the optional resolver (the concierge is often
-kept reachable by DNS redirection, which an OS cache would defeat); without
-one, the OS resolver is used and its lookup is outside the deadline.
+The host name is resolved fresh by the SDK's own resolver, which asks the
+nameservers directly (the concierge is often kept reachable by DNS
+redirection, which an OS cache would defeat), and within the same deadline: a
+nameserver that never answers costs the fetch its deadline, not the OS
+resolver's seconds of retries. A client passes the resolver for its
+``dns`` settings; a fetcher built without one asks resolv.conf's nameservers.
+IP literals and ``localhost`` need no DNS. A test's fake resolver (anything
+with ``resolve_fresh(fqdn)``) is asked without the deadline.
 """
 
 from __future__ import annotations
@@ -29,10 +34,10 @@ import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
-from device_sdk.adapters.resolver import Resolver
+from device_sdk.adapters.resolver import FreshResolver, Resolver, resolve_within
 from device_sdk.concierge.document import MAX_ENVELOPE_BYTES
-from device_sdk.config import is_ip_literal
-from device_sdk.errors import ConciergeUnavailable, ConfigError, ResolveError
+from device_sdk.config import DnsSettings, is_ip_literal
+from device_sdk.errors import ConciergeUnavailable, ConfigError, ConnectError
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -88,8 +93,10 @@ class ConciergeFetcher:
 
     ``timeout`` is the whole fetch's budget in seconds, ``max_bytes`` the largest
     body accepted. ``ca_file`` replaces the system trust store for the concierge's
-    certificate. ``allow_plain_http`` must be set for an ``http://`` URL. The
-    fetcher holds no connection between calls and is safe to share between threads.
+    certificate. ``allow_plain_http`` must be set for an ``http://`` URL.
+    ``resolver`` resolves the host (default: a :class:`FreshResolver` for
+    resolv.conf). The fetcher holds no connection between calls and is safe to
+    share between threads.
     """
 
     def __init__(
@@ -110,7 +117,7 @@ class ConciergeFetcher:
             raise ConfigError("concierge.max_bytes", max_bytes, "an integer >= 1")
         self._timeout = float(timeout)
         self._max_bytes = max_bytes
-        self._resolver = resolver
+        self._resolver = resolver if resolver is not None else FreshResolver(DnsSettings())
         self._context = _tls_context(ca_file) if tls else None
         default_port = 443 if tls else 80
         host = f"[{self._host}]" if ":" in self._host else self._host
@@ -127,8 +134,9 @@ class ConciergeFetcher:
             raise self._unavailable(f"no complete answer within {self._timeout:g} s") from exc
         except ssl.SSLCertVerificationError as exc:
             raise self._unavailable(f"certificate did not verify ({exc.verify_message})") from exc
-        except (OSError, http.client.HTTPException, ResolveError, ValueError) as exc:
-            # ValueError: e.g. a host name the IDNA codec refuses inside getaddrinfo.
+        except (OSError, http.client.HTTPException, ConnectError, ValueError) as exc:
+            # ConnectError: the resolver's (a ResolveError, or Cancelled when closing).
+            # ValueError: e.g. an address getaddrinfo refuses.
             raise self._unavailable(str(exc) or type(exc).__name__) from exc
 
     def _unavailable(self, reason: str) -> ConciergeUnavailable:
@@ -207,13 +215,16 @@ class ConciergeFetcher:
 
     def _addresses(self, deadline: float) -> list[_AddressInfo]:
         hosts: tuple[str, ...] = (self._host,)
-        if self._resolver is not None and not is_ip_literal(self._host):
-            hosts = self._resolver.resolve_fresh(self._host).addresses
+        if not is_ip_literal(self._host):
+            hosts = resolve_within(self._resolver, self._host, deadline).addresses
         _remaining(deadline)
+        # Numeric only: every host here is an address, and the OS resolver must
+        # never be asked (it would not honour the deadline).
+        numeric = socket.AI_NUMERICHOST
         return [
             info
             for host in hosts
-            for info in socket.getaddrinfo(host, self._port, type=socket.SOCK_STREAM)
+            for info in socket.getaddrinfo(host, self._port, type=socket.SOCK_STREAM, flags=numeric)
         ]
 
 

@@ -9,7 +9,11 @@ engine thread, and their answers come back through the engine's mailbox. An SRV
 lookup is part of an attempt (asked fresh before each one) and runs inline.
 
 Engine thread only: every method is called from the engine thread, and the
-``follow`` callback feeds the machine there.
+``follow`` callback feeds the machine there. So nothing a concierge document
+or an SRV answer holds may raise here: a document that would not make a valid
+hub set is refused where it becomes hubs (:func:`~device_sdk.concierge.source.map_document`)
+and reported as a ``ConciergeProblem``; an SRV answer that cannot be used is
+logged; either way the device carries on with its last hub list.
 """
 
 from __future__ import annotations
@@ -20,14 +24,15 @@ import time
 from collections.abc import Callable
 
 from device_sdk import events
+from device_sdk.adapters.cancel import NEVER, CancelToken
 from device_sdk.adapters.probe import hub_answers
-from device_sdk.adapters.resolver import Resolver
+from device_sdk.adapters.resolver import FreshResolver, Resolver
 from device_sdk.adapters.srv import discover_hubs
 from device_sdk.concierge.source import ConciergeAnswer, ConciergeSource
 from device_sdk.config import ClientConfig, HubEndpoint
 from device_sdk.core import failover as fsm
 from device_sdk.engine.side_tasks import SideTasks
-from device_sdk.errors import ConciergeError, DocumentRejected, ResolveError
+from device_sdk.errors import ConciergeError, ConnectError, DeviceSDKError, DocumentRejected
 from device_sdk.metrics import MetricsRecorder
 
 log = logging.getLogger("device_sdk")
@@ -50,7 +55,10 @@ Follow = Callable[[fsm.Input], None]
 
 
 class HubSources:
-    """The hub list and its three sources: the concierge, DNS SRV and failback probes."""
+    """The hub list and its three sources: the concierge, DNS SRV and failback probes.
+
+    ``cancel`` (the engine's) cuts the concierge's DNS lookup short on close.
+    """
 
     def __init__(
         self,
@@ -63,6 +71,7 @@ class HubSources:
         metrics: MetricsRecorder,
         emit: Emit,
         follow: Follow,
+        cancel: CancelToken = NEVER,
     ) -> None:
         self._config = config
         self._machine = machine  # read here; fed only through ``follow``
@@ -74,9 +83,12 @@ class HubSources:
         self._follow = follow
         # Hubs by name: the configured list, or the latest a concierge or SRV gave.
         self._hubs: dict[str, HubEndpoint] = {hub.name: hub for hub in config.hubs}
-        self._concierge = (
-            None if config.concierge is None else ConciergeSource(config.concierge, config.hubs)
-        )
+        self._concierge = None
+        if config.concierge is not None:
+            # The SDK's own resolver for the concierge's host, whatever resolves the
+            # hubs (a test may fake that one): its nameservers, within the deadline.
+            resolver = FreshResolver(config.dns, cancel=cancel)
+            self._concierge = ConciergeSource(config.concierge, config.hubs, resolver=resolver)
         self._next_concierge_at = 0.0
         self._next_probe_at = 0.0
 
@@ -144,9 +156,13 @@ class HubSources:
             hubs = discover_hubs(
                 srv.domain, secure=srv.secure, dns=self._config.dns, rng=self._rng, tls=srv.tls
             )
-        except ResolveError as exc:
+        except DeviceSDKError as exc:
+            # A ResolveError, or a ConfigError for an answer no HubEndpoint can hold.
             log.warning(
-                "SRV discovery for %s failed; keeping the last hub list: %s", srv.domain, exc
+                "SRV discovery for %s failed; keeping the last hub list: %s: %s",
+                srv.domain,
+                type(exc).__name__,
+                exc,
             )
             return
         finally:
@@ -173,7 +189,7 @@ class HubSources:
         timeout = self._config.liveness.connect_timeout
         self._side.start(
             "probe",
-            lambda: hub_answers(hub, self._resolver, timeout),
+            _probing(hub, self._resolver, timeout),
             lambda healthy: self._probe_result(hub.name, healthy),
         )
 
@@ -181,6 +197,16 @@ class HubSources:
         if hub not in self._machine.hubs:
             return  # withdrawn while the probe ran
         self._follow(fsm.ProbeResult(hub=hub, healthy=healthy))
+
+
+def _probing(hub: HubEndpoint, resolver: Resolver, timeout: float) -> Callable[[], bool]:
+    def probe() -> bool:
+        try:
+            return hub_answers(hub, resolver, timeout)
+        except ConnectError:  # Cancelled: the client is closing, and the answer is moot
+            return False
+
+    return probe
 
 
 def _asking(source: ConciergeSource) -> Callable[[], ConciergeAnswer | ConciergeError]:

@@ -9,8 +9,10 @@ device anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.server
+import secrets
 import threading
 import time
 import urllib.request
@@ -22,7 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device_sdk import DeviceClient, events
 from device_sdk.concierge.document import DocumentHub, EndpointDocument
-from device_sdk.concierge.signing import sign_document
+from device_sdk.concierge.service import ConciergeService, ConciergeServiceConfig
+from device_sdk.concierge.settings import ConciergeSettings
+from device_sdk.concierge.signing import sign_document, write_keypair
 from device_sdk.concierge.trust import ConciergeTrust
 from device_sdk.errors import (
     BadSignature,
@@ -319,3 +323,69 @@ def test_srv_answer_orders_the_hubs_and_a_changed_answer_is_used_next(
     ]
     assert dialled == [hub_name_for(secondary.fqdn, port)]
     assert testbed.dns.queries(name=service, rdtype="SRV")
+
+
+# --------------------------------------------------------------------------- hub sets
+
+
+@contextlib.contextmanager
+def reference_concierge(
+    tmp_path: Path, hubs: dict[str, DocumentHub], active: str
+) -> Iterator[tuple[ConciergeService, str]]:
+    """The real reference service naming ``hubs``; yields it and its public key to pin."""
+    keys = write_keypair(tmp_path / "keys", "k1")
+    token_file = tmp_path / "operator.token"
+    token_file.write_text(secrets.token_urlsafe(24))
+    config = ConciergeServiceConfig(
+        state_file=tmp_path / "state.json",
+        signing_key_file=keys.private_key_file,
+        kid="k1",
+        token_file=token_file,
+        hubs=hubs,
+        initial_active=active,
+        ttl=60,
+        port=0,
+    )
+    with ConciergeService(config) as service:
+        yield service, keys.public_key
+
+
+def test_a_document_whose_names_collide_with_the_devices_is_applied_safely(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    # The document calls a hub elsewhere "primary" (the device's own name, so it
+    # must be renamed) and also names a "c-primary": once, that gave two hubs called
+    # c-primary and stopped the engine. Both places lead to the secondary broker.
+    assert testbed.dns is not None
+    secondary = testbed.hub("secondary")
+    for place in ("other", "third"):
+        testbed.dns.set_address(f"{place}.{DOMAIN}", [secondary.address], ttl=1)
+    port = secondary.broker.port
+    hubs = {
+        "primary": DocumentHub(fqdn=f"other.{DOMAIN}", port=port, tls=False),
+        "c-primary": DocumentHub(fqdn=f"third.{DOMAIN}", port=port, tls=False),
+    }
+    collectors = collectors_for(testbed)
+    log = EventLog()
+    with reference_concierge(tmp_path, hubs, active="primary") as (service, public_key):
+        settings = ConciergeSettings(
+            url=f"{service.url}/v1/endpoint",
+            trust=ConciergeTrust(keys={"k1": public_key}, allowed_hubs=(f"*.{DOMAIN}",)),
+            poll_interval=0.3,
+            timeout=0.5,
+            allow_plain_http=True,
+            allow_plain_hubs=True,
+        )
+        config = testbed.client_config("collision-device", concierge=settings)
+        with DeviceClient(config, on_event=log) as client:
+            publisher = SteadyPublisher(client)
+            with publisher.running():
+                log.wait_for(events.Connected, 3.0, hub="c2-primary")
+                time.sleep(0.7)  # a few more polls of the same document
+            assert_nothing_lost(publisher, *collectors)
+            assert client.metrics().current_hub == "c2-primary"
+            assert client.metrics().engine_state != "failed"
+    updates = log.of(events.ConciergeUpdate)
+    assert len(updates) >= 2 and {u.active_hub for u in updates} == {"c2-primary"}  # type: ignore[attr-defined]
+    assert not log.of(events.ConciergeProblem)
+    assert not log.of(events.EngineFault)
