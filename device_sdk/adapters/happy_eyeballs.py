@@ -19,6 +19,8 @@ import socket
 import time
 from dataclasses import dataclass
 
+from device_sdk.adapters.cancel import NEVER, CancelToken
+
 __all__ = ["CONNECTION_ATTEMPT_DELAY", "Race", "race_connects"]
 
 # RFC 8305, section 5: the recommended delay between starting connection attempts.
@@ -39,19 +41,23 @@ def race_connects(
     *,
     timeout: float,
     stagger: float = CONNECTION_ATTEMPT_DELAY,
+    cancel: CancelToken = NEVER,
 ) -> Race:
     """Race TCP connects to ``addresses`` (in their order, ``stagger`` apart) for ``timeout``.
 
     Every socket opened here is closed before it returns; the winner is dialled
     again by the caller. Bounded: at most one connect per address, and no wait
-    past ``timeout``.
+    past ``timeout``. ``cancel`` ends the race at once with
+    :class:`~device_sdk.adapters.cancel.Cancelled`.
     """
+    cancel.check("the connect race")
     deadline = time.monotonic() + timeout
     waiting = list(addresses)
     failures: dict[str, OSError] = {}
     racing: dict[socket.socket, str] = {}
     next_start = 0.0
     with selectors.DefaultSelector() as selector:
+        selector.register(cancel, selectors.EVENT_READ)
         try:
             while (waiting or racing) and (now := time.monotonic()) < deadline:
                 if waiting and (not racing or now >= next_start):
@@ -67,6 +73,9 @@ def race_connects(
                     continue
                 until = deadline if not waiting else min(deadline, next_start)
                 for key, _events in selector.select(max(0.0, until - now)):
+                    if key.fileobj is cancel:
+                        cancel.check("the connect race")  # readable: it raises
+                        continue
                     done = key.fileobj
                     assert isinstance(done, socket.socket)
                     address = racing.pop(done)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from device_sdk import events
+from device_sdk.adapters.cancel import NEVER, Cancelled, CancelToken
 from device_sdk.adapters.happy_eyeballs import race_connects
 from device_sdk.adapters.paho_link import LinkSettings, PahoLink
 from device_sdk.adapters.resolver import Resolver
@@ -43,7 +44,12 @@ def link_settings(config: ClientConfig) -> LinkSettings:
 
 
 class Dialer:
-    """Resolves a hub fresh and opens a link to the first address that answers."""
+    """Resolves a hub fresh and opens a link to the first address that answers.
+
+    ``cancel`` (the engine's, set by ``close()``) cuts the connect race and the
+    link's own waits short with :class:`~device_sdk.adapters.cancel.Cancelled`;
+    the resolver takes the same token when it is built.
+    """
 
     def __init__(
         self,
@@ -53,6 +59,7 @@ class Dialer:
         link_factory: LinkFactory,
         metrics: MetricsRecorder,
         emit: Emit,
+        cancel: CancelToken = NEVER,
     ) -> None:
         self._settings = link_settings(config)
         self._connect_timeout = config.liveness.connect_timeout
@@ -60,6 +67,7 @@ class Dialer:
         self._link_factory = link_factory
         self._metrics = metrics
         self._emit = emit
+        self._cancel = cancel
 
     def open(self, hub: HubEndpoint, *, resume: PahoLink | None = None) -> PahoLink:
         """A link to ``hub``, reusing ``resume``'s MQTT session when it is given."""
@@ -93,6 +101,8 @@ class Dialer:
             deadline = time.monotonic() + self._connect_timeout
             try:
                 return self._dial(hub, address, deadline, resume)
+            except Cancelled:
+                raise  # closing: not a failure of this address, and no next one
             except ConnectError as exc:
                 self._emit(
                     events.DialFailed(at=time.monotonic(), hub=hub.name, address=address, error=exc)
@@ -111,7 +121,9 @@ class Dialer:
         within the connect timeout, each is reported as the dial loop would have,
         without spending that timeout once more per address.
         """
-        race = race_connects(addresses, hub.port, timeout=self._connect_timeout)
+        race = race_connects(
+            addresses, hub.port, timeout=self._connect_timeout, cancel=self._cancel
+        )
         if race.winner is not None:
             return (race.winner, *(a for a in addresses if a != race.winner))
         error: DialError | None = None
@@ -131,8 +143,8 @@ class Dialer:
         self, hub: HubEndpoint, address: str, deadline: float, resume: PahoLink | None
     ) -> PahoLink:
         if resume is not None:
-            resume.reopen(address, deadline)
+            resume.reopen(address, deadline, cancel=self._cancel)
             return resume
         link = self._link_factory(hub, address, self._settings)
-        link.open(deadline)
+        link.open(deadline, cancel=self._cancel)
         return link
