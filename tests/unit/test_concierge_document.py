@@ -152,8 +152,10 @@ def test_canonical_form_refuses_what_other_languages_cannot_reproduce(value: obj
         canonical_bytes(value)
 
 
-def test_a_document_hub_becomes_a_hub_endpoint() -> None:
-    tls = TlsSettings(ca_file="/etc/ca.pem")
+def test_a_document_hub_becomes_a_hub_endpoint(tmp_path: Path) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("not parsed here\n")
+    tls = TlsSettings(ca_file=str(ca_file))
     secure = DocumentHub(fqdn="a.example.com", port=8883, tls=True).endpoint("a", tls=tls)
     plain = DocumentHub(fqdn="b.example.com", port=1883, tls=False).endpoint("b", tls=tls)
     assert (secure.fqdn, secure.port, secure.tls) == ("a.example.com", 8883, tls)
