@@ -32,6 +32,8 @@ import dns.inet
 import dns.message
 import dns.query
 import dns.rcode
+import dns.rdata
+import dns.rdatatype
 import dns.rdtypes.IN.A
 import dns.rdtypes.IN.AAAA
 import dns.resolver
@@ -61,18 +63,6 @@ class Resolution:
     fqdn: str
     addresses: tuple[str, ...]
     queried: int  # DNS queries sent (0 for IP literals and localhost)
-
-
-def uncached_resolver(settings: DnsSettings) -> dns.resolver.Resolver:
-    """A dnspython resolver for ``settings`` with no cache (see the module docstring)."""
-    resolver = dns.resolver.Resolver(configure=not settings.nameservers)
-    if settings.nameservers:
-        resolver.nameservers = list(settings.nameservers)
-    resolver.port = settings.port
-    resolver.timeout = settings.timeout
-    resolver.lifetime = settings.lifetime
-    resolver.cache = None  # explicit: dnspython's default today, and it must stay so
-    return resolver
 
 
 class Resolver(Protocol):
@@ -119,8 +109,7 @@ class FreshResolver:
             return Resolution(fqdn, (host,), 0)
         if host.lower() == "localhost":
             return Resolution(fqdn, _LOCALHOST, 0)
-        end = time.monotonic() + self._settings.lifetime
-        end = end if deadline is None else min(end, deadline)
+        end = self._end(deadline)
         servers = self._nameservers()
         v4, v4_error = self._lookup(host, "A", servers, end)
         if isinstance(v4_error, NameNotFound):
@@ -128,11 +117,31 @@ class FreshResolver:
         v6, v6_error = (
             self._lookup(host, "AAAA", servers, end) if self._settings.ipv6 else ((), None)
         )
-        addresses = _interleave(v6, v4)
+        addresses = _interleave(_addresses(v6), _addresses(v4))
         queried = 2 if self._settings.ipv6 else 1
         if addresses:
             return Resolution(fqdn, addresses, queried)
         raise v4_error or v6_error or NoAddress(f"{host} has no A or AAAA records")
+
+    def records(
+        self, name: str, rdtype: str, *, deadline: float | None = None
+    ) -> tuple[dns.rdata.Rdata, ...]:
+        """The ``rdtype`` records of ``name`` (for example SRV), asked fresh like addresses.
+
+        The same nameservers, timeouts, lifetime and cancellation as
+        :meth:`resolve_fresh`. An empty tuple when the name exists without such
+        records; a :class:`ResolveError` subclass (or ``Cancelled``) otherwise.
+        """
+        found, error = self._lookup(
+            name.rstrip("."), rdtype, self._nameservers(), self._end(deadline)
+        )
+        if error is not None:
+            raise error
+        return found
+
+    def _end(self, deadline: float | None) -> float:
+        end = time.monotonic() + self._settings.lifetime
+        return end if deadline is None else min(end, deadline)
 
     def _nameservers(self) -> tuple[str, ...]:
         if self._settings.nameservers:
@@ -149,7 +158,7 @@ class FreshResolver:
 
     def _lookup(
         self, host: str, rdtype: str, servers: tuple[str, ...], end: float
-    ) -> tuple[tuple[str, ...], ResolveError | None]:
+    ) -> tuple[tuple[dns.rdata.Rdata, ...], ResolveError | None]:
         """Ask ``servers`` in turn until one answers; the error says why none did."""
         try:
             query = dns.message.make_query(host, rdtype)
@@ -164,7 +173,7 @@ class FreshResolver:
             if not live or left <= 0:
                 break
             server = live[turn % len(live)]
-            outcome = _judge(host, exchange.ask(server, min(self._settings.timeout, left)))
+            outcome = _judge(host, rdtype, exchange.ask(server, min(self._settings.timeout, left)))
             if outcome is None:
                 turn += 1  # silent: the next one, and this one again while time is left
             elif isinstance(outcome, str):
@@ -181,8 +190,8 @@ class FreshResolver:
 
 
 def _judge(
-    host: str, response: dns.message.QueryMessage | str | None
-) -> tuple[tuple[str, ...], NameNotFound | None] | str | None:
+    host: str, rdtype: str, response: dns.message.QueryMessage | str | None
+) -> tuple[tuple[dns.rdata.Rdata, ...], NameNotFound | None] | str | None:
     """What one try says: the lookup's result, why the nameserver is no good, or None (silent).
 
     NOERROR (with or without addresses) and NXDOMAIN end the lookup; any other
@@ -201,10 +210,13 @@ def _judge(
         return f"an unusable answer: {type(exc).__name__}"
     if answer is None:
         return (), None  # the name exists without records of this type
-    addresses = (
-        r.address for r in answer if isinstance(r, dns.rdtypes.IN.A.A | dns.rdtypes.IN.AAAA.AAAA)
-    )
-    return tuple(addresses), None
+    wanted = dns.rdatatype.from_text(rdtype)
+    return tuple(r for r in answer if r.rdtype == wanted), None
+
+
+def _addresses(records: tuple[dns.rdata.Rdata, ...]) -> tuple[str, ...]:
+    kinds = dns.rdtypes.IN.A.A | dns.rdtypes.IN.AAAA.AAAA
+    return tuple(r.address for r in records if isinstance(r, kinds))
 
 
 class _Exchange:
@@ -293,20 +305,6 @@ def _query_message(response: object) -> dns.message.QueryMessage | str:
 def _failure(message: str, cause: BaseException) -> ResolverFailure:
     error = ResolverFailure(message)
     error.__cause__ = cause
-    return error
-
-
-def translate_dns_error(host: str, rdtype: str, exc: dns.exception.DNSException) -> ResolveError:
-    """dnspython's exceptions become ours here, and only here."""
-    if isinstance(exc, dns.resolver.NXDOMAIN):
-        error: ResolveError = NameNotFound(f"{host} does not exist (NXDOMAIN)")
-    elif isinstance(exc, dns.resolver.LifetimeTimeout | dns.exception.Timeout):
-        error = ResolveTimeout(f"no nameserver answered for {host} {rdtype} in time")
-    elif isinstance(exc, dns.resolver.NoNameservers):
-        error = ResolverFailure(f"every nameserver failed for {host} {rdtype}: {exc}")
-    else:
-        error = ResolverFailure(f"DNS lookup of {host} {rdtype} failed: {exc}")
-    error.__cause__ = exc
     return error
 
 

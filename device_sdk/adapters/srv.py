@@ -17,12 +17,11 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import dns.exception
 import dns.name
 import dns.rdtypes.IN.SRV
-import dns.resolver
 
-from device_sdk.adapters.resolver import translate_dns_error, uncached_resolver
+from device_sdk.adapters.cancel import NEVER, CancelToken
+from device_sdk.adapters.resolver import FreshResolver
 from device_sdk.config import DnsSettings, HubEndpoint, TlsSettings
 from device_sdk.errors import ConfigError, NoAddress, ResolverFailure
 
@@ -68,6 +67,7 @@ def discover_hubs(
     dns: DnsSettings,
     rng: random.Random,
     tls: TlsSettings | None = None,
+    cancel: CancelToken = NEVER,
 ) -> tuple[HubEndpoint, ...]:
     """The hubs the domain's SRV records name, in RFC 2782 order, asked fresh.
 
@@ -75,11 +75,14 @@ def discover_hubs(
     store) or ``_mqtt`` (plain). ``rng`` drives the weighted choice, so tests
     can seed it. Raises a :class:`~device_sdk.errors.ResolveError` subclass:
     NameNotFound (NXDOMAIN), NoAddress (no SRV records, or the "." target that
-    says the service is decidedly not available), ResolverFailure, ResolveTimeout.
+    says the service is decidedly not available), ResolverFailure, ResolveTimeout;
+    ``Cancelled`` once ``cancel`` is set (the lookup is asked like any hub name,
+    through :class:`~device_sdk.adapters.resolver.FreshResolver`).
     """
     name = service_name(domain, secure=secure)
     hub_tls = (tls if tls is not None else TlsSettings()) if secure else None
-    return hubs_from_records(name, _query(name, dns), rng=rng, tls=hub_tls)
+    found = FreshResolver(dns, cancel=cancel).records(name, "SRV")
+    return hubs_from_records(name, _records(found), rng=rng, tls=hub_tls)
 
 
 def hubs_from_records(
@@ -106,15 +109,8 @@ def hubs_from_records(
     return tuple(hubs)
 
 
-def _query(name: str, settings: DnsSettings) -> list[SrvRecord]:
-    try:
-        answer = uncached_resolver(settings).resolve(
-            name, "SRV", search=False, raise_on_no_answer=False
-        )
-    except dns.exception.DNSException as exc:
-        raise translate_dns_error(name, "SRV", exc) from exc
-    rdatas = list(answer.rrset) if answer.rrset is not None else []
-    return [_record(rdata) for rdata in rdatas if isinstance(rdata, dns.rdtypes.IN.SRV.SRV)]
+def _records(found: Sequence[object]) -> list[SrvRecord]:
+    return [_record(r) for r in found if isinstance(r, dns.rdtypes.IN.SRV.SRV)]
 
 
 def _record(rdata: dns.rdtypes.IN.SRV.SRV) -> SrvRecord:
@@ -128,11 +124,13 @@ def _record(rdata: dns.rdtypes.IN.SRV.SRV) -> SrvRecord:
 
 
 def _checked(name: str, records: list[SrvRecord]) -> list[SrvRecord]:
-    """Drop records a HubEndpoint cannot take (port 0, a target that is not a host name)."""
+    """Drop records a HubEndpoint cannot take (port 0, a target that is not a host name,
+    or one whose hub name would be invalid, such as an IPv6 literal's)."""
     good = []
     for record in records:
         try:
-            HubEndpoint(name="check", fqdn=record.target, port=record.port, tls=None)
+            name_for = hub_name_for(record.target, record.port)
+            HubEndpoint(name=name_for, fqdn=record.target, port=record.port, tls=None)
         except ConfigError:
             continue
         good.append(record)

@@ -81,6 +81,7 @@ class HubSources:
         self._metrics = metrics
         self._emit = emit
         self._follow = follow
+        self._cancel = cancel
         # Hubs by name: the configured list, or the latest a concierge or SRV gave.
         self._hubs: dict[str, HubEndpoint] = {hub.name: hub for hub in config.hubs}
         self._concierge = None
@@ -154,7 +155,12 @@ class HubSources:
             return
         try:
             hubs = discover_hubs(
-                srv.domain, secure=srv.secure, dns=self._config.dns, rng=self._rng, tls=srv.tls
+                srv.domain,
+                secure=srv.secure,
+                dns=self._config.dns,
+                rng=self._rng,
+                tls=srv.tls,
+                cancel=self._cancel,
             )
         except DeviceSDKError as exc:
             # A ResolveError, or a ConfigError for an answer no HubEndpoint can hold.

@@ -9,6 +9,7 @@ end with Cancelled well inside its own timeout.
 from __future__ import annotations
 
 import contextlib
+import random
 import select
 import socket
 import threading
@@ -22,6 +23,7 @@ from device_sdk.adapters.cancel import Cancelled, CancelToken
 from device_sdk.adapters.happy_eyeballs import race_connects
 from device_sdk.adapters.paho_link import PahoLink
 from device_sdk.adapters.resolver import FreshResolver, Resolution
+from device_sdk.adapters.srv import discover_hubs
 from device_sdk.concierge.fetch import ConciergeFetcher
 from device_sdk.config import ClientConfig, DnsSettings, HubEndpoint
 from device_sdk.engine.dialer import Dialer
@@ -176,3 +178,19 @@ def test_a_dial_into_a_blackhole_stops_when_cancelled(token: CancelToken, addres
     assert took < PROMPT
     # Closing is not a failure of the hub's addresses.
     assert not [e for e in emitted if isinstance(e, events.DialFailed)]
+
+
+def test_an_srv_lookup_on_a_silent_nameserver_stops_when_cancelled(token: CancelToken) -> None:
+    with silent_nameserver() as nameserver:
+        settings = DnsSettings(
+            nameservers=("127.0.0.1",), port=nameserver.getsockname()[1], timeout=5, lifetime=10
+        )
+        worker = Worker(
+            lambda: discover_hubs(
+                "device-sdk.test", secure=False, dns=settings, rng=random.Random(1), cancel=token
+            )
+        )
+        wait_for_query(nameserver)
+        took = cancel_while_waiting(token, worker)
+    assert isinstance(worker.error, Cancelled), worker.error
+    assert took < PROMPT
