@@ -9,13 +9,17 @@ allowed, never deep inside a reconnect.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from device_sdk.core.failover import FailoverPolicy
 from device_sdk.core.liveness import LivenessPolicy
 from device_sdk.core.retry import RetryPolicy
+from device_sdk.core.topics import MAX_STRING_BYTES, check_mqtt_string, shown
 from device_sdk.errors import ConfigError
 
 if TYPE_CHECKING:  # the concierge package builds on this module
@@ -24,11 +28,18 @@ if TYPE_CHECKING:  # the concierge package builds on this module
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 # The largest packet MQTT can express: a four-byte remaining length, plus its header.
 _MQTT_MAX = 268_435_455 + 5
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+# The longest wait or interval a setting may name. Far beyond any sensible value, and
+# far below where a deadline computed from it overflows the OS's timers on the engine
+# thread (which is why inf is refused too).
+LONGEST_SECONDS = 30 * 24 * 3600.0
+_MAX_SESSION_EXPIRY = 0xFFFF_FFFF  # a four-byte integer in CONNECT (MQTT 5 §3.1.2.11.2)
 
 
 def is_ip_literal(host: str) -> bool:
     """True when ``host`` is an IPv4 or IPv6 literal (dialled without DNS)."""
+    if not isinstance(host, str):  # ip_address() would take an int or 4 bytes
+        return False
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -37,12 +48,15 @@ def is_ip_literal(host: str) -> bool:
 
 
 def _check_fqdn(field_name: str, fqdn: str) -> None:
+    allowed = "a DNS name (letters, digits, '-', dots) or IP literal"
+    if not isinstance(fqdn, str):
+        raise ConfigError(field_name, fqdn, allowed)
     name = fqdn.rstrip(".")
     if is_ip_literal(name):
         return
     labels = name.split(".")
-    if not name or len(name) > 253 or not all(_LABEL.match(label) for label in labels):
-        raise ConfigError(field_name, fqdn, "a DNS name (letters, digits, '-', dots) or IP literal")
+    if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ConfigError(field_name, shown(fqdn), allowed)
 
 
 def _check_port(field_name: str, port: int) -> None:
@@ -50,9 +64,91 @@ def _check_port(field_name: str, port: int) -> None:
         raise ConfigError(field_name, port, "an integer port from 1 to 65535")
 
 
-def _check_positive(field_name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(field_name, value, "a number greater than 0")
+def check_seconds(field_name: str, value: object) -> None:
+    """A finite number of seconds greater than 0 and at most LONGEST_SECONDS.
+
+    ``bool`` is not a number; NaN fails every comparison, so the range is tested
+    as one positive condition rather than as ``value <= 0``, which NaN would pass.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= LONGEST_SECONDS
+    ):
+        raise ConfigError(
+            field_name, value, f"a number greater than 0, at most {LONGEST_SECONDS:g} seconds"
+        )
+
+
+def check_wait(field_name: str, value: object, *, none_ok: bool) -> None:
+    """How long a call may block: seconds from 0 up to what the OS can wait, or None
+    (no limit) where ``none_ok``."""
+    if value is None and none_ok:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= threading.TIMEOUT_MAX
+    ):
+        unlimited = "None (no limit) or " if none_ok else ""
+        raise ConfigError(
+            field_name,
+            value,
+            f"{unlimited}a number of seconds from 0 to {threading.TIMEOUT_MAX:.0f}",
+        )
+
+
+def _check_bool(field_name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(field_name, value, "True or False")
+
+
+def _check_instance(field_name: str, value: object, kind: type, *, none_ok: bool) -> None:
+    if not (isinstance(value, kind) or (value is None and none_ok)):
+        allowed = f"a {kind.__name__}" + (" or None" if none_ok else "")
+        raise ConfigError(field_name, value, allowed)
+
+
+def check_path(field_name: str, path: object) -> str:
+    """``path`` as text the OS takes for a file name: a non-empty str without NUL,
+    encodable in the file system's encoding (which takes the lone surrogates that
+    stand for undecodable bytes of a name the OS listed)."""
+    if not isinstance(path, str) or not path:
+        raise ConfigError(field_name, path, "a file path (a non-empty str)")
+    try:
+        encodable = "\0" not in path and bool(os.fsencode(path))
+    except UnicodeEncodeError:
+        encodable = False
+    if not encodable:
+        raise ConfigError(
+            field_name, shown(path), "a path without NUL, encodable in the file system's encoding"
+        )
+    return path
+
+
+def check_readable_file(field_name: str, path: object) -> None:
+    """``path`` names an existing, regular file this process may read.
+
+    Checked when the settings are built, so a typo fails at start and names the
+    field, not at the first dial on the engine thread. Only the file's existence
+    and mode are checked, not its contents: the file is read again at every dial
+    (certificates are rotated in place), so a bad one fails that dial anyway, and
+    parsing a system-size CA bundle here would cost tens of ms on every build.
+    """
+    text = check_path(field_name, path)
+    try:
+        mode = os.stat(text).st_mode
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            field_name, shown(text), f"an existing, readable regular file (here: {reason})"
+        ) from exc
+    if not stat.S_ISREG(mode):
+        raise ConfigError(
+            field_name, shown(text), "a regular file (here: a directory, device or pipe)"
+        )
+    if not os.access(text, os.R_OK):
+        raise ConfigError(field_name, shown(text), "a file this process may read (here: denied)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,6 +174,10 @@ class TlsSettings:
                 self.client_key_file,
                 "set together with tls.client_cert_file, or neither",
             )
+        for name in ("ca_file", "client_cert_file", "client_key_file"):
+            path = getattr(self, name)
+            if path is not None:
+                check_readable_file(f"tls.{name}", path)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,10 +194,13 @@ class HubEndpoint:
     tls: TlsSettings | None = field(default_factory=TlsSettings)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _HUB_NAME.match(self.name):
-            raise ConfigError("hub.name", self.name, "1-63 characters: letters, digits, _ . -")
+        if not isinstance(self.name, str) or not _HUB_NAME.fullmatch(self.name):
+            raise ConfigError(
+                "hub.name", shown(self.name), "1-63 characters: letters, digits, _ . -"
+            )
         _check_fqdn(f"hubs[{self.name}].fqdn", self.fqdn)
         _check_port(f"hubs[{self.name}].port", self.port)
+        _check_instance(f"hubs[{self.name}].tls", self.tls, TlsSettings, none_ok=True)
 
     @property
     def authority(self) -> str:
@@ -120,12 +223,15 @@ class DnsSettings:
     ipv6: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.nameservers, tuple | list):
+            raise ConfigError("dns.nameservers", self.nameservers, "a tuple of IP addresses")
         for server in self.nameservers:
             if not is_ip_literal(server):
-                raise ConfigError("dns.nameservers", server, "IP addresses of nameservers")
+                raise ConfigError("dns.nameservers", shown(server), "IP addresses of nameservers")
         _check_port("dns.port", self.port)
-        _check_positive("dns.timeout", self.timeout)
-        _check_positive("dns.lifetime", self.lifetime)
+        check_seconds("dns.timeout", self.timeout)
+        check_seconds("dns.lifetime", self.lifetime)
+        _check_bool("dns.ipv6", self.ipv6)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,6 +240,24 @@ class Credentials:
 
     username: str
     password: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        check_mqtt_string("credentials.username", self.username, allow_empty=True)
+        # MQTT carries the password as binary data: any text that encodes is fine. The
+        # error never shows it, nor chains the UnicodeEncodeError that holds it.
+        hidden = "<hidden>"
+        if not isinstance(self.password, str):
+            raise ConfigError("credentials.password", hidden, "a string")
+        try:
+            size = len(self.password.encode("utf-8"))
+        except UnicodeEncodeError:
+            size = -1  # raised below, outside this handler, so nothing chains to it
+        if size < 0:
+            raise ConfigError(
+                "credentials.password", hidden, "text encodable as UTF-8 (no lone surrogates)"
+            )
+        if size > MAX_STRING_BYTES:
+            raise ConfigError("credentials.password", hidden, f"at most {MAX_STRING_BYTES} bytes")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,6 +277,8 @@ class OutboxSettings:
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
     def __post_init__(self) -> None:
+        if self.path is not None:
+            check_path("outbox.path", self.path)
         for name in ("max_messages", "max_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -179,6 +305,8 @@ class SrvSettings:
 
     def __post_init__(self) -> None:
         _check_fqdn("srv.domain", self.domain)
+        _check_bool("srv.secure", self.secure)
+        _check_instance("srv.tls", self.tls, TlsSettings, none_ok=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -224,19 +352,58 @@ class ClientConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.client_id, str) or not 1 <= len(self.client_id) <= 128:
-            raise ConfigError("client_id", self.client_id, "a string of 1 to 128 characters")
-        if not self.hubs:
+            raise ConfigError("client_id", shown(self.client_id), "a string of 1 to 128 characters")
+        check_mqtt_string("client_id", self.client_id)
+        self._check_hubs()
+        self._check_parts()
+        if self.mqtt_version not in ("3.1.1", "5"):
+            raise ConfigError("mqtt_version", self.mqtt_version, "'3.1.1' or '5'")
+        self._check_counts()
+        check_seconds("failback_probe_interval", self.failback_probe_interval)
+        delay = self.publish_batch_delay
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= 0.1:
+            raise ConfigError("publish_batch_delay", delay, "seconds from 0 to 0.1")
+        check_mqtt_string("message_id_property", self.message_id_property)
+        _check_bool("envelope", self.envelope)
+        if self.concierge is not None and self.srv is not None:
+            raise ConfigError("srv", self.srv.domain, "unset when a concierge names the hubs")
+
+    def _check_hubs(self) -> None:
+        if not isinstance(self.hubs, tuple | list) or not self.hubs:
             raise ConfigError("hubs", self.hubs, "at least one HubEndpoint")
+        for hub in self.hubs:
+            _check_instance("hubs", hub, HubEndpoint, none_ok=False)
         names = [hub.name for hub in self.hubs]
         if len(set(names)) != len(names):
             raise ConfigError("hubs", names, "hub names that are unique")
-        if self.mqtt_version not in ("3.1.1", "5"):
-            raise ConfigError("mqtt_version", self.mqtt_version, "'3.1.1' or '5'")
-        for name in ("inflight_window", "session_expiry"):
+
+    def _check_parts(self) -> None:
+        for name, kind, none_ok in (
+            ("dns", DnsSettings, False),
+            ("retry", RetryPolicy, False),
+            ("failover", FailoverPolicy, False),
+            ("liveness", LivenessPolicy, False),
+            ("credentials", Credentials, True),
+            ("outbox", OutboxSettings, False),
+            ("srv", SrvSettings, True),
+        ):
+            _check_instance(name, getattr(self, name), kind, none_ok=none_ok)
+        if self.concierge is not None:
+            # Imported only here: the concierge package builds on this module.
+            from device_sdk.concierge.settings import ConciergeSettings
+
+            _check_instance("concierge", self.concierge, ConciergeSettings, none_ok=True)
+
+    def _check_counts(self) -> None:
+        for name, low, high in (
+            ("inflight_window", 1, 65535),
+            ("session_expiry", 0, _MAX_SESSION_EXPIRY),
+        ):
             value = getattr(self, name)
-            minimum = 0 if name == "session_expiry" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(name, value, f"an integer of at least {minimum}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(name, value, f"an integer of at least {low}")
+            if value > high:
+                raise ConfigError(name, value, f"at most {high}")
         size = self.max_packet_size
         if isinstance(size, bool) or not isinstance(size, int) or not 128 <= size <= _MQTT_MAX:
             raise ConfigError(
@@ -245,14 +412,6 @@ class ClientConfig:
         poison = self.poison_after
         if isinstance(poison, bool) or not isinstance(poison, int) or not 1 <= poison <= 100:
             raise ConfigError("poison_after", poison, "an integer from 1 to 100")
-        if self.inflight_window > 65535:
-            raise ConfigError("inflight_window", self.inflight_window, "at most 65535")
-        _check_positive("failback_probe_interval", self.failback_probe_interval)
-        delay = self.publish_batch_delay
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= 0.1:
-            raise ConfigError("publish_batch_delay", delay, "seconds from 0 to 0.1")
-        if self.concierge is not None and self.srv is not None:
-            raise ConfigError("srv", self.srv.domain, "unset when a concierge names the hubs")
 
     def hub(self, name: str) -> HubEndpoint:
         """The hub called ``name``; ConfigError when there is none."""

@@ -5,8 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from device_sdk.concierge.document import MAX_ENVELOPE_BYTES
+from device_sdk.concierge.fetch import _split_url
 from device_sdk.concierge.trust import ConciergeTrust
-from device_sdk.config import TlsSettings
+from device_sdk.config import (
+    LONGEST_SECONDS,
+    TlsSettings,
+    check_path,
+    check_readable_file,
+)
+from device_sdk.core.topics import check_mqtt_string
 from device_sdk.errors import ConfigError
 
 
@@ -39,9 +46,37 @@ class ConciergeSettings:
     allow_plain_hubs: bool = False
 
     def __post_init__(self) -> None:
+        for flag in ("allow_plain_http", "allow_plain_hubs"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"concierge.{flag}", getattr(self, flag), "True or False")
+        if not isinstance(self.url, str):
+            raise ConfigError("concierge.url", self.url, "an https:// URL")
+        check_mqtt_string("concierge.url", self.url)  # it goes into the request line
+        _split_url(self.url, self.allow_plain_http)  # the fetcher's own rule: raises ConfigError
+        if not isinstance(self.trust, ConciergeTrust):
+            raise ConfigError("concierge.trust", self.trust, "a ConciergeTrust")
         for name in ("poll_interval", "timeout"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"concierge.{name}", value, "a number of seconds > 0")
-        if not isinstance(self.poll_jitter, int | float) or not 0 <= self.poll_jitter < 1:
-            raise ConfigError("concierge.poll_jitter", self.poll_jitter, "a fraction in [0, 1)")
+            # One positive range test: NaN fails it, where ``value <= 0`` would let NaN in.
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 < value <= LONGEST_SECONDS
+            ):
+                raise ConfigError(
+                    f"concierge.{name}",
+                    value,
+                    f"a number of seconds > 0, at most {LONGEST_SECONDS:g}",
+                )
+        jitter = self.poll_jitter
+        if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
+            raise ConfigError("concierge.poll_jitter", jitter, "a fraction in [0, 1)")
+        size = self.max_bytes
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError("concierge.max_bytes", size, "an integer >= 1")
+        if self.ca_file is not None:
+            check_readable_file("concierge.ca_file", self.ca_file)
+        if self.state_file is not None:
+            check_path("concierge.state_file", self.state_file)
+        if not isinstance(self.hub_tls, TlsSettings):
+            raise ConfigError("concierge.hub_tls", self.hub_tls, "a TlsSettings")
