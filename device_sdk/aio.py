@@ -31,8 +31,8 @@ from typing import Generic, TypeVar, TypeVarTuple
 
 from device_sdk.adapters.resolver import Resolver
 from device_sdk.client import DeviceClient
-from device_sdk.config import ClientConfig
-from device_sdk.core.topics import check_topic_filter
+from device_sdk.config import ClientConfig, check_wait
+from device_sdk.core.topics import check_qos, check_topic_filter
 from device_sdk.errors import ClientClosed, DeviceSDKError
 from device_sdk.events import Event
 from device_sdk.metrics import Metrics
@@ -100,6 +100,7 @@ class AsyncDeviceClient:
         engine keeps trying, as with DeviceClient) or
         :class:`~device_sdk.errors.RecoveryFailed` when the retry policy gives up.
         """
+        check_wait("timeout", timeout, none_ok=True)  # here, not on the connecting thread
         await _off_loop(f"{self._thread_prefix}-connect", lambda: self._client.connect(timeout))
 
     def publish_nowait(self, topic: str, payload: bytes | str, qos: int = 1) -> PublishHandle:
@@ -151,6 +152,7 @@ class AsyncDeviceClient:
         same QoS changes nothing. (It does not wait for the SUBACK: the
         subscription is sent ahead of any later publish on the same link.)
         """
+        self._check_subscription(topic_filter, qos)
         self._ensure_subscribed(topic_filter, qos)
 
     def messages(
@@ -172,6 +174,7 @@ class AsyncDeviceClient:
         loop = asyncio.get_running_loop()
         if topic_filter is None:
             return AsyncStream(self._all_messages, loop, max_queued, "messages")
+        self._check_subscription(topic_filter, qos)  # before a stream is attached
         stream = AsyncStream(
             self._fanout_for(topic_filter), loop, max_queued, f"messages on {topic_filter}"
         )
@@ -206,6 +209,7 @@ class AsyncDeviceClient:
         Safe to call again, and to cancel: the closing thread finishes its work
         even if the task awaiting it is cancelled.
         """
+        check_wait("timeout", timeout, none_ok=False)  # before anything is stopped
         if self._closed is None:
             fanouts: list[Fanout[Event] | Fanout[Message]] = [self._events, self._all_messages]
             fanouts += self._by_filter.values()
@@ -243,6 +247,13 @@ class AsyncDeviceClient:
     @property
     def _thread_prefix(self) -> str:
         return f"device-sdk-aio-{self._client.config.client_id}"
+
+    @staticmethod
+    def _check_subscription(topic_filter: str, qos: int) -> None:
+        # Before the filter is used as a key or its QoS compared: an unhashable filter
+        # or qos=True (== 1) must be refused, not raise TypeError or pass as a repeat.
+        check_topic_filter(topic_filter)
+        check_qos(qos)
 
     def _fanout_for(self, topic_filter: str) -> Fanout[Message]:
         check_topic_filter(topic_filter)  # first: a bad filter must not get a fanout
