@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from device_sdk.config import OutboxSettings, check_wait
 from device_sdk.core.message_id import MessageIdSource
 from device_sdk.errors import ClientClosed, DeviceSDKError, MessageDropped, OutboxFull
 
@@ -48,6 +49,7 @@ class PublishHandle:
 
     def wait(self, timeout: float | None = None) -> None:
         if not self._done:
+            check_wait("timeout", timeout, none_ok=True)
             with _HANDLES_LOCK:
                 if not self._done and self._event is None:
                     self._event = threading.Event()
@@ -166,6 +168,8 @@ class MemoryOutbox:
         max_bytes: int,
         overflow: Literal["reject", "drop_oldest"] = "reject",
     ) -> None:
+        # The bounds' rules live in OutboxSettings; a bad value is a ConfigError here too.
+        OutboxSettings(max_messages=max_messages, max_bytes=max_bytes, overflow=overflow)
         self._max_messages = max_messages
         self._max_bytes = max_bytes
         self._overflow = overflow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -92,10 +93,14 @@ def test_a_changed_answer_is_seen_on_the_next_call(dns_server: DnsServer) -> Non
     assert discover(dns_server)[0].fqdn == f"new.{DOMAIN}"  # a long TTL changes nothing
 
 
-def test_secure_discovery_asks_secure_mqtt_and_uses_tls(dns_server: DnsServer) -> None:
+def test_secure_discovery_asks_secure_mqtt_and_uses_tls(
+    dns_server: DnsServer, tmp_path: Path
+) -> None:
     dns_server.set_srv(PLAIN, [target("plain")])
     dns_server.set_srv(SECURE, [target("tls", port=8883)])
-    tls = TlsSettings(ca_file="/etc/hub-ca.pem")
+    ca_file = tmp_path / "hub-ca.pem"
+    ca_file.write_text("a CA bundle (only its existence is checked here)\n")
+    tls = TlsSettings(ca_file=str(ca_file))
     hubs = discover_hubs(
         DOMAIN, secure=True, dns=settings_for(dns_server), rng=random.Random(1), tls=tls
     )

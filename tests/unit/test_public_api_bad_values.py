@@ -361,11 +361,6 @@ def non_sdk_errors(call: Callable[[], object]) -> list[str]:
     return []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MemoryOutbox.__init__ (device_sdk/outbox.py) does not check its arguments: "
-    "max_messages=None is accepted and put() then raises TypeError",
-)
 def test_memory_outbox_raises_only_sdk_errors() -> None:
     def build_and_put(**arguments: Any) -> None:
         outbox = MemoryOutbox(**({"max_messages": 10, "max_bytes": 1000} | arguments))
@@ -380,11 +375,6 @@ def test_memory_outbox_raises_only_sdk_errors() -> None:
     assert found == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PublishHandle.wait (device_sdk/outbox.py) passes its timeout to "
-    "threading.Event.wait unchecked: wait('x') raises TypeError",
-)
 def test_publish_handle_wait_raises_only_sdk_errors(client: DeviceClient) -> None:
     handle = client.publish("telemetry", b"21.5")
     found = [
