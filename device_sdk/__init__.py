@@ -17,6 +17,7 @@ from device_sdk.config import (
 from device_sdk.core.failover import FailoverPolicy
 from device_sdk.core.liveness import LivenessPolicy
 from device_sdk.core.retry import RetryPolicy
+from device_sdk.core.supervision import SupervisionPolicy
 from device_sdk.errors import (
     ClientClosed,
     ConfigError,
@@ -111,6 +112,7 @@ __all__ = [
     "RetryPolicy",
     "SrvSettings",
     "StateMachineError",
+    "SupervisionPolicy",
     "TestbedError",
     "TlsError",
     "TlsSettings",

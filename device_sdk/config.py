@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 from device_sdk.core.failover import FailoverPolicy
 from device_sdk.core.liveness import LivenessPolicy
 from device_sdk.core.retry import RetryPolicy
+from device_sdk.core.supervision import SupervisionPolicy
 from device_sdk.core.topics import MAX_STRING_BYTES, check_mqtt_string, shown
 from device_sdk.errors import ConfigError
 
@@ -319,6 +320,8 @@ class ClientConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     failover: FailoverPolicy = field(default_factory=FailoverPolicy)
     liveness: LivenessPolicy = field(default_factory=LivenessPolicy)
+    # How many internal faults, within how long, make the engine stop for good (visibly).
+    supervision: SupervisionPolicy = field(default_factory=SupervisionPolicy)
     mqtt_version: Literal["3.1.1", "5"] = "5"
     credentials: Credentials | None = None
     outbox: OutboxSettings = field(default_factory=OutboxSettings)

@@ -56,6 +56,7 @@ from device_sdk.config import (
 from device_sdk.core.failover import FailoverPolicy
 from device_sdk.core.liveness import LivenessPolicy
 from device_sdk.core.retry import RetryPolicy
+from device_sdk.core.supervision import SupervisionPolicy
 from device_sdk.errors import ConfigError
 from device_sdk.profiles.schema import (
     SCHEMA,
@@ -114,6 +115,7 @@ class Profile:
     retry: RetryPolicy
     failover: FailoverPolicy
     liveness: LivenessPolicy
+    supervision: SupervisionPolicy
     dns: DnsSettings
     outbox: OutboxSettings
     concierge: ConciergePolling
@@ -155,6 +157,7 @@ class Profile:
             retry=self.retry,
             failover=self.failover,
             liveness=self.liveness,
+            supervision=self.supervision,
             mqtt_version=self.mqtt_version,
             credentials=credentials,
             outbox=self.outbox,
@@ -395,6 +398,7 @@ def _build(
         retry=build(RetryPolicy),
         failover=build(FailoverPolicy),
         liveness=build(LivenessPolicy),
+        supervision=build(SupervisionPolicy),
         dns=build(DnsSettings),
         outbox=build(OutboxSettings),
         concierge=build(ConciergePolling),

@@ -25,6 +25,7 @@ from device_sdk.config import ClientConfig, DnsSettings, OutboxSettings, TlsSett
 from device_sdk.core.failover import FailoverPolicy
 from device_sdk.core.liveness import LivenessPolicy
 from device_sdk.core.retry import STRATEGIES, RetryPolicy
+from device_sdk.core.supervision import SupervisionPolicy
 from device_sdk.errors import ConfigError
 
 if TYPE_CHECKING:  # the concierge package loads cryptography; profiles need only the type
@@ -112,7 +113,7 @@ def _k(kind: Kind, owner: type, field: str, allowed: str, meaning: str, **more: 
 
 
 _R, _F, _L, _D, _O = RetryPolicy, FailoverPolicy, LivenessPolicy, DnsSettings, OutboxSettings
-_C, _P = ClientConfig, ConciergePolling
+_C, _P, _S = ClientConfig, ConciergePolling, SupervisionPolicy
 
 SCHEMA: Mapping[str, Key] = MappingProxyType({
     "retry.strategy": _k("str", _R, "strategy", ", ".join(STRATEGIES),
@@ -193,6 +194,10 @@ SCHEMA: Mapping[str, Key] = MappingProxyType({
     "concierge.poll_jitter": _k("float", _P, "poll_jitter", "a fraction in [0, 1)",
                                 "spread of each poll interval, so a fleet does not poll at once"),
     "concierge.timeout": _k("float", _P, "timeout", "seconds > 0", "per concierge request"),
+    "supervision.max_faults": _k("int", _S, "max_faults", "an integer from 1 to 1000",
+                                 "internal faults within the window that stop the engine"),
+    "supervision.window": _k("float", _S, "window", "seconds > 0, finite",
+                             "how far back internal faults are counted"),
 })  # fmt: skip
 
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(dotted.split(".")[0] for dotted in SCHEMA))

@@ -15,7 +15,7 @@ PUBLIC = {
     "ResolveError", "ResolveTimeout", "ResolverFailure", "RetryPolicy", "SrvSettings",
     "StateMachineError", "TestbedError", "TlsError", "TlsSettings", "TransientRefusal",
     "__version__", "events", "EngineFailed", "ProtocolError", "MessageNotDeliverable",
-    "MessageTooLarge", "QosNotSupported", "PoisonMessage",
+    "MessageTooLarge", "QosNotSupported", "PoisonMessage", "SupervisionPolicy",
 }  # fmt: skip
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import device_sdk.profiles as profiles_module
-from device_sdk import ConfigError, HubEndpoint, SrvSettings, TlsSettings
+from device_sdk import ConfigError, HubEndpoint, SrvSettings, SupervisionPolicy, TlsSettings
 from device_sdk.profiles import (
     DEFAULT_ORIGIN,
     MAX_EXTENDS_DEPTH,
@@ -526,3 +526,12 @@ def test_the_readme_lists_every_shipped_profile() -> None:
     readme = (PROFILES_DIR / "README.md").read_text(encoding="utf-8")
     for name in available_profiles():
         assert f"`{name}`" in readme, name
+
+
+def test_a_profile_names_the_supervision_policy(tmp_path: Path) -> None:
+    (tmp_path / "strict.toml").write_text(
+        'extends = "test-fast"\n[supervision]\nmax_faults = 2\nwindow = 30.0\n', encoding="utf-8"
+    )
+    profile = load_profile("strict", search_path=[tmp_path, *default_search_path()])
+    config = profile.client_config(client_id="d", hubs=[HubEndpoint(name="h", fqdn="h.test")])
+    assert config.supervision == SupervisionPolicy(max_faults=2, window=30.0)

@@ -42,6 +42,7 @@ from device_sdk import (
     OutboxSettings,
     RetryPolicy,
     SrvSettings,
+    SupervisionPolicy,
     TlsSettings,
 )
 from device_sdk.concierge.settings import ConciergeSettings
@@ -132,6 +133,7 @@ VALID_ARGUMENTS: dict[type, dict[str, Any]] = {
     RetryPolicy: {},
     FailoverPolicy: {},
     LivenessPolicy: {},
+    SupervisionPolicy: {},
     ConciergeSettings: {"url": "https://concierge.example.com/hubs", "trust": TRUST},
 }
 
