@@ -254,7 +254,7 @@ async def test_durable_publishes_store_off_the_loop_and_their_threads_end(
         n.startswith("device-sdk-aio-async-durable-store") for n in store_threads
     )
     _assert_no_threads_left(threads_before)
-    with pytest.raises(ClientClosed):
+    with pytest.raises(ClientClosed, match="the message was not accepted"):
         await client.publish(TOPIC, "late")
 
 

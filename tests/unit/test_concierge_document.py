@@ -450,7 +450,7 @@ def test_public_keys_as_raw_bytes_base64url_or_pem() -> None:
     ],
 )
 def test_bad_trust_settings_fail_at_construction(overrides: dict[str, Any]) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=rf"^concierge\.{next(iter(overrides))}"):
         trust(**overrides)
 
 
@@ -462,9 +462,9 @@ def test_keygen_writes_a_0600_private_key_and_never_overwrites(tmp_path: Path) -
     assert public_key_text(public_key) == files.public_key
     raw = sign_document(document(), private_key, "k1")
     assert check(raw, keys={"k1": files.public_key})
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="a path where no file exists yet"):
         write_keypair(tmp_path / "keys", "k1")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"^kid = '\.\./escape' is invalid"):
         write_keypair(tmp_path / "keys", "../escape")
 
 
@@ -517,11 +517,19 @@ PROPERTY_SETTINGS = settings(
 
 
 def only_concierge_errors(raw: bytes, last: int | None = None) -> None:
+    """Either a ConciergeError, or a document that obeys every rule and is what was signed."""
     try:
         result = check(raw, last=last)
     except ConciergeError:
         return
     assert isinstance(result, EndpointDocument)
+    now, skew = ISSUED + 10, 60  # what check() uses
+    assert result.issued_at <= now + skew and now - skew < result.expires_at
+    assert result.scope in (None, "device:gw-1", "fleet:gateways")
+    assert last is None or result.sequence >= last
+    assert all(trust().allows(hub.fqdn) for hub in result.hubs.values())
+    signed = json.loads(raw)["document"]
+    assert result.as_json() == {k: v for k, v in signed.items() if not (k == "scope" and v is None)}
 
 
 @PROPERTY_SETTINGS
@@ -557,3 +565,220 @@ def test_arbitrary_signed_documents_raise_only_concierge_errors(
         signature = {"alg": "Ed25519", "kid": KID, "value": GOLDEN_SIGNATURE}
         raw = json.dumps({"document": value, "signature": signature}).encode()
     only_concierge_errors(raw, last)
+
+
+# -- the allow-list, against names that nearly match -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fqdn", "allowed"),
+    [
+        ("a.hubs.example.com", True),
+        ("a.b.hubs.example.com", True),
+        ("A.HUBS.EXAMPLE.COM", True),
+        ("evilhubs.example.com", False),  # the suffix must start at a label boundary
+        ("xhubs.example.com", False),
+        ("hubs.example.com", False),  # the wildcard needs at least one label in front
+        (".hubs.example.com", False),  # ... and not an empty one
+        ("a.hubs.example.co", False),
+        ("a.hubs.example.com.evil.net", False),
+        ("exact.example.org", True),
+        ("EXACT.example.org", True),
+        ("xexact.example.org", False),
+        ("a.exact.example.org", False),  # an exact name is no wildcard
+        ("exact.example.orgx", False),
+    ],
+)
+def test_the_allow_list_matches_whole_labels_only(fqdn: str, allowed: bool) -> None:
+    trusted = trust(allowed_hubs=("*.hubs.example.com", "exact.example.org"))
+    assert trusted.allows(fqdn) is allowed
+
+
+def test_every_hub_of_a_document_must_be_allowed_not_only_the_active_one() -> None:
+    near_miss = DocumentHub(fqdn="evilhubs.example.com", port=8883, tls=True)
+    doc = document(hubs=hubs(backup=near_miss))
+    with pytest.raises(
+        HubNotAllowed,
+        match=r"^document names hub 'backup' at 'evilhubs.example.com', not allow-listed$",
+    ):
+        check(sign_document(doc, KEY, KID))
+
+
+# -- what a rejection says (the ConciergeProblem security event shows it) -------------------
+
+
+def test_rejections_say_what_was_wrong() -> None:
+    raw = sign_document(document(), KEY, KID)
+    with pytest.raises(
+        DocumentNotYetValid,
+        match=r"^document issued at 1767225600, in the future \(now 1767225530, "
+        r"allowed skew 60 s\)$",
+    ):
+        check(raw, now=ISSUED - 70)
+    with pytest.raises(
+        DocumentExpired,
+        match=r"^document expired at 1767225900 \(now 1767225960, allowed skew 60 s\)$",
+    ):
+        check(raw, now=ISSUED + 360)
+    with pytest.raises(
+        RollbackRejected,
+        match=r"^document sequence 42 is older than the last accepted 43 \(rollback or replay\)$",
+    ):
+        check(raw, last=43)
+    with pytest.raises(
+        ScopeMismatch,
+        match=r"^document is for 'fleet:gateways'; "
+        r"this device is \['device:gw-2', 'fleet:others'\]$",
+    ):
+        check(raw, device_id="gw-2", fleet="others")
+    with pytest.raises(
+        ScopeMismatch, match=r"^document is for 'fleet:gateways'; this device is none$"
+    ):
+        check(raw, device_id=None, fleet=None)
+    unscoped = sign_document(document(scope=None), KEY, KID)
+    with pytest.raises(
+        ScopeMismatch,
+        match=r"^document has no scope, and this device accepts only scoped ones$",
+    ):
+        check(unscoped, accept_unscoped=False)
+    with pytest.raises(
+        WrongAlgorithm, match=r"^document signed with 'HS256'; only Ed25519 is accepted$"
+    ):
+        check(sign_value(GOOD, alg="HS256"))
+    with pytest.raises(
+        UnknownKey, match=r"^document signed with key id 'attacker', which is not pinned$"
+    ):
+        check(sign_document(document(), OTHER_KEY, "attacker"))
+    with pytest.raises(
+        BadSignature, match=r"^the signature does not verify with pinned key '2026-01'$"
+    ):
+        check(sign_document(document(), OTHER_KEY, KID))
+
+
+def test_the_window_edges_on_a_real_clock() -> None:
+    # Issued "now" on a wall clock: the skew widens both edges by exactly its size.
+    raw = sign_document(document(), KEY, KID)
+    assert check(raw, now=ISSUED - 60.0, max_clock_skew=60.0)
+    with pytest.raises(DocumentNotYetValid):
+        check(raw, now=ISSUED - 60.5, max_clock_skew=60.0)
+    assert check(raw, now=ISSUED + 300 + 59.5, max_clock_skew=60.0)
+    with pytest.raises(DocumentExpired):
+        check(raw, now=ISSUED + 300 + 60.0, max_clock_skew=60.0)
+    # No allowance: valid from issued_at, expired at expires_at.
+    assert check(raw, now=ISSUED, max_clock_skew=0)
+    with pytest.raises(DocumentNotYetValid):
+        check(raw, now=ISSUED - 0.5, max_clock_skew=0)
+    assert check(raw, now=ISSUED + 299.5, max_clock_skew=0)
+
+
+# -- what a device may be told to trust ---------------------------------------------------------
+
+TRUST_REFUSALS = [
+    ({"max_clock_skew": float("inf")}, "concierge.max_clock_skew", "a number of seconds >= 0"),
+    ({"max_clock_skew": float("nan")}, "concierge.max_clock_skew", "a number of seconds >= 0"),
+    ({"max_clock_skew": -0.5}, "concierge.max_clock_skew", "a number of seconds >= 0"),
+    ({"max_clock_skew": True}, "concierge.max_clock_skew", "a number of seconds >= 0"),
+    ({"max_clock_skew": "60"}, "concierge.max_clock_skew", "a number of seconds >= 0"),
+    ({"keys": {}}, "concierge.keys", "at least one key id -> public key"),
+    ({"keys": [GOLDEN_PUBLIC_KEY]}, "concierge.keys", "at least one key id -> public key"),
+    ({"keys": {"": GOLDEN_PUBLIC_KEY}}, "concierge.keys", "key ids of 1-64 letters, digits, . _ -"),
+    ({"keys": {1: GOLDEN_PUBLIC_KEY}}, "concierge.keys", "key ids of 1-64 letters, digits, . _ -"),
+    ({"allowed_hubs": ()}, "concierge.allowed_hubs", "at least one pattern"),
+    (
+        {"allowed_hubs": (3,)},
+        "concierge.allowed_hubs",
+        "an FQDN or '*.' + an FQDN of two or more labels (no IPs)",
+    ),
+    (
+        {"allowed_hubs": ("*.localhost",)},
+        "concierge.allowed_hubs",
+        "an FQDN or '*.' + an FQDN of two or more labels (no IPs)",
+    ),
+    (
+        {"allowed_hubs": ("*.10.0.0.1",)},
+        "concierge.allowed_hubs",
+        "an FQDN or '*.' + an FQDN of two or more labels (no IPs)",
+    ),
+    ({"device_id": ""}, "concierge.device_id", "1-128 characters, no control characters"),
+    ({"device_id": "x" * 129}, "concierge.device_id", "1-128 characters, no control characters"),
+    ({"fleet": "a\nb"}, "concierge.fleet", "1-128 characters, no control characters"),
+    ({"fleet": "a\x7fb"}, "concierge.fleet", "1-128 characters, no control characters"),
+    ({"fleet": 7}, "concierge.fleet", "1-128 characters, no control characters"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "field", "allowed"), TRUST_REFUSALS)
+def test_refused_trust_settings_name_the_field_and_what_is_allowed(
+    overrides: dict[str, Any], field: str, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        trust(**overrides)
+    assert (refused.value.field, refused.value.allowed) == (field, allowed)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"max_clock_skew": 0},
+        {"max_clock_skew": 0.0},
+        {"max_clock_skew": 86_400},
+        {"device_id": "x" * 128, "fleet": "f"},
+        {"device_id": None, "fleet": None},
+        {"allowed_hubs": ["*.hubs.example.com", "hub.example.org"]},  # any sequence
+        {"keys": {"a" * 64: GOLDEN_PUBLIC_KEY}},
+    ],
+)
+def test_boundary_trust_settings_are_accepted(overrides: dict[str, Any]) -> None:
+    trusted = trust(**overrides)
+    assert isinstance(trusted.allowed_hubs, tuple)
+
+
+def test_scopes_are_the_device_and_its_fleet() -> None:
+    assert trust().scopes == frozenset({"device:gw-1", "fleet:gateways"})
+    assert trust(fleet=None).scopes == frozenset({"device:gw-1"})
+    assert trust(device_id=None).scopes == frozenset({"fleet:gateways"})
+    assert trust(device_id=None, fleet=None).scopes == frozenset()
+
+
+# -- property: a well-formed document is believed exactly when every rule holds -----------------
+# An oracle written from the README's rules, independent of the code: for signed documents
+# whose fields all have the right types, acceptance is decided by the hubs' consistency, the
+# validity window, the scope, the sequence and the allow-list, checked in that order.
+
+ALLOWED_FQDNS = {"a.hubs.example.com", "b.hubs.example.com"}  # "evil.example.net" is not
+
+
+def expected_rejection(
+    value: dict[str, Any], *, now: float, skew: float, last: int | None
+) -> type[DocumentRejected] | None:
+    hubs_named = value["hubs"]
+    rules: list[tuple[bool, type[DocumentRejected]]] = [
+        (value["active_hub"] in hubs_named, MalformedDocument),
+        (value["expires_at"] > value["issued_at"], MalformedDocument),
+        (now + skew >= value["issued_at"], DocumentNotYetValid),
+        (now - skew < value["expires_at"], DocumentExpired),
+        (value["scope"] in (None, "device:gw-1", "fleet:gateways"), ScopeMismatch),
+        (last is None or value["sequence"] >= last, RollbackRejected),
+        (all(hub["fqdn"] in ALLOWED_FQDNS for hub in hubs_named.values()), HubNotAllowed),
+    ]
+    return next((error for holds, error in rules if not holds), None)
+
+
+@PROPERTY_SETTINGS
+@given(
+    VALID_FIELDS,
+    st.integers(min_value=ISSUED - 700, max_value=ISSUED + 1100),
+    st.sampled_from([0, 60]),
+    st.none() | st.integers(min_value=0, max_value=100),
+)
+def test_a_well_formed_document_is_believed_exactly_when_every_rule_holds(
+    value: dict[str, Any], now: int, skew: int, last: int | None
+) -> None:
+    raw = sign_value(value)
+    expected = expected_rejection(value, now=now, skew=skew, last=last)
+    if expected is not None:
+        with pytest.raises(expected):
+            check(raw, now=now, last=last, max_clock_skew=skew)
+        return
+    believed = check(raw, now=now, last=last, max_clock_skew=skew)
+    assert believed.as_json() == {k: v for k, v in value.items() if v is not None}

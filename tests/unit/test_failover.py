@@ -27,6 +27,7 @@ from device_sdk.core.failover import (
     FailedOver,
     FailoverMachine,
     FailoverPolicy,
+    HubRecord,
     HubsChanged,
     Input,
     LinkDown,
@@ -507,7 +508,9 @@ def flapping_run(horizon: float, policy: FailoverPolicy) -> int:
     machine = FailoverMachine(TWO, policy)
     now, failbacks = 0.0, 0
     actions = machine.handle(Start(), now)
-    while now < horizon:
+    for _ in range(int(horizon) * 10):  # bounded: virtual time advances at least 0.01 s a step
+        if now >= horizon:
+            break
         failbacks += sum(isinstance(a, FailedBack) for a in actions)
         if machine.phase is Phase.CONNECTING:
             wait = 1.0 if any(getattr(a, "delay", None) is BACKOFF for a in actions) else 0.0
@@ -522,6 +525,7 @@ def flapping_run(horizon: float, policy: FailoverPolicy) -> int:
             now += 3.0
             event = ProbeResult(PRIMARY, healthy=primary_up(now))
         actions = machine.handle(event, now)
+    assert now >= horizon, f"stuck at t={now}"
     return failbacks
 
 
@@ -666,7 +670,186 @@ def test_withdrawn_hub_while_connected_migrates_and_never_returns() -> None:
 
 def test_empty_or_duplicate_hub_lists_are_impossible() -> None:
     machine = run([START])
-    with pytest.raises(StateMachineError):
+    with pytest.raises(StateMachineError, match="needs a non-empty list of distinct hub names"):
         machine.handle(HubsChanged(()), 0.1)
-    with pytest.raises(StateMachineError):
+    with pytest.raises(StateMachineError, match="needs a non-empty list of distinct hub names"):
         machine.handle(HubsChanged((PRIMARY, PRIMARY)), 0.1)
+
+
+# --------------------------------------------------------------------------- the rules, exactly
+
+DAYS = 8_640_000.0  # a realistic monotonic clock: 100 days of uptime
+
+
+def test_stable_link_timing_on_a_realistic_monotonic_clock() -> None:
+    # A link is stable when it stayed up stable_after_seconds: a difference of two clock
+    # readings, whatever the clock's origin. One that drops sooner keeps the hub's streak.
+    short = run(
+        [
+            (DAYS, Start(), (Attempt(PRIMARY, NONE, "start"),)),
+            (DAYS + 0.1, AttemptFailed(PRIMARY, TRANSIENT), retry(PRIMARY)),
+            (DAYS + 0.2, Connected(PRIMARY), ()),
+            (
+                DAYS + 9.9,
+                LinkDown(PRIMARY, unresponsive=False),
+                over(PRIMARY, SECONDARY, "2 consecutive failures"),
+            ),
+        ]
+    )
+    assert short.failure_history[PRIMARY].failing_since == DAYS + 0.1
+    stable = run(
+        [
+            (DAYS, Start(), (Attempt(PRIMARY, NONE, "start"),)),
+            (DAYS + 0.1, AttemptFailed(PRIMARY, TRANSIENT), retry(PRIMARY)),
+            (DAYS + 0.2, Connected(PRIMARY), ()),
+            (
+                DAYS + 10.2,
+                LinkDown(PRIMARY, unresponsive=False),
+                (Attempt(PRIMARY, NONE, "link lost"),),
+            ),
+        ]
+    )
+    assert stable.failure_history[PRIMARY].failing_since == DAYS + 10.2
+
+
+def test_a_home_hub_that_refused_us_is_not_probed_nor_failed_back_to_during_its_penalty() -> None:
+    # It refused our credentials: a health probe cannot tell whether it still would.
+    machine = run(
+        [
+            START,
+            (0.1, AttemptFailed(PRIMARY, PERMANENT), over(PRIMARY, SECONDARY, "permanent refusal")),
+            (0.2, Connected(SECONDARY), ()),
+            (100.0, ProbeResult(PRIMARY, healthy=True), ()),  # a probe started before: ignored
+            (200.0, ProbeResult(PRIMARY, healthy=True), ()),
+        ],
+        failback_dwell_seconds=0.0,
+        failback_healthy_probes=1,
+        permanent_penalty_seconds=300.0,
+    )
+    assert machine.failback_candidate(300.0) is None  # penalized until 300.1
+    assert machine.failback_candidate(300.1) == PRIMARY
+    assert machine.handle(ProbeResult(PRIMARY, healthy=True), 300.2) == FAILBACK
+
+
+def test_a_discovery_update_that_adds_hubs_then_uses_them() -> None:
+    machine = run([START, UP])
+    assert machine.handle(HubsChanged((PRIMARY, "fourth", SECONDARY)), 1.0) == ()
+    assert machine.failure_history["fourth"].failures == 0
+    rows: list[Row] = [
+        (50.0, LinkDown(PRIMARY, unresponsive=True), over(PRIMARY, "fourth", "unresponsive")),
+        (50.1, Connected("fourth"), ()),
+    ]
+    for now, event, expected in rows:
+        assert machine.handle(event, now) == expected
+    assert machine.current_hub == "fourth"
+    assert machine.failback_candidate(51.0) == PRIMARY
+
+
+def test_a_discovery_update_before_start_makes_its_first_hub_home() -> None:
+    machine = FailoverMachine(TWO, FailoverPolicy())
+    assert machine.handle(HubsChanged(("new-a", "new-b")), 0.0) == ()
+    assert (machine.phase, machine.home_hub) == (Phase.IDLE, "new-a")
+    assert machine.handle(Start(), 0.1) == (Attempt("new-a", NONE, "start"),)
+    assert machine.hubs == ("new-a", "new-b")
+    with pytest.raises(StateMachineError, match="unknown hub 'primary'"):
+        machine.handle(AttemptFailed(PRIMARY, TRANSIENT), 0.2)
+
+
+def test_a_redirect_naming_the_current_hub_goes_to_the_next_one() -> None:
+    # "Use another server: this one" is not followed into a loop on the same hub.
+    run(
+        [START, (0.1, Redirect(PRIMARY, PRIMARY), over(PRIMARY, SECONDARY, "redirect"))],
+        hubs=THREE,
+    )
+
+
+def test_a_late_redirect_from_a_superseded_attempt_only_counts_against_its_hub() -> None:
+    machine = run(
+        [
+            START,
+            (1.0, ConciergeNamed(SECONDARY), over(PRIMARY, SECONDARY, "concierge")),
+            (2.0, Redirect(PRIMARY, TERTIARY), ()),  # the old attempt's CONNACK: history only
+        ],
+        hubs=THREE,
+    )
+    assert machine.current_hub == SECONDARY
+    assert machine.failure_history[PRIMARY] == HubRecord(failures=1, failing_since=2.0)
+    assert machine.failure_history[SECONDARY].failures == 0
+
+
+def test_a_redirected_hubs_streak_dates_from_the_redirect() -> None:
+    # A redirect counts as a failure from the moment it came: thirty seconds later the
+    # hub has had no success for thirty seconds.
+    run(
+        [
+            START,
+            (1.0, ConciergeNamed(SECONDARY), over(PRIMARY, SECONDARY, "concierge")),
+            (2.0, Redirect(PRIMARY, None), ()),
+            (
+                3.0,
+                AttemptFailed(SECONDARY, UNRESPONSIVE),
+                over(SECONDARY, PRIMARY, "unresponsive", BACKOFF),
+            ),
+            (
+                32.0,
+                AttemptFailed(PRIMARY, TRANSIENT),
+                over(PRIMARY, SECONDARY, "no success for 30 s", BACKOFF),
+            ),
+        ],
+        failover_after_failures=100,
+        failover_after_seconds=30.0,
+    )
+
+
+def test_a_redirect_after_a_stable_link_starts_a_fresh_cycle() -> None:
+    # The secondary failed in an earlier outage; an hour of a good link forgives it, so
+    # the redirect's move to it is not delayed.
+    run(
+        [
+            START,
+            (0.1, AttemptFailed(PRIMARY, UNRESPONSIVE), over(PRIMARY, SECONDARY, "unresponsive")),
+            (
+                0.2,
+                AttemptFailed(SECONDARY, UNRESPONSIVE),
+                over(SECONDARY, PRIMARY, "unresponsive", BACKOFF),
+            ),
+            (1.0, Connected(PRIMARY), ()),
+            (3600.0, Redirect(PRIMARY, None), over(PRIMARY, SECONDARY, "redirect")),
+        ]
+    )
+
+
+def test_when_every_hub_refuses_the_one_whose_penalty_ends_first_is_retried() -> None:
+    # Names, list order and penalty order all differ, so none can stand in for the rule.
+    hubs = ("mike", "zulu", "alpha")
+    run(
+        [
+            (0.0, ConciergeNamed("zulu"), ()),
+            (0.0, Start(), (Attempt("zulu", NONE, "start"),)),
+            (0.1, AttemptFailed("zulu", PERMANENT), over("zulu", "alpha", "permanent refusal")),
+            (0.2, AttemptFailed("alpha", PERMANENT), over("alpha", "mike", "permanent refusal")),
+            (0.3, AttemptFailed("mike", PERMANENT), over("mike", "zulu", "all hubs refused", LONG)),
+        ],
+        hubs=hubs,
+    )
+
+
+def test_an_unresponsive_link_skips_penalized_hubs() -> None:
+    run(
+        [
+            START,
+            (0.1, AttemptFailed(PRIMARY, PERMANENT), over(PRIMARY, SECONDARY, "permanent refusal")),
+            (
+                0.2,
+                AttemptFailed(SECONDARY, PERMANENT),
+                over(SECONDARY, TERTIARY, "permanent refusal"),
+            ),
+            (0.3, Connected(TERTIARY), ()),
+            (
+                50.0,
+                LinkDown(TERTIARY, unresponsive=True),
+                (Attempt(TERTIARY, BACKOFF, "retry"),),
+            ),
+        ],
+        hubs=THREE,
+    )

@@ -242,3 +242,148 @@ def test_a_window_of_acks_is_sampled_once_per_round_trip() -> None:
     assert all(sample is None for sample in samples[1:])  # all within one smoothed RTT
     watchdog.on_ack_expected("later", 0.2)
     assert watchdog.on_acked("later", 0.35) == pytest.approx(0.15)  # next round trip: timed
+
+
+# --------------------------------------------------------------------------- the rules, exactly
+
+
+def test_a_stray_pingresp_is_no_sample_but_shows_the_hub_alive() -> None:
+    # A PINGRESP we did not ask for (a duplicate, a late one) must not be timed against
+    # some other moment, and must not clear a ping we send later.
+    dog = settled(0.3)
+    before = dog.estimator
+    assert dog.on_pingresp(25.0) is None
+    assert dog.estimator == before
+    dog.on_ack_expected("m", 25.0)
+    dog.on_pingresp(25.5)  # inbound: the hub is alive, the owed reply is counted from here
+    assert dog.check(25.5 + dog.deadline - 0.01) == Healthy(next_check_at=25.5 + dog.deadline)
+
+
+def test_a_pingresp_answers_only_the_ping_outstanding() -> None:
+    dog = LinkWatchdog(LivenessPolicy(initial_deadline=2.0), now=0.0)
+    dog.on_ping_sent(1.0)
+    assert dog.on_pingresp(1.25) == 0.25
+    assert dog.on_pingresp(1.5) is None  # the second reply has no ping to answer
+    assert dog.estimator.srtt == 0.25
+
+
+def test_a_late_packet_time_never_moves_the_last_inbound_back() -> None:
+    dog = LinkWatchdog(LivenessPolicy(initial_deadline=2.0), now=0.0)
+    dog.on_ack_expected("a", 10.0)
+    dog.on_received(11.0)
+    dog.on_received(10.5)  # reported out of order by another thread's clock read
+    assert dog.check(12.99) == Healthy(next_check_at=13.0)
+
+
+def test_on_a_realistic_monotonic_clock_deadlines_are_differences() -> None:
+    t0 = 8_640_000.0  # 100 days of uptime
+    policy = LivenessPolicy(keepalive=10.0, idle_probe_after=4.0, initial_deadline=2.0)
+    dog = LinkWatchdog(policy, now=t0)
+    assert dog.check(t0) == Healthy(next_check_at=t0 + 4.0)
+    dog.on_ack_expected("a", t0 + 1.0)
+    assert dog.check(t0 + 2.999) == Healthy(next_check_at=t0 + 3.0)
+    assert isinstance(dog.check(t0 + 3.0), Dead)
+
+
+def test_the_oldest_of_an_ack_and_a_ping_sets_the_clock() -> None:
+    dog = LinkWatchdog(LivenessPolicy(initial_deadline=2.0), now=0.0)
+    dog.on_ping_sent(1.0)
+    dog.on_ack_expected("a", 1.5)
+    assert dog.check(2.9) == Healthy(next_check_at=3.0)
+    assert dog.check(3.0) == Dead("hub silent for 2.000 s while owing a reply (deadline 2.000 s)")
+
+
+def test_acked_tokens_stop_being_owed() -> None:
+    dog = LinkWatchdog(LivenessPolicy(initial_deadline=2.0), now=0.0)
+    dog.on_ack_expected("a", 1.0)
+    dog.on_ack_expected("b", 1.0)
+    assert dog.outstanding == 2
+    dog.on_acked("a", 1.5)
+    dog.on_acked("b", 1.6)
+    assert dog.outstanding == 0
+    assert dog.check(100.0) == SendPing()  # nothing owed: idle, not dead
+
+
+def test_a_negative_measurement_is_a_zero_round_trip() -> None:
+    # A clock stepping back must not make the deadline shrink below a real round trip.
+    assert RttEstimator().sample(-0.5) == RttEstimator(srtt=0.0, rttvar=0.0)
+
+
+def test_with_no_variation_the_deadline_is_srtt_plus_the_clock_granularity() -> None:
+    policy = LivenessPolicy(deadline_floor=0.001, deadline_ceiling=30.0, initial_deadline=1.0)
+    assert RttEstimator(srtt=0.5, rttvar=0.0).deadline(policy) == pytest.approx(0.51)
+    assert RttEstimator(srtt=0.5, rttvar=0.001).deadline(policy) == pytest.approx(0.51)
+    assert RttEstimator(srtt=0.5, rttvar=0.01).deadline(policy) == pytest.approx(0.54)
+
+
+def test_the_next_sample_waits_one_smoothed_round_trip() -> None:
+    policy = LivenessPolicy(deadline_floor=0.01, deadline_ceiling=5.0, initial_deadline=1.0)
+    dog = LinkWatchdog(policy, 0.0)
+    dog.on_ack_expected("a", 0.0)
+    assert dog.on_acked("a", 0.2) == pytest.approx(0.2)  # srtt 0.2: next sample from 0.4
+    dog.on_ack_expected("b", 0.3)
+    assert dog.on_acked("b", 0.39) is None
+    dog.on_ack_expected("c", 0.3)
+    assert dog.on_acked("c", 0.4) == pytest.approx(0.1)
+
+
+def test_ack_and_ping_deadlines_adapt_to_the_measured_link() -> None:
+    # Ten 2 s round trips (a slow cellular link) lift the deadline above them: one more
+    # 2 s round trip is no dead link, though the floor is 1 s.
+    dog = settled(2.0, samples=10)
+    assert dog.deadline > 2.0
+    dog.on_ack_expected("slow", 100.0)
+    assert not isinstance(dog.check(100.0 + 2.0), Dead)
+
+
+# --------------------------------------------------------------------------- boundaries
+# What a profile may say, exactly: the messages are what a user reads when a profile fails.
+
+INF = float("inf")
+
+
+@pytest.mark.parametrize(
+    ("options", "field", "allowed"),
+    [
+        ({"keepalive": 65535.5}, "keepalive", "0 < keepalive <= 65535"),
+        ({"keepalive": 0.0}, "keepalive", "0 < keepalive <= 65535"),
+        ({"keepalive": float("nan")}, "keepalive", "0 < keepalive <= 65535"),
+        ({"idle_probe_after": INF}, "idle_probe_after", "None or 0 < value <= keepalive"),
+        ({"idle_probe_after": 60.01}, "idle_probe_after", "None or 0 < value <= keepalive"),
+        ({"idle_probe_after": True}, "idle_probe_after", "None or 0 < value <= keepalive"),
+        ({"deadline_floor": INF}, "deadline_floor", "> 0"),
+        ({"deadline_floor": -1.0}, "deadline_floor", "> 0"),
+        ({"deadline_ceiling": INF}, "deadline_ceiling", ">= floor"),
+        ({"deadline_ceiling": 0.99}, "deadline_ceiling", ">= floor"),
+        ({"initial_deadline": INF}, "initial_deadline", "floor..ceiling"),
+        ({"initial_deadline": 30.01}, "initial_deadline", "floor..ceiling"),
+        ({"initial_deadline": 0.99}, "initial_deadline", "floor..ceiling"),
+        ({"connect_timeout": INF}, "connect_timeout", "> 0"),
+        ({"connect_timeout": 0.0}, "connect_timeout", "> 0"),
+        ({"connect_timeout": None}, "connect_timeout", "> 0"),
+    ],
+)
+def test_refused_values_name_the_field_and_what_is_allowed(
+    options: dict[str, Any], field: str, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        LivenessPolicy(**options)
+    assert (refused.value.field, refused.value.allowed) == (f"liveness.{field}", allowed)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"keepalive": 65535},  # the largest MQTT can carry
+        {"keepalive": 0.001},
+        {"keepalive": 10.0, "idle_probe_after": 10.0},  # probe at the keepalive itself
+        {"deadline_floor": 2.0, "deadline_ceiling": 2.0, "initial_deadline": 2.0},  # one value
+        {"deadline_floor": 1.0, "initial_deadline": 1.0},  # initial at the floor
+        {"deadline_ceiling": 30.0, "initial_deadline": 30.0},  # initial at the ceiling
+        {"connect_timeout": 0.001},
+        {"keepalive": 60, "deadline_floor": 1, "deadline_ceiling": 30, "initial_deadline": 5},
+    ],
+)
+def test_boundary_values_are_accepted(options: dict[str, Any]) -> None:
+    policy = LivenessPolicy(**options)
+    assert all(getattr(policy, name) == value for name, value in options.items())

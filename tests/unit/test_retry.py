@@ -9,7 +9,7 @@ import pytest
 import tenacity
 
 from device_sdk.core.failover import Delay
-from device_sdk.core.retry import Backoff, RetryPolicy
+from device_sdk.core.retry import STRATEGIES, Backoff, RetryPolicy
 from device_sdk.errors import ConfigError
 
 
@@ -213,3 +213,158 @@ def test_named_constructors_pass_extra_fields() -> None:
         60.0,
     )
     assert RetryPolicy.immediate().strategy == "immediate"
+
+
+# --------------------------------------------------------------------------- the rules, exactly
+# A stub random source that always draws the top (or the bottom) of the range it is given
+# shows the exact window each strategy computes, with nothing left to chance.
+
+
+class Highest(random.Random):
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+class Lowest(random.Random):
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+
+@pytest.mark.parametrize("strategy", ["exponential_jitter", "decorrelated_jitter", "fixed"])
+def test_every_delay_kind_through_next_delay(strategy: Any) -> None:
+    # "Every hub refused us" must wait long_delay, "a new hub" nothing, a retry the policy's
+    # backoff; and the Backoff returned remembers exactly the sleep that was taken.
+    policy = RetryPolicy(strategy=strategy, initial=0.5, maximum=8.0, long_delay=240.0)
+    backoff = Backoff(failures=3, last_delay=1.0)
+    assert policy.next_delay(backoff, Delay.NONE, Highest()) == (0.0, backoff.waited(0.0))
+    assert policy.next_delay(backoff, Delay.LONG, Highest()) == (240.0, backoff.waited(240.0))
+    seconds, after = policy.next_delay(backoff, Delay.BACKOFF, Highest())
+    assert (
+        seconds == {"exponential_jitter": 2.0, "decorrelated_jitter": 3.0, "fixed": 0.5}[strategy]
+    )
+    assert after == backoff.waited(seconds)
+
+
+@pytest.mark.parametrize("multiplier", [1.0, 1.5, 3.0, 10.0])
+def test_the_full_jitter_window_grows_by_the_multiplier(multiplier: float) -> None:
+    # Attempt n draws from [0, min(maximum, initial * multiplier ** (n - 1))]; n counts the
+    # failures since the last stable link, and the first retry (n <= 1) uses initial itself.
+    policy = RetryPolicy(initial=0.2, maximum=50.0, multiplier=multiplier)
+    for failures in range(0, 8):
+        top = policy.delay_for(Backoff(failures=failures), Delay.BACKOFF, Highest())
+        expected = min(50.0, 0.2 * multiplier ** (max(1, failures) - 1))
+        assert top == pytest.approx(expected, rel=1e-12), failures
+        assert policy.delay_for(Backoff(failures=failures), Delay.BACKOFF, Lowest()) == 0.0
+
+
+def test_a_multiplier_reaches_tenacity_too() -> None:
+    # The same window for tenacity's own loop (the policy's public tenacity value).
+    sleeps = recorded_sleeps(RetryPolicy(initial=1.0, maximum=1000.0, multiplier=5.0), attempts=5)
+    assert all(s <= 1.0 * 5.0**n for n, s in enumerate(sleeps))
+    assert any(s > 1.0 * 2.0**n for n, s in enumerate(sleeps))  # wider than the default 2
+
+
+def test_decorrelated_jitter_grows_from_the_last_sleep_and_is_capped() -> None:
+    policy = RetryPolicy.decorrelated(initial=0.5, maximum=10.0)
+    # from nothing: between initial and 3 * initial
+    assert policy.delay_for(Backoff(failures=1), Delay.BACKOFF, Highest()) == 1.5
+    assert policy.delay_for(Backoff(failures=1), Delay.BACKOFF, Lowest()) == 0.5
+    # from the last sleep: up to three times it, never above maximum, never below initial
+    assert policy.delay_for(Backoff(failures=2, last_delay=2.0), Delay.BACKOFF, Highest()) == 6.0
+    assert policy.delay_for(Backoff(failures=2, last_delay=2.0), Delay.BACKOFF, Lowest()) == 0.5
+    assert policy.delay_for(Backoff(failures=9, last_delay=9.0), Delay.BACKOFF, Highest()) == 10.0
+
+
+def test_immediate_and_never_do_not_wait() -> None:
+    for policy in (RetryPolicy.immediate(), RetryPolicy.never()):
+        assert policy.delay_for(Backoff(failures=5), Delay.BACKOFF, Highest()) == 0.0
+
+
+def test_without_an_rng_each_wait_draws_its_own_randomness() -> None:
+    # The default is a fresh generator per wait object: two devices built alike still differ.
+    policy = RetryPolicy(initial=1.0, maximum=1000.0)
+    draws = {policy.delay_for(Backoff(failures=10), Delay.BACKOFF) for _ in range(20)}
+    assert len(draws) > 1
+    decorrelated = RetryPolicy.decorrelated(initial=1.0, maximum=1000.0)
+    draws = {decorrelated.delay_for(Backoff(failures=2), Delay.BACKOFF) for _ in range(20)}
+    assert len(draws) > 1
+
+
+def test_max_attempts_counts_every_attempt_and_never_allows_one() -> None:
+    assert recorded_sleeps(RetryPolicy(max_attempts=1), attempts=100) == []
+    assert not RetryPolicy(max_attempts=1).exhausted(Backoff(failures=0))
+    assert RetryPolicy(max_attempts=1).exhausted(Backoff(failures=1))
+    assert not RetryPolicy.never().exhausted(Backoff(failures=0))
+    # "none" stops after one attempt even if max_attempts says more
+    assert RetryPolicy.never(max_attempts=5).exhausted(Backoff(failures=1))
+    assert len(recorded_sleeps(RetryPolicy.never(max_attempts=5), attempts=100)) == 0
+
+
+def test_a_link_up_exactly_stable_after_resets_and_one_tick_short_does_not() -> None:
+    # On a realistic monotonic clock (100 days in), where a sum instead of a difference
+    # would make every link look stable.
+    policy = RetryPolicy(stable_after=10.0)
+    up = Backoff(failures=4, last_delay=3.0).link_up(8_640_000.0)
+    assert up.link_down(8_640_010.0, policy) == Backoff()
+    short = up.link_down(8_640_009.75, policy)
+    assert (short.failures, short.up_since, short.last_delay) == (5, None, 3.0)
+    # stable_after=0: any link that came up resets the schedule
+    assert up.link_down(8_640_000.0, RetryPolicy(stable_after=0.0)) == Backoff()
+
+
+# --------------------------------------------------------------------------- boundaries
+# What a profile may say, exactly: the messages are what a user reads when a profile fails.
+
+INF = float("inf")
+
+
+@pytest.mark.parametrize(
+    ("options", "field", "allowed"),
+    [
+        ({"strategy": "linear"}, "strategy", " | ".join(STRATEGIES)),
+        ({"initial": INF}, "initial", "> 0 (jittered strategies)"),
+        ({"initial": -0.1, "strategy": "fixed"}, "initial", ">= 0"),
+        (
+            {"initial": 0.0, "strategy": "decorrelated_jitter"},
+            "initial",
+            "> 0 (jittered strategies)",
+        ),
+        ({"maximum": INF}, "maximum", ">= initial (0.1)"),
+        ({"maximum": 0.09}, "maximum", ">= initial (0.1)"),
+        ({"multiplier": INF}, "multiplier", ">= 1"),
+        ({"multiplier": 0.99}, "multiplier", ">= 1"),
+        ({"long_delay": INF}, "long_delay", ">= 0"),
+        ({"long_delay": -0.001}, "long_delay", ">= 0"),
+        ({"stable_after": INF}, "stable_after", ">= 0"),
+        ({"stable_after": float("nan")}, "stable_after", ">= 0"),
+        ({"max_attempts": 0}, "max_attempts", "None or int >= 1"),
+        ({"max_attempts": 2.0}, "max_attempts", "None or int >= 1"),
+        ({"multiplier": True}, "multiplier", ">= 1"),
+        ({"long_delay": None}, "long_delay", ">= 0"),
+    ],
+)
+def test_refused_values_name_the_field_and_what_is_allowed(
+    options: dict[str, Any], field: str, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        RetryPolicy(**options)
+    assert (refused.value.field, refused.value.allowed) == (f"retry.{field}", allowed)
+    assert str(refused.value).startswith(f"retry.{field} = {options[field]!r} is invalid")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"strategy": "fixed", "initial": 0.0, "maximum": 0.0},  # fixed and immediate may be 0
+        {"strategy": "immediate", "initial": 0.0, "maximum": 0.0},
+        {"strategy": "none", "initial": 0.0, "maximum": 0.0},
+        {"initial": 1e-9, "maximum": 1e-9},  # jittered: any positive initial; maximum == initial
+        {"multiplier": 1.0},  # no growth at all is allowed
+        {"long_delay": 0.0, "stable_after": 0.0},
+        {"max_attempts": 1},
+        {"initial": 1, "maximum": 30, "long_delay": 300, "stable_after": 10},  # ints from TOML
+    ],
+)
+def test_boundary_values_are_accepted(options: dict[str, Any]) -> None:
+    policy = RetryPolicy(**options)
+    assert all(getattr(policy, name) == value for name, value in options.items())

@@ -22,20 +22,29 @@ from device_sdk.status import (
     write_status,
 )
 
+# Every counter a different value, so that a counter reporting another field shows.
 SAMPLE = Metrics(
     attempts=7,
     connects=3,
     disconnects=2,
-    failovers=1,
+    failovers=4,
     failbacks=1,
     dns_queries=9,
+    concierge_updates=11,
+    concierge_rejections=12,
     published=120,
     acknowledged=118,
+    rejected=13,
+    undeliverable=14,
+    protocol_errors=15,
+    callback_errors=16,
+    internal_faults=17,
     queue_depth=2,
-    dropped=0,
+    dropped=5,
     current_hub="secondary",
     last_recovery_seconds=0.042,
     last_reconnect_seconds=0.031,
+    ack_deadline_seconds=0.25,
 )
 
 
@@ -195,10 +204,42 @@ def test_bad_label_names_are_refused(name: str) -> None:
         prometheus_text(SAMPLE, labels={name: "x"})
 
 
+def test_every_metric_reports_its_own_field() -> None:
+    families = parse_exposition(prometheus_text(SAMPLE))
+    values = {name: family["samples"] for name, family in families.items()}
+    assert values == {
+        "device_sdk_connect_attempts_total": [({}, 7.0)],
+        "device_sdk_connects_total": [({}, 3.0)],
+        "device_sdk_disconnects_total": [({}, 2.0)],
+        "device_sdk_failovers_total": [({}, 4.0)],  # failbacks are not failovers
+        "device_sdk_failbacks_total": [({}, 1.0)],
+        "device_sdk_dns_queries_total": [({}, 9.0)],
+        "device_sdk_concierge_updates_total": [({}, 11.0)],
+        "device_sdk_concierge_rejections_total": [({}, 12.0)],
+        "device_sdk_messages_published_total": [({}, 120.0)],
+        "device_sdk_messages_acknowledged_total": [({}, 118.0)],
+        "device_sdk_messages_dropped_total": [({}, 5.0)],
+        "device_sdk_messages_rejected_total": [({}, 13.0)],
+        "device_sdk_messages_undeliverable_total": [({}, 14.0)],
+        "device_sdk_protocol_errors_total": [({}, 15.0)],
+        "device_sdk_callback_errors_total": [({}, 16.0)],
+        "device_sdk_internal_faults_total": [({}, 17.0)],
+        "device_sdk_outbox_depth": [({}, 2.0)],
+        "device_sdk_last_recovery_seconds": [({}, 0.042)],
+        "device_sdk_last_reconnect_seconds": [({}, 0.031)],
+        "device_sdk_ack_deadline_seconds": [({}, 0.25)],
+        "device_sdk_connected": [({}, 1.0)],
+        "device_sdk_current_hub": [({"hub": "secondary"}, 1.0)],
+        "device_sdk_engine_failed": [({}, 0.0)],
+    }
+
+
 def test_write_prometheus_is_atomic_and_needs_a_prom_name(tmp_path: Path) -> None:
     path = tmp_path / "device_sdk.prom"
     write_prometheus(path, SAMPLE, labels={"device": "gw-17"})
-    assert parse_exposition(path.read_text())["device_sdk_failovers_total"]["samples"]
+    families = parse_exposition(path.read_text())
+    assert families["device_sdk_failovers_total"]["samples"] == [({"device": "gw-17"}, 4.0)]
+    assert families["device_sdk_failbacks_total"]["samples"] == [({"device": "gw-17"}, 1.0)]
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert leftovers(tmp_path) == []
     with pytest.raises(ConfigError, match=r"ending in \.prom"):
