@@ -216,11 +216,14 @@ async def test_leaving_the_block_ends_iterators_and_threads(testbed: Testbed) ->
     tasks_before = asyncio.all_tasks()
     async with AsyncDeviceClient(testbed.client_config("async-exit")) as client:
         reader = asyncio.create_task(_count(client.messages("exit/#")))
-        events_reader = asyncio.create_task(_count(client.events()))
+        events_reader = asyncio.create_task(_collect(client.events()))
+        unread = client.events()  # read only after the block: its items must wait for it
         await client.publish("exit/1", b"1")
     async with asyncio.timeout(5):
         assert await reader == 1  # ended with StopAsyncIteration, after its message
-        assert await events_reader >= 0
+        # Ended too, after delivering what happened inside the block: the first PUBACK.
+        for seen in (await events_reader, await _collect(unread)):
+            assert [e.hub for e in seen if isinstance(e, events.FirstAck)] == ["primary"]
     assert asyncio.all_tasks() == tasks_before
     _assert_no_threads_left(threads_before)
 
@@ -260,6 +263,10 @@ async def test_durable_publishes_store_off_the_loop_and_their_threads_end(
 
 async def _count(stream: AsyncStream[Any]) -> int:
     return len([item async for item in stream])
+
+
+async def _collect(stream: AsyncStream[Any]) -> list[Any]:
+    return [item async for item in stream]
 
 
 @pytest.mark.asyncio
