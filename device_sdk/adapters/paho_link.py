@@ -12,11 +12,29 @@ the certificate against the FQDN) and never resolves it: the private hook
 resolved. Every private paho name used here is listed in
 :data:`PAHO_PRIVATE_HOOKS`, and ``tests/unit/test_paho_contract.py`` fails if
 paho changes any of them under us.
+
+**The hub is not trusted.** Everything a hub sends passes one receive boundary
+before paho acts on it: a packet larger than ``max_packet_size`` is refused from
+its fixed header, before its body is read or allocated; the fixed header must be
+one a server may send in the link's state (:data:`_SERVER_HEADERS`); and the
+packet's body must follow MQTT's rules for its type (:data:`_BODY_RULES`).
+Whatever breaks them, and whatever paho itself fails to decode, becomes a
+protocol error at :meth:`PahoLink.service` (the link is aborted and the listener
+told) or a :class:`HandshakeProtocolError` from :meth:`PahoLink.open`. Only the
+listener's own exceptions pass through unchanged, so the engine can tell a
+hostile hub from a bug of its own.
+
+Why one module of this size: the rules are applied by paho's hooks and nowhere
+else, and paho stays in one place (STYLE.md, 7); splitting the rules out would
+put a second module in lockstep with paho's private reader.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import math
+import os
 import selectors
 import socket
 import ssl
@@ -27,10 +45,12 @@ from typing import Any, Literal, Protocol, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from device_sdk.adapters.cancel import NEVER, CancelToken
 from device_sdk.config import Credentials, HubEndpoint, TlsSettings
 from device_sdk.core.outcomes import FailureKind, classify_connack, classify_disconnect
 from device_sdk.dedup import wrap_envelope
@@ -38,6 +58,7 @@ from device_sdk.errors import (
     ConnectError,
     ConnectTimeout,
     DialError,
+    HandshakeProtocolError,
     PermanentRefusal,
     Redirected,
     TlsError,
@@ -46,17 +67,29 @@ from device_sdk.errors import (
 
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux only
 
-# The private paho names this module relies on, each with the reason.
+# The private paho names this module relies on, each with the reason: methods it
+# overrides or calls, then attributes it reads.
 PAHO_PRIVATE_HOOKS = {
     "_send_publish": "calls only pack() on a PUBLISH's properties (see _PackedProperties)",
     "_create_socket_connection": "dial the SDK-resolved IP instead of resolving _host",
-    "_ssl_wrap_socket": "wrap with SNI = FQDN, and close the socket when the handshake fails",
+    "_ssl_wrap_socket": "wrap with SNI = FQDN and a fresh context; handshake in a select loop",
     "_handle_pingresp": "report PINGRESPs so the watchdog can measure round trips",
-    "_sock_recv": "reads through self._sock.recv, which _ReadAheadSocket serves",
+    "_sock_recv": "refuse an oversized packet when paho asks for its body, before reading it",
     "_send_pingreq": "send a PINGREQ when the watchdog wants a liveness probe",
     "_handle_pubackcomp": "a successful PUBACK skips decoding a reason code and properties",
     "_do_on_publish": "called with the PUBACK's packet id, reason code and properties",
+    "_packet_handle": "check each packet's fixed header and body before paho handles it",
+    "_in_packet": "the packet being read: command byte, remaining length bytes, body",
+    "_out_messages": "the PUBACK fast path looks the packet id up as paho does",
+    "_out_message_mutex": "held by the PUBACK fast path as paho holds it",
+    "_port": "the hub's port, dialled at the resolved address",
+    "_ssl_context": "None until paho's TLS path is switched on (once, by tls_set_context)",
 }
+PAHO_PRIVATE_ATTRIBUTES = frozenset(
+    {"_in_packet", "_out_messages", "_out_message_mutex", "_port", "_ssl_context"}
+)
+
+_CONNACK, _PUBLISH, _PUBACK, _DISCONNECT = 0x20, 0x30, 0x40, 0xE0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +126,235 @@ class LinkListener(Protocol):
     def on_link_closed(
         self, reason: str, kind: FailureKind, server_reference: str | None
     ) -> None: ...
+
+
+class _HubViolation(Exception):
+    """The hub broke MQTT. Raised inside paho's reader or callbacks to stop it at once;
+    never leaves this module (service() and open() translate it)."""
+
+
+# -- what a server may send: the inbound rules (MQTT 3.1.1 §2-3, MQTT 5 §2-3) ----------------
+
+
+def _publish_headers() -> frozenset[int]:
+    """PUBLISH fixed headers a server may send: QoS 3 is malformed [MQTT-3.3.1-4], and
+    DUP must be 0 at QoS 0 [MQTT-3.3.1-2]."""
+    headers = set()
+    for flags in range(16):
+        qos, dup = (flags >> 1) & 3, flags & 8
+        if qos != 3 and not (dup and qos == 0):
+            headers.add(_PUBLISH | flags)
+    return frozenset(headers)
+
+
+# Fixed headers (type and flags) a server may send once the CONNACK is in. The flags of
+# every type but PUBLISH are fixed (0, and 0b0010 for PUBREL). A server never sends
+# CONNECT, SUBSCRIBE, UNSUBSCRIBE or PINGREQ; DISCONNECT only in MQTT 5; AUTH only
+# after a CONNECT with an Authentication Method, which this client never sends.
+_SERVER_HEADERS_V311 = _publish_headers() | {0x40, 0x50, 0x62, 0x70, 0x90, 0xB0, 0xD0}
+_SERVER_HEADERS = {
+    False: frozenset(_SERVER_HEADERS_V311),
+    True: frozenset(_SERVER_HEADERS_V311 | {_DISCONNECT}),
+}
+# Before the CONNACK a server sends nothing else [MQTT-3.2.0-1]; paho would even
+# acknowledge a PUBLISH that came first.
+_BEFORE_CONNACK = frozenset({_CONNACK})
+_SERVER_TYPES = {
+    mqtt5: frozenset(header >> 4 for header in headers | _BEFORE_CONNACK)
+    for mqtt5, headers in _SERVER_HEADERS.items()
+}
+
+_PACKET_NAMES = {
+    0: "reserved type 0", 1: "CONNECT", 2: "CONNACK", 3: "PUBLISH", 4: "PUBACK", 5: "PUBREC",
+    6: "PUBREL", 7: "PUBCOMP", 8: "SUBSCRIBE", 9: "SUBACK", 10: "UNSUBSCRIBE", 11: "UNSUBACK",
+    12: "PINGREQ", 13: "PINGRESP", 14: "DISCONNECT", 15: "AUTH",
+}  # fmt: skip
+
+
+def _packet_name(command: int) -> str:
+    return _PACKET_NAMES[command >> 4]
+
+
+# Types a server never sends, where a particular word is due.
+_NEVER_FROM_SERVER = {
+    (15, True): "AUTH, though this client asked for no enhanced authentication",
+    (14, False): "DISCONNECT, which a server never sends in MQTT 3.1.1",
+}
+
+
+def _refusal(command: int, *, connacked: bool, mqtt5: bool) -> str:
+    """Why a fixed header is not one the server may send now, in words."""
+    name, kind = _packet_name(command), command >> 4
+    if kind == _CONNACK >> 4 and connacked:
+        return "a second CONNACK"
+    if command in _SERVER_HEADERS[mqtt5]:
+        return f"{name} before the CONNACK"
+    if kind == _PUBLISH >> 4:
+        return "PUBLISH with QoS 3" if command & 0x06 == 0x06 else "PUBLISH with DUP at QoS 0"
+    if kind in _SERVER_TYPES[mqtt5]:
+        return f"{name} with reserved flags 0x{command & 0x0F:X}"
+    return _NEVER_FROM_SERVER.get((kind, mqtt5), f"{name}, which a server never sends")
+
+
+def _properties_end(body: bytes | bytearray, at: int) -> int:
+    """Where an MQTT 5 property block starting at ``at`` ends; -1 when its length is
+    malformed (cut short, or longer than four bytes)."""
+    length, shift = 0, 0
+    for used in range(4):
+        if at + used >= len(body):
+            return -1
+        byte = body[at + used]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return at + used + 1 + length
+    return -1
+
+
+def _nonzero_id(body: bytes | bytearray, name: str) -> str | None:
+    if len(body) < 2:
+        return f"{name} too short for a packet identifier"
+    if not (body[0] | body[1]):
+        return f"{name} with packet identifier 0"
+    return None
+
+
+def _connack_problem(_command: int, body: bytes | bytearray, mqtt5: bool) -> str | None:
+    if len(body) < 2:
+        return "CONNACK too short"
+    flags, code = body[0], body[1]
+    if flags & 0xFE:
+        return f"CONNACK with reserved acknowledge flags 0x{flags:02X}"
+    if flags and code:
+        return f"CONNACK refusing (0x{code:02X}) with Session Present set"
+    return _connack_v5_problem(body) if mqtt5 else _connack_v311_problem(body)
+
+
+def _connack_v311_problem(body: bytes | bytearray) -> str | None:
+    if len(body) != 2:
+        return f"CONNACK of {len(body)} bytes (MQTT 3.1.1: exactly 2)"
+    return f"CONNACK with reserved return code {body[1]}" if body[1] > 5 else None
+
+
+def _connack_v5_problem(body: bytes | bytearray) -> str | None:
+    if body[1] == 1 and len(body) == 2:
+        return None  # an MQTT 3.1.1 server refusing the protocol version, in its own words
+    if _properties_end(body, 2) != len(body):
+        return "CONNACK whose properties do not fill the packet"
+    return None
+
+
+def _ack_problem(command: int, body: bytes | bytearray, mqtt5: bool) -> str | None:
+    """PUBACK, PUBREC, PUBREL and PUBCOMP: a packet id, then (MQTT 5) a reason code and
+    a property block that ends the packet."""
+    name = _packet_name(command)
+    problem = _nonzero_id(body, name)
+    if problem is not None:
+        return problem
+    if not mqtt5:
+        return None if len(body) == 2 else f"{name} of {len(body)} bytes (MQTT 3.1.1: exactly 2)"
+    if len(body) > 3 and _properties_end(body, 3) != len(body):
+        return f"{name} whose properties do not fill the packet"
+    return None
+
+
+def _suback_problem(command: int, body: bytes | bytearray, mqtt5: bool) -> str | None:
+    """SUBACK, and MQTT 5's UNSUBACK: a packet id, (MQTT 5) properties, then at least
+    one reason code."""
+    name = _packet_name(command)
+    problem = _nonzero_id(body, name)
+    if problem is not None:
+        return problem
+    codes_at = _properties_end(body, 2) if mqtt5 else 2
+    if not 0 <= codes_at < len(body):
+        return f"{name} without a reason code after its header"
+    if not mqtt5 and any(code not in (0, 1, 2, 0x80) for code in body[2:]):
+        return "SUBACK with a reserved return code"
+    return None
+
+
+def _unsuback_problem(command: int, body: bytes | bytearray, mqtt5: bool) -> str | None:
+    if mqtt5:
+        return _suback_problem(command, body, mqtt5)
+    problem = _nonzero_id(body, "UNSUBACK")  # MQTT 3.1.1: a packet id and nothing else
+    if problem is None and len(body) != 2:
+        problem = f"UNSUBACK of {len(body)} bytes (MQTT 3.1.1: exactly 2)"
+    return problem
+
+
+def _empty_problem(command: int, body: bytes | bytearray, _mqtt5: bool) -> str | None:
+    return None if not body else f"{_packet_name(command)} with a body of {len(body)} bytes"
+
+
+def _disconnect_problem(_command: int, body: bytes | bytearray, _mqtt5: bool) -> str | None:
+    if len(body) > 1 and _properties_end(body, 1) != len(body):
+        return "DISCONNECT whose properties do not fill the packet"
+    return None
+
+
+def _topic_problem(raw: bytes | bytearray) -> str | None:
+    """A PUBLISH topic name: UTF-8 without U+0000 [MQTT-1.5.3], no wildcards
+    [MQTT-3.3.2-2], not empty (this client allows no topic aliases)."""
+    if not raw:
+        return "an empty topic (this client allows no topic alias)"
+    try:
+        topic = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return f"a topic that is not valid UTF-8 ({bytes(raw[:40])!r})"
+    if "\0" in topic:
+        return "a topic holding U+0000"
+    if "+" in topic or "#" in topic:
+        return "a topic holding a wildcard"
+    return None
+
+
+def _publish_problem(command: int, body: bytes | bytearray, mqtt5: bool) -> str | None:
+    if len(body) < 2:
+        return "PUBLISH too short for its topic"
+    end = 2 + (body[0] << 8 | body[1])
+    if end > len(body):
+        return "PUBLISH whose topic runs past the packet"
+    problem = _topic_problem(body[2:end])
+    if problem is not None:
+        return f"PUBLISH with {problem}"
+    qos = (command >> 1) & 3
+    if qos:
+        problem = _nonzero_id(body[end:], f"PUBLISH at QoS {qos}")
+        if problem is not None:
+            return problem
+        end += 2
+    if mqtt5 and not 0 <= _properties_end(body, end) <= len(body):
+        return "PUBLISH whose properties run past the packet"
+    return None
+
+
+# Per packet type (the high nibble), what its body must look like. Each returns why
+# it does not, or None.
+_BODY_RULES: dict[int, Callable[[int, bytes | bytearray, bool], str | None]] = {
+    0x2: _connack_problem,
+    0x3: _publish_problem,
+    0x4: _ack_problem,
+    0x5: _ack_problem,
+    0x6: _ack_problem,
+    0x7: _ack_problem,
+    0x9: _suback_problem,
+    0xB: _unsuback_problem,
+    0xD: _empty_problem,
+    0xE: _disconnect_problem,
+}
+
+
+def _largest_body(max_packet_size: int) -> int:
+    """The largest remaining length whose packet (with the shortest fixed header that
+    encodes it) still fits ``max_packet_size``."""
+    return max(
+        body
+        for body in range(max(0, max_packet_size - 5), max_packet_size - 1)
+        if 1 + len(_varint(body)) + body <= max_packet_size
+    )
+
+
+# -- outbound encoding -----------------------------------------------------------------------
 
 
 class _PackedProperties:
@@ -133,6 +395,12 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
+def _envelope_size(message_id: str, payload_size: int) -> int:
+    """The size of ``wrap_envelope(message_id, payload)`` without building it: the
+    envelope of an empty payload plus the payload's base64 length."""
+    return len(wrap_envelope(message_id, b"")) + 4 * math.ceil(payload_size / 3)
+
+
 def _new_properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
 
@@ -148,6 +416,64 @@ def make_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
     return context
 
 
+# -- dialling: every wait selects on the socket and on the cancel token ----------------------
+
+# A TLS handshake takes a handful of rounds; a peer dribbling single bytes is cut off by
+# the deadline long before this many.
+_MAX_HANDSHAKE_ROUNDS = 10_000
+
+
+def _wait_ready(
+    sock: socket.socket, *, write: bool, deadline: float, cancel: CancelToken, what: str
+) -> None:
+    """Wait until ``sock`` is readable (writable) or raise: Cancelled, or TimeoutError."""
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_WRITE if write else selectors.EVENT_READ)
+            selector.register(cancel.fileno(), selectors.EVENT_READ)
+            ready = {key.fileobj for key, _events in selector.select(remaining)}
+        cancel.check(what)
+        if sock in ready:
+            return
+    raise TimeoutError(errno.ETIMEDOUT, f"{what} timed out")
+
+
+def _connect(address: str, port: int, deadline: float, cancel: CancelToken) -> socket.socket:
+    """A TCP connection to an IP literal, cut short by the deadline or ``cancel``."""
+    family, kind, proto, _name, sockaddr = socket.getaddrinfo(
+        address, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        code = sock.connect_ex(sockaddr)
+        if code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+            _wait_ready(sock, write=True, deadline=deadline, cancel=cancel, what="TCP connect")
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            raise OSError(code, os.strerror(code))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _handshake(sock: ssl.SSLSocket, deadline: float, cancel: CancelToken) -> None:
+    """The TLS handshake on a non-blocking socket, cut short by the deadline or ``cancel``."""
+    for _round in range(_MAX_HANDSHAKE_ROUNDS):
+        try:
+            sock.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            write = False
+        except ssl.SSLWantWriteError:
+            write = True
+        _wait_ready(sock, write=write, deadline=deadline, cancel=cancel, what="TLS handshake")
+    raise TimeoutError(errno.ETIMEDOUT, "TLS handshake took too many rounds")
+
+
 class _ReadAheadSocket(socket.socket):
     """A TCP socket that reads ahead.
 
@@ -161,18 +487,28 @@ class _ReadAheadSocket(socket.socket):
     _READ_AHEAD = 64 * 1024
 
     def __init__(self, sock: socket.socket) -> None:
+        timeout = sock.gettimeout()  # a socket made from a descriptor would block by default
         super().__init__(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        self.settimeout(timeout)
         self._buffer = b""
+        self._at = 0  # what was handed out; an offset, so a read copies only what it returns
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        if not self._buffer:
-            self._buffer = super().recv(max(bufsize, self._READ_AHEAD), flags)
-        data, self._buffer = self._buffer[:bufsize], self._buffer[bufsize:]
+        buffer, at = self._buffer, self._at
+        if at >= len(buffer):
+            buffer, at = super().recv(max(bufsize, self._READ_AHEAD), flags), 0
+            self._buffer = buffer
+        data = buffer[at : at + bufsize]
+        self._at = at + len(data)
         return data
 
     def pending(self) -> int:
         """Bytes read from the kernel and not handed out yet (select cannot see them)."""
-        return len(self._buffer)
+        return len(self._buffer) - self._at
+
+    def close(self) -> None:
+        self._buffer, self._at = b"", 0  # what an aborted link had read ahead is never served
+        super().close()
 
 
 # Handed to on_publish for every successful PUBACK that takes the fast path (read only).
@@ -184,7 +520,8 @@ _NO_PUBACK_PROPERTIES = _new_properties(PacketTypes.PUBACK)
 
 
 class _DialingClient(paho.Client):
-    """paho's client with two hooks: dial a given address, and report PINGRESP."""
+    """paho's client with its hooks: dial a given address, check what the hub sends,
+    and report PINGRESP."""
 
     def __init__(
         self,
@@ -192,59 +529,133 @@ class _DialingClient(paho.Client):
         dial_address: str,
         server_hostname: str,
         on_pingresp: Callable[[], None],
+        max_packet_size: int = 256 * 1024,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._sdk_dial_address = dial_address
         self._sdk_server_hostname = server_hostname
         self._sdk_on_pingresp = on_pingresp
+        self._sdk_deadline = 0.0
+        self._sdk_cancel = NEVER
+        self._sdk_tls_context: ssl.SSLContext | None = None
+        self._sdk_mqtt5 = kwargs.get("protocol") == MQTTProtocolVersion.MQTTv5
+        self._sdk_max_packet_size = max_packet_size
+        self._sdk_largest_body = _largest_body(max_packet_size)
+        self._sdk_accepting = _BEFORE_CONNACK
+        # PUBACKs the fast path may take: MQTT 5 allows 3 or 4 bytes (a reason code, an
+        # empty property block); MQTT 3.1.1 exactly 2, anything else is refused.
+        self._sdk_fast_ack_limit = 4 if self._sdk_mqtt5 else 2
+        # A listener's exception must reach the engine as raised, not logged and dropped.
+        self.suppress_exceptions = False
+
+    def prepare_dial(
+        self, *, deadline: float, cancel: CancelToken, tls_context: ssl.SSLContext | None
+    ) -> None:
+        """What the next dial waits until, what cuts it short, and the TLS context to use."""
+        self._sdk_deadline, self._sdk_cancel = deadline, cancel
+        self._sdk_tls_context = tls_context
+        if tls_context is not None and self._ssl_context is None:
+            self.tls_set_context(tls_context)  # turns paho's TLS path on, once
+
+    def reconnect(self) -> MQTTErrorCode:
+        self._sdk_accepting = _BEFORE_CONNACK  # a new connection: its CONNACK comes first
+        return super().reconnect()
 
     def _create_socket_connection(self) -> socket.socket:
-        # paho would pass self._host (the FQDN) to create_connection and let the OS
-        # resolve and cache it. The SDK resolved it fresh a moment ago: dial that.
-        sock = socket.create_connection(
-            (self._sdk_dial_address, self._port), timeout=self._connect_timeout
-        )
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            sock.close()
-            raise
+        # paho would pass its host (the FQDN) to create_connection and let the OS
+        # resolve and cache it. The SDK resolved it fresh a moment ago: dial that, and
+        # let close() cut the connect short.
+        sock = _connect(self._sdk_dial_address, self._port, self._sdk_deadline, self._sdk_cancel)
         return _ReadAheadSocket(sock)
 
     def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
-        # SNI and verification use the FQDN, never the IP we dialled; the context has
-        # check_hostname on. paho's own version leaks the socket when the handshake
-        # fails (a certificate that does not verify): close it here.
-        assert self._ssl_context is not None
-        tls_sock = self._ssl_context.wrap_socket(
+        # SNI and verification use the FQDN, never the IP we dialled; the context (made
+        # fresh for this dial, so rotated files are read) has check_hostname on. The
+        # handshake runs in a select loop so that close() and the deadline cut it short;
+        # the socket is closed when it fails (paho's own version leaks it).
+        assert self._sdk_tls_context is not None
+        tls_sock = self._sdk_tls_context.wrap_socket(
             tcp_sock, server_hostname=self._sdk_server_hostname, do_handshake_on_connect=False
         )
         try:
-            tls_sock.settimeout(self._connect_timeout)
-            tls_sock.do_handshake()
+            _handshake(tls_sock, self._sdk_deadline, self._sdk_cancel)
         except BaseException:
             tls_sock.close()
             raise
         return tls_sock
 
+    # -- the receive boundary ----------------------------------------------------------------
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        # paho asks for a packet's whole body in one call right after reading its
+        # remaining length, and for one byte otherwise: the moment to refuse a packet
+        # over the limit, before a byte of it is read or a buffer for it allocated.
+        if bufsize > self._sdk_largest_body:
+            raise _HubViolation(self._oversized(bufsize))
+        return paho.Client._sock_recv(self, bufsize)
+
+    def _oversized(self, remaining_length: int) -> str:
+        header = 1 + len(self._in_packet["remaining_count"])
+        name = _packet_name(self._in_packet["command"])
+        return (
+            f"{name} of {header + remaining_length} bytes, over the "
+            f"{self._sdk_max_packet_size}-byte max_packet_size"
+        )
+
+    def overlong_remaining_length(self) -> bool:
+        """True when paho stopped reading at a fifth remaining-length byte."""
+        return len(self._in_packet["remaining_count"]) > 4
+
+    def _packet_handle(self) -> MQTTErrorCode:
+        command = self._in_packet["command"]
+        if command not in self._sdk_accepting:
+            connacked = self._sdk_accepting is not _BEFORE_CONNACK
+            raise _HubViolation(_refusal(command, connacked=connacked, mqtt5=self._sdk_mqtt5))
+        try:
+            if command == _PUBACK:
+                return self._handle_pubackcomp("PUBACK")
+            return self._handle_checked(command)
+        except MalformedPacket as exc:  # paho's decoders found the body malformed
+            raise _HubViolation(f"malformed {_packet_name(command)}: {exc}") from exc
+
+    def _handle_checked(self, command: int) -> MQTTErrorCode:
+        self._check_body(command)
+        if command == _CONNACK:
+            self._sdk_accepting = _SERVER_HEADERS[self._sdk_mqtt5]
+        rc = paho.Client._packet_handle(self)
+        # paho answers a CONNACK refusal with MQTT_ERR_PROTOCOL; anything else it
+        # calls a protocol error is one.
+        if rc == MQTTErrorCode.MQTT_ERR_PROTOCOL and command != _CONNACK:
+            raise _HubViolation(f"{_packet_name(command)} refused by the MQTT decoder")
+        return rc
+
+    def _check_body(self, command: int) -> None:
+        problem = _BODY_RULES[command >> 4](command, self._in_packet["packet"], self._sdk_mqtt5)
+        if problem is not None:
+            raise _HubViolation(problem)
+
     def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         # The hot path on a busy link: paho builds a ReasonCode and a Properties
         # object for every PUBACK, a third of the engine thread's time at full rate.
         # A PUBACK that says success (no reason code, or 0x00 "Success" or 0x10 "No
-        # matching subscribers", without properties) needs neither; anything else
-        # goes the whole way through paho's decoder.
+        # matching subscribers", without properties) needs neither; anything else is
+        # checked and goes the whole way through paho's decoder.
         packet = self._in_packet["packet"]
         size = len(packet)
         reason = _PUBACK_SUCCESS if size == 2 else None
-        if 3 <= size <= 4 and (size == 3 or packet[3] == 0):
+        if 3 <= size <= self._sdk_fast_ack_limit and (size == 3 or packet[3] == 0):
             reason = _PUBACK_SUCCESS_CODES.get(packet[2])
         if cmd != "PUBACK" or reason is None:
+            if cmd == "PUBACK":
+                self._check_body(_PUBACK)
             return super()._handle_pubackcomp(cmd)
         mid = packet[0] << 8 | packet[1]
         with self._out_message_mutex:
             if mid in self._out_messages:
                 return self._do_on_publish(mid, reason, _NO_PUBACK_PROPERTIES)
+        if not mid:  # never in _out_messages: checked only off the hot path
+            raise _HubViolation("PUBACK with packet identifier 0")
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _handle_pingresp(self) -> MQTTErrorCode:
@@ -257,8 +668,24 @@ class _DialingClient(paho.Client):
         return self._send_pingreq() == MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
+# CONNACK properties that are a single byte holding 0 or 1; any other value is a
+# protocol error (MQTT 5 §3.2.2.3). paho checks the ranges of the others.
+_CONNACK_BOOLEANS = (
+    "MaximumQoS",
+    "RetainAvailable",
+    "WildcardSubscriptionAvailable",
+    "SubscriptionIdentifierAvailable",
+    "SharedSubscriptionAvailable",
+)
+
+
 class PahoLink:
-    """One MQTT connection to one hub at one address. Not thread-safe: engine thread only."""
+    """One MQTT connection to one hub at one address. Not thread-safe: engine thread only.
+
+    After :meth:`open`, what the hub announced in its CONNACK is here for the
+    session to honour: :attr:`maximum_packet_size` (None when not announced),
+    :attr:`maximum_qos`, :attr:`retain_available` and :attr:`receive_maximum`.
+    """
 
     def __init__(self, hub: HubEndpoint, address: str, settings: LinkSettings) -> None:
         self.hub = hub
@@ -270,9 +697,15 @@ class PahoLink:
         self._held: list[Callable[[LinkListener], None]] | None = []
         self._connack: tuple[int, bool, str | None] | None = None
         self._closed_reported = False
+        # The exception the listener raised last, so service() can let it through as it
+        # is instead of taking it for a hub's fault.
+        self._listener_fault: Exception | None = None
         self.session_present = False
         self.resumed = False  # True after reopen(): the same paho session, resent with DUP
         self.receive_maximum = 65535
+        self.maximum_packet_size: int | None = None
+        self.maximum_qos = 2
+        self.retain_available = True
         self._mqtt5 = settings.mqtt_version == "5"
         self._id_property_prefix = _utf8_pair_prefix(settings.message_id_property)
         self._client = self._build_client()
@@ -285,14 +718,13 @@ class PahoLink:
             dial_address=self.address,
             server_hostname=self.hub.fqdn.rstrip("."),
             on_pingresp=self._pingresp,
+            max_packet_size=self._settings.max_packet_size,
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self._settings.client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if self._mqtt5 else MQTTProtocolVersion.MQTTv311,
             reconnect_on_failure=False,
             **session,
         )
-        if self.hub.tls is not None:
-            client.tls_set_context(make_ssl_context(self.hub.tls))
         if self._settings.credentials is not None:
             creds = self._settings.credentials
             client.username_pw_set(creds.username, creds.password)
@@ -307,14 +739,15 @@ class PahoLink:
 
     # -- opening ---------------------------------------------------------------------------
 
-    def open(self, deadline: float) -> None:
+    def open(self, deadline: float, cancel: CancelToken = NEVER) -> None:
         """Dial, handshake TLS, send CONNECT and wait for CONNACK until ``deadline``.
 
         Raises a :class:`ConnectError` subclass; never a paho, ssl or socket error.
+        ``cancel`` cuts every wait short (:class:`~device_sdk.adapters.cancel.Cancelled`).
         """
-        self._establish(self._dial, deadline)
+        self._establish(self._dial, deadline, cancel)
 
-    def reopen(self, address: str, deadline: float) -> None:
+    def reopen(self, address: str, deadline: float, cancel: CancelToken = NEVER) -> None:
         """Connect the same paho session again, possibly at a new address of the same hub.
 
         paho resends every unacknowledged QoS 1 message with DUP set and its
@@ -327,18 +760,35 @@ class PahoLink:
         self._connack = None
         self._closed_reported = False
         self.resumed = True
-        self._establish(self._redial, deadline)
+        self._establish(self._redial, deadline, cancel)
 
-    def _establish(self, dial: Callable[[], None], deadline: float) -> None:
+    def _establish(self, dial: Callable[[], None], deadline: float, cancel: CancelToken) -> None:
         self._listener = None
         try:
+            cancel.check(f"connecting to {self.hub.name}")
+            tls_context = self._fresh_tls_context()
+            self._client.prepare_dial(deadline=deadline, cancel=cancel, tls_context=tls_context)
             self._translating_dial_errors(dial)
-            self._await_connack(deadline)
+            self._await_connack(deadline, cancel)
         except ConnectError:
             self.abort()
             raise
         code, self.session_present, reference = self._connack or (0, False, None)
         self._raise_for_connack(code, reference)
+
+    def _fresh_tls_context(self) -> ssl.SSLContext | None:
+        """The hub's TLS context, its files read now: they may have been rotated (or have
+        gone missing) since the config was loaded."""
+        if self.hub.tls is None:
+            return None
+        try:
+            return make_ssl_context(self.hub.tls)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise TlsError(
+                f"TLS files for {self.hub.name} could not be loaded: {exc}",
+                hub=self.hub.name,
+                address=self.address,
+            ) from exc
 
     def start_reporting(self, listener: LinkListener) -> None:
         """Report to ``listener`` from now on, starting with what arrived with the CONNACK."""
@@ -355,6 +805,9 @@ class PahoLink:
         properties = _new_properties(PacketTypes.CONNECT)
         if self._settings.session_expiry:
             properties.SessionExpiryInterval = self._settings.session_expiry
+        # The hub must not send a packet larger than we accept (MQTT 5 §3.1.2.11.4); one
+        # that does anyway is refused from its fixed header (see _DialingClient._sock_recv).
+        properties.MaximumPacketSize = self._settings.max_packet_size
         self._client.connect(
             self.hub.fqdn,
             self.hub.port,
@@ -382,10 +835,12 @@ class PahoLink:
                 f"could not open {where}: {exc}", hub=self.hub.name, address=self.address
             ) from exc
 
-    def _await_connack(self, deadline: float) -> None:
+    def _await_connack(self, deadline: float, cancel: CancelToken) -> None:
         with selectors.DefaultSelector() as selector:
             selector.register(self.fileno(), selectors.EVENT_READ)
+            selector.register(cancel.fileno(), selectors.EVENT_READ)
             while self._connack is None and not self._closed_reported:
+                cancel.check(f"waiting for the CONNACK of {self.hub.name}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ConnectTimeout(
@@ -393,16 +848,30 @@ class PahoLink:
                         hub=self.hub.name,
                         address=self.address,
                     )
-                if selector.select(remaining):
-                    self._client.loop_read()
+                if self.has_buffered_input() or selector.select(remaining):
+                    cancel.check(f"waiting for the CONNACK of {self.hub.name}")
+                    self._handshake_io(self._client.loop_read)
                 if self._client.want_write():
-                    self._client.loop_write()
+                    self._handshake_io(self._client.loop_write)
         if self._connack is None:
             raise DialError(
                 f"{self.hub.name} at {self.address} closed the connection before CONNACK",
                 hub=self.hub.name,
                 address=self.address,
             )
+
+    def _handshake_io(self, step: Callable[[], object]) -> None:
+        """One read or write while opening: whatever the hub's input makes paho raise is
+        a handshake protocol error. (No listener is called yet, so nothing else can.)"""
+        try:
+            step()
+        except Exception as exc:
+            raise HandshakeProtocolError(
+                f"{self.hub.name} at {self.address} broke MQTT while connecting: "
+                f"{_describe_fault(exc)}",
+                hub=self.hub.name,
+                address=self.address,
+            ) from exc
 
     def _raise_for_connack(self, code: int, reference: str | None) -> None:
         kind = classify_connack(code, mqtt5=True)  # paho 2 maps 3.1.1 codes to v5 ones
@@ -434,12 +903,29 @@ class PahoLink:
         return isinstance(sock, _ReadAheadSocket) and sock.pending() > 0
 
     def service(self, *, readable: bool, writable: bool) -> None:
-        """Let paho read, write and run its housekeeping. Callbacks fire from here."""
-        if readable:
-            self._client.loop_read()
-        if writable:
-            self._client.loop_write()
-        self._client.loop_misc()
+        """Let paho read, write and run its housekeeping. Callbacks fire from here.
+
+        The receive boundary: when the hub broke MQTT (or sent what paho could not
+        decode), the link is aborted and the listener's ``on_protocol_error`` called;
+        nothing is raised. An exception of the listener itself passes through as it is.
+        """
+        try:
+            if readable:
+                self._client.loop_read()
+            if writable:
+                self._client.loop_write()
+            self._client.loop_misc()
+        except Exception as exc:
+            if exc is self._listener_fault:
+                self._listener_fault = None
+                raise
+            self._protocol_error(_describe_fault(exc))
+
+    def _protocol_error(self, reason: str) -> None:
+        reported = self._closed_reported
+        self.abort()
+        if not reported:
+            self._report(lambda listener: listener.on_protocol_error(reason))
 
     def publish(self, topic: str, payload: bytes, qos: int, message_id: str) -> int:
         """Send one PUBLISH carrying ``message_id``; returns its packet id.
@@ -457,6 +943,21 @@ class PahoLink:
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._report_closed(f"publish failed: {paho.error_string(info.rc)}")
         return info.mid
+
+    def publish_size(self, topic: str, payload: bytes, qos: int, message_id: str) -> int:
+        """The exact size in bytes of the PUBLISH :meth:`publish` would send for this.
+
+        Lets the session refuse a message over the hub's :attr:`maximum_packet_size`
+        before sending it: a hub that gets one drops the link, again and again.
+        """
+        body = 2 + len(topic.encode("utf-8")) + (2 if qos else 0)
+        if self._mqtt5:
+            body += len(_PackedProperties(self._id_property_prefix, message_id).pack())
+        if self._settings.envelope:
+            body += _envelope_size(message_id, len(payload))
+        else:
+            body += len(payload)
+        return 1 + len(_varint(body)) + body
 
     @contextlib.contextmanager
     def coalesced(self, enabled: bool = True) -> Iterator[None]:
@@ -500,6 +1001,8 @@ class PahoLink:
             sock.close()
 
     # -- paho callbacks: translate and forward, nothing more ------------------------------
+    # A callback raises _HubViolation to stop paho where it stands; paho re-raises it
+    # (suppress_exceptions is off) and service() or open() translates it.
 
     def _on_connect(
         self,
@@ -509,8 +1012,14 @@ class PahoLink:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        reference = getattr(properties, "ServerReference", None) if properties else None
-        self.receive_maximum = getattr(properties, "ReceiveMaximum", 65535) if properties else 65535
+        for name in _CONNACK_BOOLEANS:
+            if getattr(properties, name, 0) not in (0, 1):
+                raise _HubViolation(f"CONNACK with {name} = {getattr(properties, name)}")
+        reference = getattr(properties, "ServerReference", None)
+        self.receive_maximum = getattr(properties, "ReceiveMaximum", 65535)
+        self.maximum_packet_size = getattr(properties, "MaximumPacketSize", None)
+        self.maximum_qos = getattr(properties, "MaximumQoS", 2)
+        self.retain_available = bool(getattr(properties, "RetainAvailable", 1))
         self._connack = (reason_code.value, bool(flags.session_present), reference)
 
     def _on_disconnect(
@@ -522,6 +1031,8 @@ class PahoLink:
         properties: Properties | None,
     ) -> None:
         if not flags.is_disconnect_packet_from_server:
+            if self._client.overlong_remaining_length():
+                raise _HubViolation("a remaining length longer than four bytes")
             # paho's own code for "the socket died" (0x80 "Unspecified error") says
             # nothing about the hub: report what happened instead.
             self._report_closed("connection lost (closed or reset by the peer)")
@@ -546,11 +1057,18 @@ class PahoLink:
             return
         listener = self._listener
         if self._held is None and listener is not None:
-            listener.on_ack(mid)  # the hot path: one call per PUBACK, no closure
+            try:
+                listener.on_ack(mid)  # the hot path: one call per PUBACK, no closure
+            except Exception as exc:
+                self._listener_fault = exc
+                raise
         else:
             self._report(lambda listener: listener.on_ack(mid))
 
     def _on_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+        # The topic's bytes were checked before paho decoded them (_publish_problem).
+        if hasattr(msg.properties, "TopicAlias"):
+            raise _HubViolation("PUBLISH with a Topic Alias (this client allows none)")
         topic, payload, qos, retain = msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain)
         self._report(lambda listener: listener.on_message(topic, payload, qos, retain))
 
@@ -573,4 +1091,15 @@ class PahoLink:
         if self._held is not None:
             self._held.append(report)
         elif self._listener is not None:
-            report(self._listener)
+            try:
+                report(self._listener)
+            except Exception as exc:
+                self._listener_fault = exc  # the engine's own code: service() lets it through
+                raise
+
+
+def _describe_fault(exc: Exception) -> str:
+    """A hub's fault in words: the rule it broke, or what decoding its input raised."""
+    if isinstance(exc, _HubViolation):
+        return str(exc)
+    return f"its input could not be decoded ({type(exc).__name__}: {exc})"

@@ -8,11 +8,21 @@ release renames or reshapes one, these tests fail before any device does.
 from __future__ import annotations
 
 import inspect
+import re
+import socket
+import tracemalloc
 
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
-from device_sdk.adapters.paho_link import PAHO_PRIVATE_HOOKS, _DialingClient
+from device_sdk.adapters.paho_link import (
+    PAHO_PRIVATE_ATTRIBUTES,
+    PAHO_PRIVATE_HOOKS,
+    _DialingClient,
+    _HubViolation,
+    _ReadAheadSocket,
+)
 
 
 def test_paho_major_version_is_2() -> None:
@@ -32,11 +42,29 @@ EXPECTED_PARAMETERS = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", sorted(PAHO_PRIVATE_HOOKS))
+@pytest.mark.parametrize("name", sorted(set(PAHO_PRIVATE_HOOKS) - PAHO_PRIVATE_ATTRIBUTES))
 def test_private_hook_exists_with_the_expected_parameters(name: str) -> None:
     hook = getattr(paho.Client, name)
     parameters = list(inspect.signature(hook).parameters)
     assert parameters == EXPECTED_PARAMETERS.get(name, ["self"])
+
+
+def test_every_private_attribute_is_listed_and_set_by_paho() -> None:
+    assert set(PAHO_PRIVATE_HOOKS) >= PAHO_PRIVATE_ATTRIBUTES
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    for name in PAHO_PRIVATE_ATTRIBUTES:
+        assert hasattr(client, name), name
+
+
+def test_every_private_paho_name_the_adapter_uses_is_listed() -> None:
+    from device_sdk.adapters import paho_link
+
+    source = inspect.getsource(paho_link)
+    used = set(re.findall(r"(?:self|client|paho\.Client)\.(_[a-z][a-z_]*)", source))
+    plain = paho.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+    link_names = set(vars(paho_link.PahoLink))  # PahoLink's own, such as its _on_connect
+    paho_names = {name for name in used if hasattr(plain, name)} - link_names
+    assert paho_names <= set(PAHO_PRIVATE_HOOKS)
 
 
 def test_publish_properties_are_only_packed() -> None:
@@ -56,7 +84,7 @@ def test_packed_message_id_property_matches_paho_encoding(message_id: str) -> No
     theirs = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
     theirs.UserProperty = ("message-id", message_id)
     ours = _PackedProperties(_utf8_pair_prefix("message-id"), message_id)
-    assert ours.pack() == theirs.pack()
+    assert ours.pack() == theirs.pack()  # type: ignore[no-untyped-call]
 
 
 def test_socket_creation_goes_through_the_overridden_hook() -> None:
@@ -91,16 +119,20 @@ def test_puback_hook_is_called_by_the_packet_dispatcher_and_reports_as_paho_does
     assert "self._do_on_publish(mid, reasonCode, properties)" in source
 
 
-def _client_expecting(mid: int) -> tuple[_DialingClient, list[tuple[int, str, object]]]:
-    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
-    client = _DialingClient(
+def _new_client(protocol: MQTTProtocolVersion) -> _DialingClient:
+    return _DialingClient(
         dial_address="127.0.0.1",
         server_hostname="hub.example",
         on_pingresp=lambda: None,
         callback_api_version=CallbackAPIVersion.VERSION2,
-        protocol=MQTTProtocolVersion.MQTTv5,
+        protocol=protocol,
     )
+
+
+def _client_expecting(
+    mid: int, protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5
+) -> tuple[_DialingClient, list[tuple[int, str, object]]]:
+    client = _new_client(protocol)
     reports: list[tuple[int, str, object]] = []
 
     def on_publish(_c: object, _u: object, mid: int, reason: object, props: object) -> None:
@@ -125,12 +157,12 @@ def _client_expecting(mid: int) -> tuple[_DialingClient, list[tuple[int, str, ob
 )
 def test_puback_fast_path_reports_what_paho_would(packet: bytes, reason: str) -> None:
     client, reports = _client_expecting(0x0105)
-    client._in_packet["packet"] = packet
-    assert client._handle_pubackcomp("PUBACK") == paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+    client._in_packet["packet"] = bytearray(packet)
+    assert client._handle_pubackcomp("PUBACK") == MQTTErrorCode.MQTT_ERR_SUCCESS
     assert [(mid, text) for mid, text, _props in reports] == [(0x0105, reason)]
     assert 0x0105 not in client._out_messages
-    client._in_packet["packet"] = packet  # a second PUBACK for the same id: ignored
-    assert client._handle_pubackcomp("PUBACK") == paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+    client._in_packet["packet"] = bytearray(packet)  # a second PUBACK for the same id: ignored
+    assert client._handle_pubackcomp("PUBACK") == MQTTErrorCode.MQTT_ERR_SUCCESS
     assert len(reports) == 1
 
 
@@ -146,10 +178,6 @@ def test_paho_reads_only_through_the_socket_recv() -> None:
 
 
 def test_read_ahead_socket_serves_small_reads_from_one_system_call() -> None:
-    import socket
-
-    from device_sdk.adapters.paho_link import _ReadAheadSocket
-
     left, right = socket.socketpair()
     with left, _ReadAheadSocket(right) as reader:
         left.sendall(b"\x40\x02\x00\x01" * 3)
@@ -158,3 +186,146 @@ def test_read_ahead_socket_serves_small_reads_from_one_system_call() -> None:
         assert reader.recv(1) + reader.recv(2) == b"\x02\x00\x01"
         assert reader.recv(100) == b"\x40\x02\x00\x01" * 2
         assert reader.pending() == 0
+
+
+@pytest.mark.parametrize(
+    ("protocol", "packet", "reason"),
+    [
+        (MQTTProtocolVersion.MQTTv311, b"\x01\x05\x00", "exactly 2"),  # 3.1.1 has no reason code
+        (MQTTProtocolVersion.MQTTv311, b"\x00\x00", "packet identifier 0"),
+        (MQTTProtocolVersion.MQTTv5, b"\x00\x00", "packet identifier 0"),  # the fast path's miss
+        (MQTTProtocolVersion.MQTTv5, b"\x00\x00\x87\x00", "packet identifier 0"),
+        (MQTTProtocolVersion.MQTTv5, b"\x01\x05\x00\x00\xff", "do not fill the packet"),
+    ],
+)
+def test_puback_fast_path_refuses_what_the_protocol_forbids(
+    protocol: MQTTProtocolVersion, packet: bytes, reason: str
+) -> None:
+    client, reports = _client_expecting(0x0105, protocol)
+    client._in_packet["packet"] = bytearray(packet)
+    with pytest.raises(_HubViolation, match=reason):
+        client._handle_pubackcomp("PUBACK")
+    assert not reports
+
+
+def _reading_client(
+    protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv5, max_packet_size: int = 1024
+) -> tuple[_DialingClient, socket.socket, socket.socket]:
+    """A client reading what the test writes to the first socket returned (no hub, no
+    network); the second is the client's end."""
+    client = _DialingClient(
+        dial_address="127.0.0.1",
+        server_hostname="hub.example",
+        on_pingresp=lambda: None,
+        max_packet_size=max_packet_size,
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        protocol=protocol,
+    )
+    hub, ours = socket.socketpair()
+    ours.setblocking(False)
+    reader = _ReadAheadSocket(ours)
+    client._sock = reader
+    return client, hub, reader
+
+
+def test_paho_asks_for_a_whole_body_right_after_its_remaining_length() -> None:
+    # The size limit rests on this: the first body read asks for the remaining length,
+    # before any of the body is read or a buffer for it allocated.
+    source = inspect.getsource(paho.Client._packet_read)
+    assert re.findall(r"self\._sock_recv\(([^)]*)\)", source) == [
+        "1",
+        "1",
+        "self._in_packet['to_process']",
+    ]
+    client, hub, reader = _reading_client()
+    with hub, reader:
+        hub.sendall(b"\x30\xff\xff\xff\x7f" + bytes(4096))  # PUBLISH, 268 MB announced
+        tracemalloc.start()
+        try:
+            with pytest.raises(_HubViolation, match="268435460 bytes, over the 1024-byte"):
+                client._packet_read()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert client._in_packet["packet"] == b""
+    assert peak < 256 * 1024
+
+
+def test_the_limit_counts_the_fixed_header_too() -> None:
+    # 1 + 1 + 126 = 128 bytes fits a 128-byte limit; one byte more does not.
+    for body, fits in ((126, True), (127, False)):
+        client, hub, reader = _reading_client(max_packet_size=128)
+        with hub, reader:
+            client._sdk_accepting = frozenset({0xD0, 0x30})
+            hub.sendall(bytes([0x30, body]) + b"\x00\x01t" + bytes(body - 3))
+            if fits:
+                assert client._packet_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+            else:
+                with pytest.raises(_HubViolation, match="129 bytes"):
+                    client._packet_read()
+
+
+def test_a_fifth_remaining_length_byte_stops_paho_where_it_stands() -> None:
+    client, hub, reader = _reading_client()
+    with hub, reader:
+        hub.sendall(b"\x30\xff\xff\xff\xff\x01")
+        assert client._packet_read() == MQTTErrorCode.MQTT_ERR_PROTOCOL
+    assert client.overlong_remaining_length()  # what on_disconnect looks at
+
+
+def test_paho_hands_every_whole_packet_to_the_checked_dispatcher() -> None:
+    source = inspect.getsource(paho.Client._packet_read)
+    assert "rc = self._packet_handle()" in source
+    assert "except MalformedPacket" in source  # why _packet_handle converts it itself
+    client, hub, reader = _reading_client()
+    with hub, reader:
+        hub.sendall(b"\x30\x04\x00\x01t\x00")  # a PUBLISH, before any CONNACK
+        with pytest.raises(_HubViolation, match="PUBLISH before the CONNACK"):
+            client._packet_read()
+
+
+def test_every_connection_starts_before_its_connack() -> None:
+    # connect() goes through reconnect(), which the client overrides to expect a CONNACK
+    # first; reconnect() starts a fresh _in_packet with the keys the checks read.
+    assert "return self.reconnect()" in inspect.getsource(paho.Client.connect)
+    source = inspect.getsource(paho.Client.reconnect)
+    for key in ('"command"', '"remaining_count"', '"packet"'):
+        assert f"{key}:" in source
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        paho.Client._handle_connack,
+        paho.Client._do_on_publish,
+        paho.Client._do_on_disconnect,
+        paho.Client._handle_on_message,
+    ],
+)
+def test_paho_re_raises_what_a_callback_raised(method: object) -> None:
+    # A listener's exception must reach the engine; paho logs it and re-raises it
+    # unless suppress_exceptions is on, which the client turns off explicitly.
+    source = inspect.getsource(method)  # type: ignore[arg-type]
+    assert re.search(r"if not self\.suppress_exceptions:\s+raise\n", source)
+    assert _new_client(MQTTProtocolVersion.MQTTv5).suppress_exceptions is False
+
+
+def test_a_callback_exception_leaves_paho_as_the_same_object() -> None:
+    client, _reports = _client_expecting(0x0105)
+    raised = RuntimeError("engine bug")
+
+    def on_publish(*_args: object) -> None:
+        raise raised
+
+    client.on_publish = on_publish
+    client._in_packet["packet"] = bytearray(b"\x01\x05")
+    with pytest.raises(RuntimeError) as caught:
+        client._handle_pubackcomp("PUBACK")
+    assert caught.value is raised
+
+
+def test_tls_goes_through_the_wrap_hook_once_a_context_is_set() -> None:
+    assert "if self._ssl:" in inspect.getsource(paho.Client._create_socket)
+    source = inspect.getsource(paho.Client.tls_set_context)
+    assert "self._ssl = True" in source
+    assert "self._ssl_context = context" in source
