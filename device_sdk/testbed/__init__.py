@@ -18,6 +18,7 @@ from device_sdk.testbed.bed import (
 from device_sdk.testbed.broker import BrokerSpec, BrokerTls, MosquittoBroker, find_mosquitto
 from device_sdk.testbed.collector import Collector
 from device_sdk.testbed.dns_server import DnsServer, SrvTarget
+from device_sdk.testbed.hostile_hub import HostileHub
 from device_sdk.testbed.pki import CertificateAuthority, ServerCertificate
 from device_sdk.testbed.proxy import FaultProxy
 
@@ -33,6 +34,7 @@ __all__ = [
     "Collector",
     "DnsServer",
     "FaultProxy",
+    "HostileHub",
     "MosquittoBroker",
     "ServerCertificate",
     "SrvTarget",
