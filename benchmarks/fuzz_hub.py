@@ -257,6 +257,8 @@ def _tail(rng: random.Random, pieces: list[Piece], at: int) -> str | None:
 
 def _truncate(rng: random.Random, pieces: list[Piece], at: int) -> str | None:
     encoded = pieces[at].encode()
+    if not encoded:
+        return None  # already cut to nothing
     pieces[at] = Piece(0, encoded[: rng.randint(0, len(encoded) - 1)], raw=True)
     return f"#{at} cut to {len(pieces[at].body)} bytes"
 

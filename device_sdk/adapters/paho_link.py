@@ -24,9 +24,10 @@ told) or a :class:`HandshakeProtocolError` from :meth:`PahoLink.open`. Only the
 listener's own exceptions pass through unchanged, so the engine can tell a
 hostile hub from a bug of its own.
 
-Why one module of this size: the rules are applied by paho's hooks and nowhere
-else, and paho stays in one place (STYLE.md, 7); splitting the rules out would
-put a second module in lockstep with paho's private reader.
+Why one module of this size: everything here is either a paho hook or what the
+hooks apply, and paho stays in one place (STYLE.md, 7). Two parts use no paho
+at all and could stand alone: the inbound rules (pure functions of bytes, in
+the section below) and the cancellable dialling helpers.
 """
 
 from __future__ import annotations
