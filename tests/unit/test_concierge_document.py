@@ -708,12 +708,43 @@ TRUST_REFUSALS = [
 
 
 @pytest.mark.parametrize(("overrides", "field", "allowed"), TRUST_REFUSALS)
-def test_refused_trust_settings_name_the_field_and_what_is_allowed(
+def test_refused_trust_settings_name_the_field_the_value_and_what_is_allowed(
     overrides: dict[str, Any], field: str, allowed: str
 ) -> None:
     with pytest.raises(ConfigError) as refused:
         trust(**overrides)
     assert (refused.value.field, refused.value.allowed) == (field, allowed)
+    # The value shown is the culprit itself: the bad key id or pattern, else the setting.
+    (given,) = overrides.values()
+    culprits = [given, *given] if isinstance(given, dict | tuple) and given else [given]
+    assert any(refused.value.value is culprit for culprit in culprits)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "accepted"),
+    [
+        ("ab.cd", True),  # an exact name of two short labels
+        ("*.x.io", True),  # a wildcard over any name of two labels or more
+        ("-x.example.com", False),  # every label of an exact name is checked
+        ("*.-x.example.com", False),  # ... and every label of a wildcard's suffix
+        ("*.x", False),  # a wildcard over a top-level domain
+        ("a.*.example.com", False),  # a wildcard only in front
+    ],
+)
+def test_allow_list_patterns_are_whole_names(pattern: str, accepted: bool) -> None:
+    if accepted:
+        assert trust(allowed_hubs=(pattern,)).allowed_hubs == (pattern,)
+    else:
+        with pytest.raises(ConfigError, match=r"^concierge\.allowed_hubs = "):
+            trust(allowed_hubs=(pattern,))
+
+
+def test_a_hostile_algorithm_name_is_cut_short_in_the_message() -> None:
+    # The name comes from the attacker: 32 characters of it are enough to report.
+    alg = "A" * 32 + "B" * 100
+    with pytest.raises(WrongAlgorithm) as refused:
+        check(sign_value(GOOD, alg=alg))
+    assert str(refused.value) == (f"document signed with {'A' * 32!r}; only Ed25519 is accepted")
 
 
 @pytest.mark.parametrize(

@@ -853,3 +853,127 @@ def test_an_unresponsive_link_skips_penalized_hubs() -> None:
         ],
         hubs=THREE,
     )
+
+
+def test_a_redirect_is_dated_in_the_redirected_hubs_history() -> None:
+    connack = run(
+        [START, (0.1, AttemptFailed(PRIMARY, REDIRECT), over(PRIMARY, SECONDARY, "redirect"))]
+    )
+    assert connack.failure_history[PRIMARY] == HubRecord(failures=1, failing_since=0.1)
+    disconnect = run(
+        [START, UP, (60.0, Redirect(PRIMARY, None), over(PRIMARY, SECONDARY, "redirect"))]
+    )
+    assert disconnect.failure_history[PRIMARY] == HubRecord(failures=1, failing_since=60.0)
+
+
+def test_a_redirect_never_sends_us_to_a_hub_that_refused_us() -> None:
+    # With every other hub refusing, the redirected device backs off where it is.
+    run(
+        [
+            START,
+            (0.1, AttemptFailed(PRIMARY, PERMANENT), over(PRIMARY, SECONDARY, "permanent refusal")),
+            (
+                0.2,
+                AttemptFailed(SECONDARY, PERMANENT),
+                over(SECONDARY, TERTIARY, "permanent refusal"),
+            ),
+            (0.3, Redirect(TERTIARY, None), (Attempt(TERTIARY, BACKOFF, "redirect"),)),
+        ],
+        hubs=THREE,
+    )
+
+
+def test_a_move_redirected_elsewhere_no_longer_returns_to_the_hub_it_left() -> None:
+    # A concierge move whose target redirects us has ended; a failure after that is an
+    # ordinary failure, not "the move failed, go back".
+    run(
+        [
+            START,
+            UP,
+            (5.0, ConciergeNamed(SECONDARY), (Migrate(PRIMARY, SECONDARY, "concierge"),)),
+            (5.1, AttemptFailed(SECONDARY, REDIRECT), over(SECONDARY, TERTIARY, "redirect")),
+            (5.2, AttemptFailed(TERTIARY, TRANSIENT), retry(TERTIARY)),
+        ],
+        hubs=THREE,
+    )
+
+
+def test_a_failed_move_goes_back_at_once_even_to_a_hub_with_a_streak() -> None:
+    # The hub we left worked moments ago: no backoff before returning to it, though it
+    # failed once before that link (too short-lived to clear its streak).
+    run(
+        [
+            START,
+            (0.1, AttemptFailed(PRIMARY, TRANSIENT), retry(PRIMARY)),
+            (0.5, Connected(PRIMARY), ()),
+            (1.0, ConciergeNamed(SECONDARY), (Migrate(PRIMARY, SECONDARY, "concierge"),)),
+            (
+                1.1,
+                AttemptFailed(SECONDARY, TRANSIENT),
+                over(SECONDARY, PRIMARY, "migration failed"),
+            ),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("failover_after_failures", 0, "int >= 1"),
+        ("failover_after_failures", 2.0, "int >= 1"),
+        ("failover_after_seconds", 0.0, "> 0"),
+        ("failover_after_seconds", float("inf"), "> 0"),
+        ("failback_dwell_seconds", float("inf"), ">= 0"),
+        ("failback_dwell_seconds", -0.001, ">= 0"),
+        ("failback_healthy_probes", 0, "int >= 1"),
+        ("failback_healthy_probes", False, "int >= 1"),
+        ("permanent_penalty_seconds", float("nan"), ">= 0"),
+        ("permanent_penalty_seconds", -1, ">= 0"),
+        ("stable_after_seconds", float("inf"), ">= 0"),
+        ("stable_after_seconds", None, ">= 0"),
+    ],
+)
+def test_refused_policy_values_name_the_field_and_what_is_allowed(
+    field: str, value: object, allowed: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        FailoverPolicy(**{field: value})  # type: ignore[arg-type]
+    assert (refused.value.field, refused.value.allowed) == (f"failover.{field}", allowed)
+    assert refused.value.value is value  # the bad value itself is shown (NaN included)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"failover_after_failures": 1, "failback_healthy_probes": 1},
+        {"failover_after_seconds": 0.001},  # any positive time
+        {"failover_after_seconds": 0.5},
+        {"failback_dwell_seconds": 0, "permanent_penalty_seconds": 0, "stable_after_seconds": 0},
+        {"failback_dwell_seconds": 86_400.0, "permanent_penalty_seconds": 86_400},
+    ],
+)
+def test_boundary_policy_values_are_accepted(options: dict[str, Any]) -> None:
+    policy = FailoverPolicy(**options)
+    assert all(getattr(policy, name) == value for name, value in options.items())
+
+
+@pytest.mark.parametrize("hubs", [(), (PRIMARY, PRIMARY), "primary"])
+def test_a_bad_hub_list_names_itself_and_what_is_allowed(hubs: Sequence[str]) -> None:
+    with pytest.raises(ConfigError) as refused:
+        FailoverMachine(hubs, FailoverPolicy())
+    assert (refused.value.field, refused.value.value, refused.value.allowed) == (
+        "hubs",
+        hubs,
+        "a non-empty sequence of distinct hub names",
+    )
+
+
+def test_failback_needs_that_many_healthy_probes_after_the_link_came_up() -> None:
+    # Probes count from the connection to the hub we are on, never from before it.
+    run(
+        [
+            *on_secondary_since(10.0),
+            (400.0, ProbeResult(PRIMARY, healthy=True), ()),  # dwell met, one probe of two
+            (401.0, ProbeResult(PRIMARY, healthy=True), FAILBACK),
+        ]
+    )

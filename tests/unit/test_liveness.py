@@ -377,6 +377,7 @@ def test_refused_values_name_the_field_and_what_is_allowed(
         {"keepalive": 65535},  # the largest MQTT can carry
         {"keepalive": 0.001},
         {"keepalive": 10.0, "idle_probe_after": 10.0},  # probe at the keepalive itself
+        {"keepalive": 10.0, "idle_probe_after": 0.25},  # or after any positive silence
         {"deadline_floor": 2.0, "deadline_ceiling": 2.0, "initial_deadline": 2.0},  # one value
         {"deadline_floor": 1.0, "initial_deadline": 1.0},  # initial at the floor
         {"deadline_ceiling": 30.0, "initial_deadline": 30.0},  # initial at the ceiling
@@ -387,3 +388,13 @@ def test_refused_values_name_the_field_and_what_is_allowed(
 def test_boundary_values_are_accepted(options: dict[str, Any]) -> None:
     policy = LivenessPolicy(**options)
     assert all(getattr(policy, name) == value for name, value in options.items())
+
+
+def test_after_a_zero_round_trip_the_next_ack_is_timed_at_once() -> None:
+    # One sample per smoothed RTT: when that RTT is zero, the window is empty.
+    policy = LivenessPolicy(deadline_floor=0.01, deadline_ceiling=5.0, initial_deadline=1.0)
+    dog = LinkWatchdog(policy, 0.0)
+    dog.on_ack_expected("a", 1.0)
+    assert dog.on_acked("a", 1.0) == 0.0
+    dog.on_ack_expected("b", 1.5)
+    assert dog.on_acked("b", 1.6) == pytest.approx(0.1)

@@ -215,6 +215,23 @@ def test_named_constructors_pass_extra_fields() -> None:
     assert RetryPolicy.immediate().strategy == "immediate"
 
 
+def test_named_constructors_are_the_policies_their_fields_describe() -> None:
+    assert RetryPolicy.exponential() == RetryPolicy()
+    assert RetryPolicy.decorrelated() == RetryPolicy(strategy="decorrelated_jitter")
+    assert RetryPolicy.immediate() == RetryPolicy(strategy="immediate", initial=0.0, maximum=0.0)
+    assert RetryPolicy.never() == RetryPolicy(strategy="none")
+    # a fixed delay above the default maximum is still that delay
+    assert RetryPolicy.fixed(45.0) == RetryPolicy(strategy="fixed", initial=45.0, maximum=45.0)
+    assert RetryPolicy.exponential(
+        initial=0.5, maximum=8.0, multiplier=3.0, long_delay=60.0
+    ) == RetryPolicy(initial=0.5, maximum=8.0, multiplier=3.0, long_delay=60.0)
+    assert RetryPolicy.decorrelated(initial=0.5, maximum=8.0, stable_after=2.0) == RetryPolicy(
+        strategy="decorrelated_jitter", initial=0.5, maximum=8.0, stable_after=2.0
+    )
+    assert RetryPolicy.immediate(max_attempts=2).max_attempts == 2
+    assert RetryPolicy.never(long_delay=5.0).long_delay == 5.0
+
+
 # --------------------------------------------------------------------------- the rules, exactly
 # A stub random source that always draws the top (or the bottom) of the range it is given
 # shows the exact window each strategy computes, with nothing left to chance.
