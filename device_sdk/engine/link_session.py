@@ -19,7 +19,12 @@ from device_sdk.config import ClientConfig
 from device_sdk.core import failover as fsm
 from device_sdk.core.liveness import Dead, LinkWatchdog, SendPing
 from device_sdk.core.outcomes import FailureKind
-from device_sdk.errors import PublishRejected
+from device_sdk.errors import (
+    MessageNotDeliverable,
+    MessageTooLarge,
+    PublishRejected,
+    QosNotSupported,
+)
 from device_sdk.metrics import MetricsRecorder
 from device_sdk.outbox import OutboundMessage, Outbox
 
@@ -53,6 +58,39 @@ class SessionServices:
     metrics: MetricsRecorder
     emit: Emit
     deliver: Deliver
+
+
+class PoisonWatch:
+    """MQTT 3.1.1: finds a message the hub can never take, from the links it drops.
+
+    3.1.1 gives a hub no way to refuse one message: a hub that cannot take a
+    PUBLISH (too large, a topic it forbids) drops the connection. The message
+    is then first in line on every new link, so without this rule it is resent
+    forever and blocks every message behind it. When the hub closes ``limit``
+    links in a row while the same message is the oldest one unacknowledged,
+    that message is the poison. A link that ends any other way (a deadline, our
+    own decision, with nothing in flight, or with another message oldest)
+    breaks the streak, so a hub that merely restarts is not mistaken for it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._suspect: str | None = None
+        self._count = 0
+
+    def link_ended(self, session: LinkSession, end: LinkEnd) -> OutboundMessage | None:
+        """Feed one ended link; returns the poison message once the streak is long enough."""
+        closed_by_hub = not (end.unresponsive or end.redirect or end.migrate or end.fresh_session)
+        oldest = session.oldest_unacknowledged() if closed_by_hub else None
+        if oldest is None or oldest.message_id != self._suspect:
+            self._suspect = None if oldest is None else oldest.message_id
+            self._count = 0 if oldest is None else 1
+        else:
+            self._count += 1
+        if oldest is None or self._count < self._limit:
+            return None
+        self._suspect, self._count = None, 0
+        return oldest
 
 
 class LinkSession:
@@ -107,7 +145,10 @@ class LinkSession:
             return
         with self.link.coalesced(len(batch) > 1):
             for message in batch:
-                if not self._send(message):
+                refusal = self._never_deliverable(message)
+                if refusal is not None:
+                    self.give_up(message, refusal)
+                elif not self._send(message):
                     return  # the link died under the publish; the next link sends it again
 
     def _send(self, message: OutboundMessage) -> bool:
@@ -120,6 +161,57 @@ class LinkSession:
             self.inflight[mid] = message
             self._watchdog.on_ack_expected(mid, time.monotonic())
         return True
+
+    def _never_deliverable(self, message: OutboundMessage) -> MessageNotDeliverable | None:
+        """Why this hub can never take ``message``, from what it announced in CONNACK; or None.
+
+        Why check before sending: an MQTT 5 hub drops the link over a packet larger
+        than its Maximum Packet Size, and the message would be resent on every
+        link, blocking everything behind it and reconnecting in a loop.
+        """
+        link = self.link
+        hub = link.hub.name
+        if message.qos > link.maximum_qos:
+            return QosNotSupported(
+                f"{hub} takes QoS {link.maximum_qos} at most (its CONNACK says so); "
+                f"this message is QoS {message.qos}",
+                hub=hub,
+                message_id=message.message_id,
+                topic=message.topic,
+            )
+        limit = link.maximum_packet_size
+        # The exact size is computed only when the payload comes near the limit.
+        if limit is None or len(message.payload) + 4 * len(message.topic) + 256 < limit:
+            return None
+        size = link.publish_size(message.topic, message.payload, message.qos, message.message_id)
+        if size <= limit:
+            return None
+        return MessageTooLarge(
+            f"{hub} takes packets of at most {limit} bytes (its CONNACK says so); "
+            f"this PUBLISH is {size} bytes",
+            hub=hub,
+            message_id=message.message_id,
+            topic=message.topic,
+        )
+
+    def give_up(self, message: OutboundMessage, error: MessageNotDeliverable) -> None:
+        """``message`` can never reach this hub: it leaves the outbox, counted and announced."""
+        self.inflight = {mid: m for mid, m in self.inflight.items() if m.seq != message.seq}
+        self._services.outbox.reject(message.seq, error)
+        self._services.metrics.add(undeliverable=1)
+        self._services.emit(
+            events.MessageUndeliverable(
+                at=time.monotonic(),
+                hub=self.link.hub.name,
+                message_id=message.message_id,
+                topic=message.topic,
+                error=error,
+            )
+        )
+
+    def oldest_unacknowledged(self) -> OutboundMessage | None:
+        """The earliest message sent on this link and not acknowledged, if any."""
+        return min(self.inflight.values(), key=lambda m: m.seq, default=None)
 
     def check_liveness(self, now: float) -> float | None:
         """Run the watchdog. Returns when it must run again, or None once the link is dead.

@@ -38,12 +38,12 @@ from device_sdk.config import ClientConfig, HubEndpoint, OutboxSettings
 from device_sdk.core import failover as fsm
 from device_sdk.core.outcomes import FailureKind
 from device_sdk.core.retry import Backoff
-from device_sdk.core.supervision import FaultLog, SupervisionPolicy
+from device_sdk.core.supervision import FaultLog
 from device_sdk.core.topics import topic_matches
 from device_sdk.engine.dialer import Dialer, LinkFactory
 from device_sdk.engine.dispatch import CallbackDispatcher
 from device_sdk.engine.hub_sources import HubSources
-from device_sdk.engine.link_session import LinkEnd, LinkSession, SessionServices
+from device_sdk.engine.link_session import LinkEnd, LinkSession, PoisonWatch, SessionServices
 from device_sdk.engine.side_tasks import SideTasks
 from device_sdk.engine.supervision import handle_faults_reported_to
 from device_sdk.errors import (
@@ -54,13 +54,14 @@ from device_sdk.errors import (
     LinkLost,
     NotConnected,
     PermanentRefusal,
+    PoisonMessage,
     ProtocolError,
     RecoveryFailed,
     Redirected,
     TlsError,
 )
 from device_sdk.metrics import Metrics, MetricsRecorder
-from device_sdk.outbox import MemoryOutbox, Outbox, PublishHandle
+from device_sdk.outbox import MemoryOutbox, OutboundMessage, Outbox, PublishHandle
 
 log = logging.getLogger("device_sdk")
 
@@ -69,6 +70,9 @@ MessageHandler = Callable[[str, bytes], None]
 
 # How many attempt causes a NotConnected or RecoveryFailed carries: the latest ones.
 _KEPT_ATTEMPT_ERRORS = 32
+
+# The longest single wait of a backoff sleep; a longer backoff waits again.
+_LONGEST_WAIT = 86_400.0
 
 # The engine wakes at least this often while connected, so paho's own
 # housekeeping (keepalive bookkeeping) runs even on a silent link.
@@ -86,17 +90,20 @@ class Engine:
         outbox: Outbox | None = None,
         link_factory: LinkFactory = PahoLink,
         rng: random.Random | None = None,
-        supervision: SupervisionPolicy | None = None,
     ) -> None:
         self.config = config
         # Cut short by close(): DNS waits, connect races, TLS handshakes, CONNACK waits.
         self._cancel = CancelToken()
-        self._resolver = resolver or FreshResolver(config.dns)
-        self._outbox = outbox or open_outbox(config.outbox)
+        # "is None", not "or": a plugged-in part that happens to be falsy (an empty
+        # container-like outbox) must still be the one used.
+        self._resolver = (
+            FreshResolver(config.dns, cancel=self._cancel) if resolver is None else resolver
+        )
+        self._outbox = open_outbox(config.outbox) if outbox is None else outbox
         # Only an outbox that may drop is asked after every publish (it costs a lock).
         self._watch_drops = outbox is not None or config.outbox.overflow == "drop_oldest"
         self._drops_reported = 0
-        self._rng = rng or random.Random()
+        self._rng = random.Random() if rng is None else rng
         self._machine = fsm.FailoverMachine(config.hub_names, config.failover)
         self._backoff = Backoff.start()
         self._metrics = MetricsRecorder()
@@ -117,7 +124,9 @@ class Engine:
         self._is_connected = False
         self._is_finished = False
         self._fatal: DeviceSDKError | None = None
-        self._faults = FaultLog(supervision or SupervisionPolicy())
+        self._faults = FaultLog(config.supervision)
+        # MQTT 5 hubs refuse a message in its PUBACK, or announce their limits in CONNACK.
+        self._poison = PoisonWatch(config.poison_after) if config.mqtt_version == "3.1.1" else None
         # The causes of the current cycle's attempts, for NotConnected/RecoveryFailed. Bounded:
         # an outage can last days, and every exception holds its traceback's frames.
         self._cycle_errors: deque[ConnectError] = deque(maxlen=_KEPT_ATTEMPT_ERRORS)
@@ -144,6 +153,7 @@ class Engine:
             metrics=self._metrics,
             emit=self._emit,
             follow=self._feed,
+            cancel=self._cancel,
         )
         self._dialer = Dialer(
             config,
@@ -151,6 +161,7 @@ class Engine:
             link_factory=link_factory,
             metrics=self._metrics,
             emit=self._emit,
+            cancel=self._cancel,
         )
         self._services = SessionServices(
             config=config,
@@ -432,7 +443,13 @@ class Engine:
         planned = self._next
         while not self._closing.is_set():
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._interrupt.wait(remaining):
+            if remaining <= 0:
+                return
+            # Event.wait refuses more than threading.TIMEOUT_MAX (OverflowError): a policy
+            # may allow years. Waking once a day to wait again costs nothing.
+            if not self._interrupt.wait(min(remaining, _LONGEST_WAIT)):
+                continue
+            if self._closing.is_set():
                 return
             self._interrupt.clear()
             self._run_mailbox()
@@ -694,8 +711,14 @@ class Engine:
 
     def _after_link(self, link: PahoLink, end: LinkEnd) -> fsm.Attempt | None:
         now = time.monotonic()
-        if self.config.session_expiry and not end.fresh_session:
-            self._resumable = self._session  # its session (and in-flight messages) may resume
+        session = self._session
+        poison = None
+        if self._poison is not None and session is not None:
+            poison = self._poison.link_ended(session, end)
+        if self.config.session_expiry and not end.fresh_session and poison is None:
+            self._resumable = session  # its session (and in-flight messages) may resume
+        if poison is not None and session is not None:
+            session.give_up(poison, self._poison_error(link, poison))
         self._session = None
         self._set_status(connected=False)
         self._metrics.set(current_hub=None)
@@ -718,6 +741,15 @@ class Engine:
                 fsm.LinkDown(hub=link.hub.name, unresponsive=end.unresponsive), now
             )
         return self._single(actions)
+
+    def _poison_error(self, link: PahoLink, message: OutboundMessage) -> PoisonMessage:
+        return PoisonMessage(
+            f"{link.hub.name} dropped the link {self.config.poison_after} times in a row "
+            "right after this message (MQTT 3.1.1 has no other way to refuse one)",
+            hub=link.hub.name,
+            message_id=message.message_id,
+            topic=message.topic,
+        )
 
     def _deliver(self, topic: str, payload: bytes) -> None:
         """Hand a received message to every matching handler, on the callback thread."""
