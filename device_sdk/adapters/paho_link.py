@@ -33,9 +33,7 @@ the section below) and the cancellable dialling helpers.
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
-import os
 import selectors
 import socket
 import ssl
@@ -52,6 +50,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device_sdk.adapters.cancel import NEVER, CancelToken
+from device_sdk.adapters.dialing import connect_tcp, tls_handshake
 from device_sdk.config import Credentials, HubEndpoint, TlsSettings
 from device_sdk.core.outcomes import FailureKind, classify_connack, classify_disconnect
 from device_sdk.dedup import wrap_envelope
@@ -417,64 +416,6 @@ def make_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
     return context
 
 
-# -- dialling: every wait selects on the socket and on the cancel token ----------------------
-
-# A TLS handshake takes a handful of rounds; a peer dribbling single bytes is cut off by
-# the deadline long before this many.
-_MAX_HANDSHAKE_ROUNDS = 10_000
-
-
-def _wait_ready(
-    sock: socket.socket, *, write: bool, deadline: float, cancel: CancelToken, what: str
-) -> None:
-    """Wait until ``sock`` is readable (writable) or raise: Cancelled, or TimeoutError."""
-    remaining = deadline - time.monotonic()
-    if remaining > 0:
-        with selectors.DefaultSelector() as selector:
-            selector.register(sock, selectors.EVENT_WRITE if write else selectors.EVENT_READ)
-            selector.register(cancel.fileno(), selectors.EVENT_READ)
-            ready = {key.fileobj for key, _events in selector.select(remaining)}
-        cancel.check(what)
-        if sock in ready:
-            return
-    raise TimeoutError(errno.ETIMEDOUT, f"{what} timed out")
-
-
-def _connect(address: str, port: int, deadline: float, cancel: CancelToken) -> socket.socket:
-    """A TCP connection to an IP literal, cut short by the deadline or ``cancel``."""
-    family, kind, proto, _name, sockaddr = socket.getaddrinfo(
-        address, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setblocking(False)
-        code = sock.connect_ex(sockaddr)
-        if code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
-            _wait_ready(sock, write=True, deadline=deadline, cancel=cancel, what="TCP connect")
-            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            raise OSError(code, os.strerror(code))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _handshake(sock: ssl.SSLSocket, deadline: float, cancel: CancelToken) -> None:
-    """The TLS handshake on a non-blocking socket, cut short by the deadline or ``cancel``."""
-    for _round in range(_MAX_HANDSHAKE_ROUNDS):
-        try:
-            sock.do_handshake()
-            return
-        except ssl.SSLWantReadError:
-            write = False
-        except ssl.SSLWantWriteError:
-            write = True
-        _wait_ready(sock, write=write, deadline=deadline, cancel=cancel, what="TLS handshake")
-    raise TimeoutError(errno.ETIMEDOUT, "TLS handshake took too many rounds")
-
-
 class _ReadAheadSocket(socket.socket):
     """A TCP socket that reads ahead.
 
@@ -567,7 +508,7 @@ class _DialingClient(paho.Client):
         # paho would pass its host (the FQDN) to create_connection and let the OS
         # resolve and cache it. The SDK resolved it fresh a moment ago: dial that, and
         # let close() cut the connect short.
-        sock = _connect(self._sdk_dial_address, self._port, self._sdk_deadline, self._sdk_cancel)
+        sock = connect_tcp(self._sdk_dial_address, self._port, self._sdk_deadline, self._sdk_cancel)
         return _ReadAheadSocket(sock)
 
     def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
@@ -580,7 +521,7 @@ class _DialingClient(paho.Client):
             tcp_sock, server_hostname=self._sdk_server_hostname, do_handshake_on_connect=False
         )
         try:
-            _handshake(tls_sock, self._sdk_deadline, self._sdk_cancel)
+            tls_handshake(tls_sock, self._sdk_deadline, self._sdk_cancel)
         except BaseException:
             tls_sock.close()
             raise

@@ -195,7 +195,7 @@ class HubSources:
         timeout = self._config.liveness.connect_timeout
         self._side.start(
             "probe",
-            _probing(hub, self._resolver, timeout),
+            _probing(hub, self._resolver, timeout, self._cancel),
             lambda healthy: self._probe_result(hub.name, healthy),
         )
 
@@ -205,10 +205,12 @@ class HubSources:
         self._follow(fsm.ProbeResult(hub=hub, healthy=healthy))
 
 
-def _probing(hub: HubEndpoint, resolver: Resolver, timeout: float) -> Callable[[], bool]:
+def _probing(
+    hub: HubEndpoint, resolver: Resolver, timeout: float, cancel: CancelToken
+) -> Callable[[], bool]:
     def probe() -> bool:
         try:
-            return hub_answers(hub, resolver, timeout)
+            return hub_answers(hub, resolver, timeout, cancel)
         except ConnectError:  # Cancelled: the client is closing, and the answer is moot
             return False
 

@@ -22,6 +22,7 @@ from device_sdk import events
 from device_sdk.adapters.cancel import Cancelled, CancelToken
 from device_sdk.adapters.happy_eyeballs import race_connects
 from device_sdk.adapters.paho_link import PahoLink
+from device_sdk.adapters.probe import hub_answers
 from device_sdk.adapters.resolver import FreshResolver, Resolution
 from device_sdk.adapters.srv import discover_hubs
 from device_sdk.concierge.fetch import ConciergeFetcher
@@ -115,6 +116,18 @@ def test_a_connect_race_against_a_blackhole_stops_when_cancelled(token: CancelTo
     with listener("127.0.0.2") as port, syn_blackhole(BLACKHOLE, port):
         worker = Worker(lambda: race_connects((BLACKHOLE,), port, timeout=5.0, cancel=token))
         time.sleep(0.1)  # the SYN is out and unanswered
+        took = cancel_while_waiting(token, worker)
+    assert isinstance(worker.error, Cancelled), worker.error
+    assert took < PROMPT
+
+
+def test_a_failback_probe_of_a_mute_tls_hub_stops_when_cancelled(token: CancelToken) -> None:
+    # The TCP connect succeeds; the hub never answers the TLS ClientHello.
+    with socket.create_server(("127.0.0.1", 0)) as mute:
+        hub = HubEndpoint(name="home", fqdn="127.0.0.1", port=mute.getsockname()[1])
+        resolver = FreshResolver(DnsSettings(), cancel=token)
+        worker = Worker(lambda: hub_answers(hub, resolver, timeout=5.0, cancel=token))
+        time.sleep(0.2)  # inside the handshake
         took = cancel_while_waiting(token, worker)
     assert isinstance(worker.error, Cancelled), worker.error
     assert took < PROMPT
