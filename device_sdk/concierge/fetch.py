@@ -32,8 +32,10 @@ import socket
 import ssl
 import time
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from device_sdk.adapters.cancel import NEVER, CancelToken
+from device_sdk.adapters.dialing import connect_tcp, tls_handshake, wait_ready
 from device_sdk.adapters.resolver import FreshResolver, Resolver, resolve_within
 from device_sdk.concierge.document import MAX_ENVELOPE_BYTES
 from device_sdk.config import DnsSettings, is_ip_literal
@@ -45,7 +47,6 @@ if TYPE_CHECKING:
 __all__ = ["ConciergeFetcher"]
 
 _CHUNK = 16 * 1024
-_AddressInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]
 _USER_AGENT = "device-sdk-concierge-client/1"
 
 
@@ -57,12 +58,15 @@ def _remaining(deadline: float) -> float:
 
 
 class _DeadlineSocket(socket.socket):
-    """A TCP socket whose every receive and send waits at most until ``deadline``."""
+    """A TCP socket whose every receive and send waits at most until ``deadline``,
+    and whose receives also end when ``cancel`` is set (the client is closing)."""
 
     deadline: float | None = None
+    cancel: CancelToken = NEVER
 
     def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
         if self.deadline is not None:
+            wait_ready(self, write=False, deadline=self.deadline, cancel=self.cancel, what="read")
             self.settimeout(_remaining(self.deadline))
         return super().recv_into(buffer, nbytes, flags)
 
@@ -76,9 +80,13 @@ class _DeadlineSSLSocket(ssl.SSLSocket):
     """The TLS counterpart of :class:`_DeadlineSocket` (``SSLContext.sslsocket_class``)."""
 
     deadline: float | None = None
+    cancel: CancelToken = NEVER
 
     def recv_into(self, buffer: WriteableBuffer, nbytes: int | None = None, flags: int = 0) -> int:
         if self.deadline is not None:
+            if not self.pending():  # decrypted bytes already here need no wait
+                what = "TLS read"
+                wait_ready(self, write=False, deadline=self.deadline, cancel=self.cancel, what=what)
             self.settimeout(_remaining(self.deadline))
         return super().recv_into(buffer, nbytes, flags)
 
@@ -95,8 +103,8 @@ class ConciergeFetcher:
     body accepted. ``ca_file`` replaces the system trust store for the concierge's
     certificate. ``allow_plain_http`` must be set for an ``http://`` URL.
     ``resolver`` resolves the host (default: a :class:`FreshResolver` for
-    resolv.conf). The fetcher holds no connection between calls and is safe to
-    share between threads.
+    resolv.conf). ``cancel`` cuts any wait short (the client is closing). The
+    fetcher holds no connection between calls and is safe to share between threads.
     """
 
     def __init__(
@@ -108,8 +116,10 @@ class ConciergeFetcher:
         ca_file: str | None = None,
         allow_plain_http: bool = False,
         resolver: Resolver | None = None,
+        cancel: CancelToken = NEVER,
     ) -> None:
         self.url = url
+        self._cancel = cancel
         self._host, self._port, self._target, tls = _split_url(url, allow_plain_http)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
             raise ConfigError("concierge.timeout", timeout, "a number of seconds > 0")
@@ -185,47 +195,47 @@ class ConciergeFetcher:
     def _dial(self, deadline: float) -> socket.socket:
         sock = self._connect(deadline)
         if self._context is None:
-            sock.deadline = deadline
             return sock
         try:
-            sock.settimeout(_remaining(deadline))  # bounds the whole handshake
-            tls_sock = self._context.wrap_socket(sock, server_hostname=self._host)
+            tls_sock = self._context.wrap_socket(
+                sock, server_hostname=self._host, do_handshake_on_connect=False
+            )
         except BaseException:
             sock.close()
             raise
+        try:
+            tls_handshake(tls_sock, deadline, self._cancel)
+        except BaseException:
+            tls_sock.close()  # it owns the descriptor now
+            raise
         assert isinstance(tls_sock, _DeadlineSSLSocket)
-        tls_sock.deadline = deadline
+        tls_sock.deadline, tls_sock.cancel = deadline, self._cancel
         return tls_sock
 
     def _connect(self, deadline: float) -> _DeadlineSocket:
         last_error: OSError = OSError(f"no address for {self._host}")
-        for family, kind, proto, _name, address in self._addresses(deadline):
-            sock = _DeadlineSocket(family, kind, proto)
+        for host in self._hosts(deadline):
             try:
-                sock.settimeout(_remaining(deadline))
-                sock.connect(address)
-            except OSError as exc:
-                sock.close()
+                raw = connect_tcp(host, self._port, deadline, self._cancel)
+            except TimeoutError:
+                raise
+            except OSError as exc:  # refused, unreachable: the next address
                 last_error = exc
-                if isinstance(exc, TimeoutError):
-                    raise
                 continue
+            sock = _DeadlineSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+            sock.setblocking(False)  # until the handshake is done; reads set their timeout
+            sock.deadline, sock.cancel = deadline, self._cancel
             return sock
         raise last_error
 
-    def _addresses(self, deadline: float) -> list[_AddressInfo]:
-        hosts: tuple[str, ...] = (self._host,)
-        if not is_ip_literal(self._host):
-            hosts = resolve_within(self._resolver, self._host, deadline).addresses
+    def _hosts(self, deadline: float) -> tuple[str, ...]:
+        """The addresses to dial: IP literals only, so the OS resolver is never asked
+        (it would not honour the deadline)."""
+        if is_ip_literal(self._host):
+            return (self._host,)
+        hosts = resolve_within(self._resolver, self._host, deadline).addresses
         _remaining(deadline)
-        # Numeric only: every host here is an address, and the OS resolver must
-        # never be asked (it would not honour the deadline).
-        numeric = socket.AI_NUMERICHOST
-        return [
-            info
-            for host in hosts
-            for info in socket.getaddrinfo(host, self._port, type=socket.SOCK_STREAM, flags=numeric)
-        ]
+        return hosts
 
 
 def _split_url(url: str, allow_plain_http: bool) -> tuple[str, int, str, bool]:

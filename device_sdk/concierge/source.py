@@ -22,6 +22,7 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from device_sdk.adapters.cancel import NEVER, CancelToken
 from device_sdk.adapters.resolver import Resolver
 from device_sdk.concierge.document import DocumentHub, EndpointDocument
 from device_sdk.concierge.fetch import ConciergeFetcher
@@ -58,6 +59,7 @@ class ConciergeSource:
         own_hubs: Sequence[HubEndpoint],
         *,
         resolver: Resolver | None = None,
+        cancel: CancelToken = NEVER,
     ) -> None:
         self._settings = settings
         self._own_hubs = tuple(own_hubs)
@@ -68,6 +70,7 @@ class ConciergeSource:
             ca_file=settings.ca_file,
             allow_plain_http=settings.allow_plain_http,
             resolver=resolver,
+            cancel=cancel,
         )
         self._store = SequenceStore(settings.state_file) if settings.state_file else None
         self._lock = threading.Lock()

@@ -89,7 +89,9 @@ class HubSources:
             # The SDK's own resolver for the concierge's host, whatever resolves the
             # hubs (a test may fake that one): its nameservers, within the deadline.
             resolver = FreshResolver(config.dns, cancel=cancel)
-            self._concierge = ConciergeSource(config.concierge, config.hubs, resolver=resolver)
+            self._concierge = ConciergeSource(
+                config.concierge, config.hubs, resolver=resolver, cancel=cancel
+            )
         self._next_concierge_at = 0.0
         self._next_probe_at = 0.0
 

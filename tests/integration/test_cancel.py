@@ -152,6 +152,26 @@ def test_the_concierge_fetch_stops_resolving_when_cancelled(token: CancelToken) 
     assert took < PROMPT
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_the_concierge_fetch_stops_waiting_for_a_mute_server_when_cancelled(
+    token: CancelToken, scheme: str
+) -> None:
+    # http: connected, the request sent, no answer; https: no answer to the ClientHello.
+    with socket.create_server(("127.0.0.1", 0)) as mute:
+        fetcher = ConciergeFetcher(
+            f"{scheme}://127.0.0.1:{mute.getsockname()[1]}/v1/endpoint",
+            timeout=8.0,
+            allow_plain_http=True,
+            cancel=token,
+        )
+        worker = Worker(fetcher.fetch)
+        time.sleep(0.2)  # waiting for the server
+        took = cancel_while_waiting(token, worker)
+    assert isinstance(worker.error, ConciergeUnavailable), worker.error
+    assert isinstance(worker.error.__cause__, Cancelled)
+    assert took < PROMPT
+
+
 # --------------------------------------------------------------------------- the dialer
 
 
