@@ -32,7 +32,7 @@ run, ``cd .mutation && ../.venv/bin/mutmut show NAME`` prints one mutant's diff.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib.metadata
 import json
 import os
 import shutil
@@ -179,8 +179,11 @@ def _lower_priority() -> None:
 
 
 def _ensure_mutmut() -> None:
-    if importlib.util.find_spec("mutmut") is not None:
-        return
+    try:
+        if importlib.metadata.version("mutmut").split(".")[0] == "3":
+            return
+    except importlib.metadata.PackageNotFoundError:
+        pass
     print(f"installing {MUTMUT} into {sys.prefix}", flush=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", MUTMUT],
