@@ -12,6 +12,7 @@ import random
 import statistics
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -89,7 +90,8 @@ def concierge_sources(
 def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
     """The engine's monotonic clock as a settable value (``clock[0]``)."""
     now = [1_000_000.0]  # a realistic monotonic reading, days after boot
-    monkeypatch.setattr(hub_sources.time, "monotonic", lambda: now[0])
+    # Only hub_sources' view of the clock: nothing else in the process is affected.
+    monkeypatch.setattr(hub_sources, "time", SimpleNamespace(monotonic=lambda: now[0]))
     yield now
 
 
