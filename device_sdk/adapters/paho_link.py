@@ -25,9 +25,10 @@ listener's own exceptions pass through unchanged, so the engine can tell a
 hostile hub from a bug of its own.
 
 Why one module of this size: everything here is either a paho hook or what the
-hooks apply, and paho stays in one place (STYLE.md, 7). Two parts use no paho
+hooks apply, and paho stays in one place (STYLE.md, 7). One part uses no paho
 at all and could stand alone: the inbound rules (pure functions of bytes, in
-the section below) and the cancellable dialling helpers.
+the section below). The dialling that close() can interrupt is in
+:mod:`device_sdk.adapters.dialing`.
 """
 
 from __future__ import annotations
