@@ -386,6 +386,7 @@ class ClientConfig:
             ("retry", RetryPolicy, False),
             ("failover", FailoverPolicy, False),
             ("liveness", LivenessPolicy, False),
+            ("supervision", SupervisionPolicy, False),
             ("credentials", Credentials, True),
             ("outbox", OutboxSettings, False),
             ("srv", SrvSettings, True),

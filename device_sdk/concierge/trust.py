@@ -68,7 +68,12 @@ class ConciergeTrust:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_public_keys", MappingProxyType(self._decode_keys()))
-        object.__setattr__(self, "allowed_hubs", tuple(self.allowed_hubs))
+        hubs = self.allowed_hubs
+        if isinstance(hubs, str) or not isinstance(hubs, tuple | list | frozenset | set):
+            raise ConfigError(
+                "concierge.allowed_hubs", hubs, "a sequence of hub name patterns (strings)"
+            )
+        object.__setattr__(self, "allowed_hubs", tuple(hubs))
         if not self.allowed_hubs:
             raise ConfigError("concierge.allowed_hubs", self.allowed_hubs, "at least one pattern")
         for pattern in self.allowed_hubs:

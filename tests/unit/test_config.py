@@ -301,3 +301,16 @@ def test_concierge_settings_refuse_bad_values(overrides: dict[str, object], fiel
 def test_valid_concierge_settings_are_unchanged() -> None:
     settings = concierge(poll_interval=60, timeout=1.5, poll_jitter=0)
     assert (settings.poll_interval, settings.timeout, settings.poll_jitter) == (60, 1.5, 0)
+
+
+def test_a_missing_supervision_policy_is_refused_at_the_boundary() -> None:
+    hub = HubEndpoint(name="h", fqdn="h.example.com", tls=None)
+    with pytest.raises(ConfigError, match="supervision"):
+        ClientConfig(client_id="d", hubs=(hub,), supervision=None)  # type: ignore[arg-type]
+
+
+def test_concierge_trust_refuses_a_missing_allow_list() -> None:
+    from device_sdk.concierge.trust import ConciergeTrust
+
+    with pytest.raises(ConfigError, match="allowed_hubs"):
+        ConciergeTrust(keys={"k": b"\x01" * 32}, allowed_hubs=None)  # type: ignore[arg-type]

@@ -389,11 +389,6 @@ def test_publish_handle_wait_raises_only_sdk_errors(client: DeviceClient) -> Non
     assert found == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ConciergeTrust.__post_init__ (device_sdk/concierge/trust.py) calls "
-    "tuple(allowed_hubs) before checking it: allowed_hubs=None raises TypeError",
-)
 def test_concierge_trust_raises_only_sdk_errors() -> None:
     valid: dict[str, Any] = {"keys": {"k": b"\x01" * 32}, "allowed_hubs": ("*.example.com",)}
     found = [
