@@ -130,10 +130,24 @@ def test_concierge_that_is_down_changes_nothing(bed: Testbed) -> None:
     bed.concierge.stop()
     log = EventLog()
     config = bed.client_config("alone-device", concierge=settings)
+    started = time.monotonic()
     with DeviceClient(config, on_event=log) as client:
+        # A down concierge never delays the device: not at start, not in failover.
+        assert time.monotonic() - started < settings.timeout
+        killed = time.monotonic()
         bed.hub("primary").broker.kill()
-        log.wait_for(events.Connected, 3.0, hub="secondary")
+        connected = log.wait_for(events.Connected, 3.0, hub="secondary")
+        assert connected.at - killed < settings.timeout
         client.publish("test/after", b"1").wait(5)
+        problems = log.of(events.ConciergeProblem)
+        metrics = client.metrics()
+    assert all(isinstance(e, events.FailedOver) and "concierge" not in e.reason
+               for e in log.of(events.FailedOver))  # fmt: skip
+    assert len(problems) >= 2, problems  # asked at start and again in the recovery cycle
+    assert not any(p.security for p in problems if isinstance(p, events.ConciergeProblem))
+    assert not log.of(events.ConciergeUpdate)
+    assert metrics.concierge_updates == 0 and metrics.concierge_rejections == 0
+    assert metrics.current_hub == "secondary"
 
 
 # --------------------------------------------------------------------------- lying concierges
