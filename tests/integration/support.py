@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 
 from device_sdk import DeviceClient, events
 from device_sdk.outbox import PublishHandle
@@ -88,6 +89,28 @@ def assert_nothing_lost(publisher: SteadyPublisher, *collectors: Collector) -> N
     missing = sorted(expected - set(merge(*collectors)))
     assert not missing, f"lost {len(missing)} of {len(expected)}: {missing[:20]}"
     assert len(expected) > 20, "the publisher barely ran; the test proves nothing"
+
+
+@contextmanager
+def mute_listener() -> Iterator[int]:
+    """A loopback port that accepts TCP connections (the kernel does) and never sends a byte."""
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as server:
+        yield server.getsockname()[1]
+
+
+@contextmanager
+def blackholed_port(host: str) -> Iterator[int]:
+    """A port on ``host`` whose SYNs vanish: a listener whose accept queue is full."""
+    with ExitStack() as stack:
+        server = stack.enter_context(socket.create_server((host, 0), backlog=0))
+        port = server.getsockname()[1]
+        for _ in range(8):  # fill the accept queue (bounded): later SYNs are dropped
+            filler = stack.enter_context(socket.socket())
+            filler.setblocking(False)
+            with suppress(BlockingIOError):
+                filler.connect((host, port))
+        time.sleep(0.05)
+        yield port
 
 
 def collectors_for(bed: Testbed) -> list[Collector]:

@@ -11,14 +11,11 @@ of what it publishes, TLS files that vanished, and cancelling every wait of open
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import socket
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +37,7 @@ from device_sdk.errors import (
 from device_sdk.testbed import CertificateAuthority
 from device_sdk.testbed.hostile_hub import Flood, HostileHub, Send, Step, encode_packet
 from device_sdk.testbed.pytest_plugin import TestbedFactory
-from tests.integration.support import TOPIC
+from tests.integration.support import TOPIC, blackholed_port, mute_listener
 
 pytestmark = pytest.mark.integration
 
@@ -486,28 +483,6 @@ def test_tls_files_gone_at_dial_time_are_a_tls_error(tmp_path: Path, missing: st
 # -- 8. cancelling open() --------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _mute_listener() -> Iterator[int]:
-    """Accepts TCP connections (the kernel does) and never sends a byte."""
-    with socket.create_server(("127.0.0.1", 0), backlog=8) as server:
-        yield server.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _blackhole() -> Iterator[int]:
-    """A port whose SYNs vanish: a listener whose accept queue is full and never drained."""
-    with contextlib.ExitStack() as stack:
-        server = stack.enter_context(socket.create_server(("127.0.0.1", 0), backlog=0))
-        port = server.getsockname()[1]
-        for _ in range(8):  # fill the accept queue (bounded): later SYNs are dropped
-            filler = stack.enter_context(socket.socket())
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(("127.0.0.1", port))
-        time.sleep(0.05)
-        yield port
-
-
 def _cancelled_after(link: PahoLink, delay: float, reopen: bool = False) -> float:
     """Seconds from cancel() to open() raising Cancelled (the deadline is 10 s away)."""
     token = CancelToken()
@@ -533,7 +508,7 @@ def _cancelled_after(link: PahoLink, delay: float, reopen: bool = False) -> floa
 
 
 def test_cancel_cuts_a_tcp_connect_short() -> None:
-    with _blackhole() as port:
+    with blackholed_port("127.0.0.1") as port:
         hub = HubEndpoint(name="h", fqdn="127.0.0.1", port=port, tls=None)
         link = PahoLink(hub, "127.0.0.1", _settings(V5))
         assert _cancelled_after(link, 0.2) < 0.15
@@ -541,7 +516,7 @@ def test_cancel_cuts_a_tcp_connect_short() -> None:
 
 def test_cancel_cuts_a_tls_handshake_short(tmp_path: Path) -> None:
     ca_file = CertificateAuthority.create().write_to(tmp_path)
-    with _mute_listener() as port:
+    with mute_listener() as port:
         tls = TlsSettings(ca_file=str(ca_file))
         hub = HubEndpoint(name="h", fqdn="localhost", port=port, tls=tls)
         link = PahoLink(hub, "127.0.0.1", _settings(V5))

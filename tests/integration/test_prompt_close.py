@@ -29,8 +29,8 @@ from device_sdk import (
     TlsSettings,
     events,
 )
-from device_sdk.testbed import FAST_FAILOVER, CertificateAuthority, Testbed
-from tests.integration.support import EventLog
+from device_sdk.testbed import FAST_FAILOVER, CertificateAuthority, HostileHub, Testbed
+from tests.integration.support import EventLog, blackholed_port, mute_listener
 
 pytestmark = pytest.mark.integration
 
@@ -75,28 +75,6 @@ def _silent_udp() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-@contextlib.contextmanager
-def _mute_listener() -> Iterator[int]:
-    """Accepts TCP connections (the kernel does) and never sends a byte."""
-    with socket.create_server(("127.0.0.1", 0), backlog=8) as server:
-        yield server.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _blackhole() -> Iterator[int]:
-    """A port whose SYNs vanish: a listener whose accept queue is full and never drained."""
-    with contextlib.ExitStack() as stack:
-        server = stack.enter_context(socket.create_server(("127.0.0.2", 0), backlog=0))
-        port = server.getsockname()[1]
-        for _ in range(8):  # fill the accept queue (bounded): later SYNs are dropped
-            filler = stack.enter_context(socket.socket())
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(("127.0.0.2", port))
-        time.sleep(0.05)
-        yield port
-
-
 def test_close_while_resolving() -> None:
     log = EventLog()
     with _silent_udp() as port:
@@ -109,7 +87,7 @@ def test_close_while_resolving() -> None:
 
 def test_close_while_dialling_a_blackholed_address() -> None:
     log = EventLog()
-    with _blackhole() as port:
+    with blackholed_port("127.0.0.2") as port:
         hub = HubEndpoint(name="h", fqdn="127.0.0.2", port=port, tls=None)
         client = DeviceClient(_config("close-dialling", hub), on_event=log)
         _waiting_in(client, log, events.Resolved)
@@ -119,7 +97,7 @@ def test_close_while_dialling_a_blackholed_address() -> None:
 def test_close_during_the_tls_handshake(tmp_path: Path) -> None:
     log = EventLog()
     ca_file = CertificateAuthority.create().write_to(tmp_path)
-    with _mute_listener() as port:
+    with mute_listener() as port:
         tls = TlsSettings(ca_file=str(ca_file))
         hub = HubEndpoint(name="h", fqdn="localhost", port=port, tls=tls)
         client = DeviceClient(_config("close-tls", hub), on_event=log)
@@ -129,7 +107,7 @@ def test_close_during_the_tls_handshake(tmp_path: Path) -> None:
 
 def test_close_while_waiting_for_the_connack() -> None:
     log = EventLog()
-    with _mute_listener() as port:
+    with mute_listener() as port:
         hub = HubEndpoint(name="h", fqdn="127.0.0.1", port=port, tls=None)
         client = DeviceClient(_config("close-connack", hub), on_event=log)
         _waiting_in(client, log, events.Resolved)
@@ -156,54 +134,21 @@ def test_close_while_connected(testbed: Testbed) -> None:
     _close_promptly(client, "close-connected")
 
 
-class AcceptThenDropHub:
-    """Answers every CONNECT with a successful CONNACK, then closes at once (bounded)."""
-
-    def __init__(self, *, mqtt5: bool) -> None:
-        self._connack = bytes([0x20, 0x03, 0, 0, 0]) if mqtt5 else bytes([0x20, 0x02, 0, 0])
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self._server.settimeout(0.1)
-        self.port = self._server.getsockname()[1]
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="drop-hub", daemon=True)
-
-    def __enter__(self) -> AcceptThenDropHub:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._server.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set() and self.connections < 100_000:
-            try:
-                conn, _peer = self._server.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(1.0)
-                with contextlib.suppress(OSError):
-                    conn.recv(4096)  # the CONNECT
-                    conn.sendall(self._connack)
-            self.connections += 1
-
-
 @pytest.mark.parametrize("mqtt_version", ["5", "3.1.1"])
 def test_a_hub_that_accepts_then_drops_gets_backoff_not_a_storm(mqtt_version: str) -> None:
     """Before: ~1000 connects a second. Now each short link counts as a failure."""
     seconds = 3.0
     retry = RetryPolicy(initial=0.05, maximum=0.4, stable_after=10.0)
-    with AcceptThenDropHub(mqtt5=mqtt_version == "5") as hub:
+    connack = bytes([0x20, 0x03, 0, 0, 0]) if mqtt_version == "5" else bytes([0x20, 0x02, 0, 0])
+    # Every connection gets a successful CONNACK, then the hub closes it at once.
+    with HostileHub([connack], scripted_connections=10_000, after_script="close") as hub:
         endpoint = HubEndpoint(name="h", fqdn="127.0.0.1", port=hub.port, tls=None)
         config = _config("no-storm", endpoint, retry=retry, mqtt_version=mqtt_version)
         client = DeviceClient(config)
         client._engine.start()
         time.sleep(seconds)
         client.close()
-        connects = hub.connections
+        connects = len(hub.connections())
     # Full jitter with a 0.4 s cap averages 0.2 s a wait once grown: about 15 in 3 s.
     # The bound leaves room for jitter's short draws, and is far below a storm.
     assert 3 <= connects <= 40, f"{connects} connects in {seconds} s"
