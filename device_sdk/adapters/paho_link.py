@@ -16,19 +16,19 @@ paho changes any of them under us.
 **The hub is not trusted.** Everything a hub sends passes one receive boundary
 before paho acts on it: a packet larger than ``max_packet_size`` is refused from
 its fixed header, before its body is read or allocated; the fixed header must be
-one a server may send in the link's state (:data:`_SERVER_HEADERS`); and the
-packet's body must follow MQTT's rules for its type (:data:`_BODY_RULES`).
+one a server may send in the link's state; and the packet's body must follow
+MQTT's rules for its type. Those rules are pure tables and checks of bytes, in
+:mod:`device_sdk.adapters.mqtt_rules`.
 Whatever breaks them, and whatever paho itself fails to decode, becomes a
 protocol error at :meth:`PahoLink.service` (the link is aborted and the listener
 told) or a :class:`HandshakeProtocolError` from :meth:`PahoLink.open`. Only the
 listener's own exceptions pass through unchanged, so the engine can tell a
 hostile hub from a bug of its own.
 
-Why one module of this size: everything here is either a paho hook or what the
-hooks apply, and paho stays in one place (STYLE.md, 7). One part uses no paho
-at all and could stand alone: the inbound rules (pure functions of bytes, in
-the section below). The dialling that close() can interrupt is in
-:mod:`device_sdk.adapters.dialing`.
+Why one module of this size: everything here is a paho hook, what the hooks
+need, or the link built on them, and paho stays in one place. The parts that
+need no paho stand apart: the inbound rules in :mod:`device_sdk.adapters.mqtt_rules`,
+the dialling that close() can interrupt in :mod:`device_sdk.adapters.dialing`.
 """
 
 from __future__ import annotations
@@ -52,6 +52,17 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from device_sdk.adapters.cancel import NEVER, CancelToken
 from device_sdk.adapters.dialing import connect_tcp, tls_handshake
+from device_sdk.adapters.mqtt_rules import (
+    BEFORE_CONNACK,
+    BODY_RULES,
+    CONNACK,
+    PUBACK,
+    SERVER_HEADERS,
+    largest_body,
+    packet_name,
+    refusal,
+    varint,
+)
 from device_sdk.config import Credentials, HubEndpoint, TlsSettings
 from device_sdk.core.outcomes import FailureKind, classify_connack, classify_disconnect
 from device_sdk.dedup import wrap_envelope
@@ -89,8 +100,6 @@ PAHO_PRIVATE_HOOKS = {
 PAHO_PRIVATE_ATTRIBUTES = frozenset(
     {"_in_packet", "_out_messages", "_out_message_mutex", "_port", "_ssl_context"}
 )
-
-_CONNACK, _PUBLISH, _PUBACK, _DISCONNECT = 0x20, 0x30, 0x40, 0xE0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,227 +143,6 @@ class _HubViolation(Exception):
     never leaves this module (service() and open() translate it)."""
 
 
-# -- what a server may send: the inbound rules (MQTT 3.1.1 §2-3, MQTT 5 §2-3) ----------------
-
-
-def _publish_headers() -> frozenset[int]:
-    """PUBLISH fixed headers a server may send: QoS 3 is malformed [MQTT-3.3.1-4], and
-    DUP must be 0 at QoS 0 [MQTT-3.3.1-2]."""
-    headers = set()
-    for flags in range(16):
-        qos, dup = (flags >> 1) & 3, flags & 8
-        if qos != 3 and not (dup and qos == 0):
-            headers.add(_PUBLISH | flags)
-    return frozenset(headers)
-
-
-# Fixed headers (type and flags) a server may send once the CONNACK is in. The flags of
-# every type but PUBLISH are fixed (0, and 0b0010 for PUBREL). A server never sends
-# CONNECT, SUBSCRIBE, UNSUBSCRIBE or PINGREQ; DISCONNECT only in MQTT 5; AUTH only
-# after a CONNECT with an Authentication Method, which this client never sends.
-_SERVER_HEADERS_V311 = _publish_headers() | {0x40, 0x50, 0x62, 0x70, 0x90, 0xB0, 0xD0}
-_SERVER_HEADERS = {
-    False: frozenset(_SERVER_HEADERS_V311),
-    True: frozenset(_SERVER_HEADERS_V311 | {_DISCONNECT}),
-}
-# Before the CONNACK a server sends nothing else [MQTT-3.2.0-1]; paho would even
-# acknowledge a PUBLISH that came first.
-_BEFORE_CONNACK = frozenset({_CONNACK})
-_SERVER_TYPES = {
-    mqtt5: frozenset(header >> 4 for header in headers | _BEFORE_CONNACK)
-    for mqtt5, headers in _SERVER_HEADERS.items()
-}
-
-_PACKET_NAMES = {
-    0: "reserved type 0", 1: "CONNECT", 2: "CONNACK", 3: "PUBLISH", 4: "PUBACK", 5: "PUBREC",
-    6: "PUBREL", 7: "PUBCOMP", 8: "SUBSCRIBE", 9: "SUBACK", 10: "UNSUBSCRIBE", 11: "UNSUBACK",
-    12: "PINGREQ", 13: "PINGRESP", 14: "DISCONNECT", 15: "AUTH",
-}  # fmt: skip
-
-
-def _packet_name(command: int) -> str:
-    return _PACKET_NAMES[command >> 4]
-
-
-# Types a server never sends, where a particular word is due.
-_NEVER_FROM_SERVER = {
-    (15, True): "AUTH, though this client asked for no enhanced authentication",
-    (14, False): "DISCONNECT, which a server never sends in MQTT 3.1.1",
-}
-
-
-def _refusal(command: int, *, connacked: bool, mqtt5: bool) -> str:
-    """Why a fixed header is not one the server may send now, in words."""
-    name, kind = _packet_name(command), command >> 4
-    if kind == _CONNACK >> 4 and connacked:
-        return "a second CONNACK"
-    if command in _SERVER_HEADERS[mqtt5]:
-        return f"{name} before the CONNACK"
-    if kind == _PUBLISH >> 4:
-        return "PUBLISH with QoS 3" if command & 0x06 == 0x06 else "PUBLISH with DUP at QoS 0"
-    if kind in _SERVER_TYPES[mqtt5]:
-        return f"{name} with reserved flags 0x{command & 0x0F:X}"
-    return _NEVER_FROM_SERVER.get((kind, mqtt5), f"{name}, which a server never sends")
-
-
-def _properties_end(body: bytes | bytearray, at: int) -> int:
-    """Where an MQTT 5 property block starting at ``at`` ends; -1 when its length is
-    malformed (cut short, or longer than four bytes)."""
-    length, shift = 0, 0
-    for used in range(4):
-        if at + used >= len(body):
-            return -1
-        byte = body[at + used]
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return at + used + 1 + length
-    return -1
-
-
-def _nonzero_id(body: bytes | bytearray, name: str) -> str | None:
-    if len(body) < 2:
-        return f"{name} too short for a packet identifier"
-    if not (body[0] | body[1]):
-        return f"{name} with packet identifier 0"
-    return None
-
-
-def _connack_problem(_command: int, body: bytes | bytearray, mqtt5: bool) -> str | None:
-    if len(body) < 2:
-        return "CONNACK too short"
-    flags, code = body[0], body[1]
-    if flags & 0xFE:
-        return f"CONNACK with reserved acknowledge flags 0x{flags:02X}"
-    if flags and code:
-        return f"CONNACK refusing (0x{code:02X}) with Session Present set"
-    return _connack_v5_problem(body) if mqtt5 else _connack_v311_problem(body)
-
-
-def _connack_v311_problem(body: bytes | bytearray) -> str | None:
-    if len(body) != 2:
-        return f"CONNACK of {len(body)} bytes (MQTT 3.1.1: exactly 2)"
-    return f"CONNACK with reserved return code {body[1]}" if body[1] > 5 else None
-
-
-def _connack_v5_problem(body: bytes | bytearray) -> str | None:
-    if body[1] == 1 and len(body) == 2:
-        return None  # an MQTT 3.1.1 server refusing the protocol version, in its own words
-    if _properties_end(body, 2) != len(body):
-        return "CONNACK whose properties do not fill the packet"
-    return None
-
-
-def _ack_problem(command: int, body: bytes | bytearray, mqtt5: bool) -> str | None:
-    """PUBACK, PUBREC, PUBREL and PUBCOMP: a packet id, then (MQTT 5) a reason code and
-    a property block that ends the packet."""
-    name = _packet_name(command)
-    problem = _nonzero_id(body, name)
-    if problem is not None:
-        return problem
-    if not mqtt5:
-        return None if len(body) == 2 else f"{name} of {len(body)} bytes (MQTT 3.1.1: exactly 2)"
-    if len(body) > 3 and _properties_end(body, 3) != len(body):
-        return f"{name} whose properties do not fill the packet"
-    return None
-
-
-def _suback_problem(command: int, body: bytes | bytearray, mqtt5: bool) -> str | None:
-    """SUBACK, and MQTT 5's UNSUBACK: a packet id, (MQTT 5) properties, then at least
-    one reason code."""
-    name = _packet_name(command)
-    problem = _nonzero_id(body, name)
-    if problem is not None:
-        return problem
-    codes_at = _properties_end(body, 2) if mqtt5 else 2
-    if not 0 <= codes_at < len(body):
-        return f"{name} without a reason code after its header"
-    if not mqtt5 and any(code not in (0, 1, 2, 0x80) for code in body[2:]):
-        return "SUBACK with a reserved return code"
-    return None
-
-
-def _unsuback_problem(command: int, body: bytes | bytearray, mqtt5: bool) -> str | None:
-    if mqtt5:
-        return _suback_problem(command, body, mqtt5)
-    problem = _nonzero_id(body, "UNSUBACK")  # MQTT 3.1.1: a packet id and nothing else
-    if problem is None and len(body) != 2:
-        problem = f"UNSUBACK of {len(body)} bytes (MQTT 3.1.1: exactly 2)"
-    return problem
-
-
-def _empty_problem(command: int, body: bytes | bytearray, _mqtt5: bool) -> str | None:
-    return None if not body else f"{_packet_name(command)} with a body of {len(body)} bytes"
-
-
-def _disconnect_problem(_command: int, body: bytes | bytearray, _mqtt5: bool) -> str | None:
-    if len(body) > 1 and _properties_end(body, 1) != len(body):
-        return "DISCONNECT whose properties do not fill the packet"
-    return None
-
-
-def _topic_problem(raw: bytes | bytearray) -> str | None:
-    """A PUBLISH topic name: UTF-8 without U+0000 [MQTT-1.5.3], no wildcards
-    [MQTT-3.3.2-2], not empty (this client allows no topic aliases)."""
-    if not raw:
-        return "an empty topic (this client allows no topic alias)"
-    try:
-        topic = bytes(raw).decode("utf-8")
-    except UnicodeDecodeError:
-        return f"a topic that is not valid UTF-8 ({bytes(raw[:40])!r})"
-    if "\0" in topic:
-        return "a topic holding U+0000"
-    if "+" in topic or "#" in topic:
-        return "a topic holding a wildcard"
-    return None
-
-
-def _publish_problem(command: int, body: bytes | bytearray, mqtt5: bool) -> str | None:
-    if len(body) < 2:
-        return "PUBLISH too short for its topic"
-    end = 2 + (body[0] << 8 | body[1])
-    if end > len(body):
-        return "PUBLISH whose topic runs past the packet"
-    problem = _topic_problem(body[2:end])
-    if problem is not None:
-        return f"PUBLISH with {problem}"
-    qos = (command >> 1) & 3
-    if qos:
-        problem = _nonzero_id(body[end:], f"PUBLISH at QoS {qos}")
-        if problem is not None:
-            return problem
-        end += 2
-    if mqtt5 and not 0 <= _properties_end(body, end) <= len(body):
-        return "PUBLISH whose properties run past the packet"
-    return None
-
-
-# Per packet type (the high nibble), what its body must look like. Each returns why
-# it does not, or None.
-_BODY_RULES: dict[int, Callable[[int, bytes | bytearray, bool], str | None]] = {
-    0x2: _connack_problem,
-    0x3: _publish_problem,
-    0x4: _ack_problem,
-    0x5: _ack_problem,
-    0x6: _ack_problem,
-    0x7: _ack_problem,
-    0x9: _suback_problem,
-    0xB: _unsuback_problem,
-    0xD: _empty_problem,
-    0xE: _disconnect_problem,
-}
-
-
-def _largest_body(max_packet_size: int) -> int:
-    """The largest remaining length whose packet (with the shortest fixed header that
-    encodes it) still fits ``max_packet_size``."""
-    return max(
-        body
-        for body in range(max(0, max_packet_size - 5), max_packet_size - 1)
-        if 1 + len(_varint(body)) + body <= max_packet_size
-    )
-
-
 # -- outbound encoding -----------------------------------------------------------------------
 
 
@@ -371,7 +159,7 @@ class _PackedProperties:
     def __init__(self, prefix: bytes, message_id: str) -> None:
         value = message_id.encode("utf-8")
         body = prefix + len(value).to_bytes(2, "big") + value
-        self._packed = _varint(len(body)) + body
+        self._packed = varint(len(body)) + body
 
     def pack(self) -> bytes:
         return self._packed
@@ -384,16 +172,6 @@ def _utf8_pair_prefix(name: str) -> bytes:
     """Property id 0x26 (User Property) and its UTF-8 name: the part that never changes."""
     key = name.encode("utf-8")
     return b"\x26" + len(key).to_bytes(2, "big") + key
-
-
-def _varint(value: int) -> bytes:
-    """MQTT's variable byte integer (MQTT 5 §1.5.5)."""
-    out = bytearray()
-    while True:
-        byte, value = value % 128, value // 128
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def _envelope_size(message_id: str, payload_size: int) -> int:
@@ -484,8 +262,8 @@ class _DialingClient(paho.Client):
         self._sdk_tls_context: ssl.SSLContext | None = None
         self._sdk_mqtt5 = kwargs.get("protocol") == MQTTProtocolVersion.MQTTv5
         self._sdk_max_packet_size = max_packet_size
-        self._sdk_largest_body = _largest_body(max_packet_size)
-        self._sdk_accepting = _BEFORE_CONNACK
+        self._sdk_largest_body = largest_body(max_packet_size)
+        self._sdk_accepting = BEFORE_CONNACK
         # PUBACKs the fast path may take: MQTT 5 allows 3 or 4 bytes (a reason code, an
         # empty property block); MQTT 3.1.1 exactly 2, anything else is refused.
         self._sdk_fast_ack_limit = 4 if self._sdk_mqtt5 else 2
@@ -502,7 +280,7 @@ class _DialingClient(paho.Client):
             self.tls_set_context(tls_context)  # turns paho's TLS path on, once
 
     def reconnect(self) -> MQTTErrorCode:
-        self._sdk_accepting = _BEFORE_CONNACK  # a new connection: its CONNACK comes first
+        self._sdk_accepting = BEFORE_CONNACK  # a new connection: its CONNACK comes first
         return super().reconnect()
 
     def _create_socket_connection(self) -> socket.socket:
@@ -540,7 +318,7 @@ class _DialingClient(paho.Client):
 
     def _oversized(self, remaining_length: int) -> str:
         header = 1 + len(self._in_packet["remaining_count"])
-        name = _packet_name(self._in_packet["command"])
+        name = packet_name(self._in_packet["command"])
         return (
             f"{name} of {header + remaining_length} bytes, over the "
             f"{self._sdk_max_packet_size}-byte max_packet_size"
@@ -553,28 +331,28 @@ class _DialingClient(paho.Client):
     def _packet_handle(self) -> MQTTErrorCode:
         command = self._in_packet["command"]
         if command not in self._sdk_accepting:
-            connacked = self._sdk_accepting is not _BEFORE_CONNACK
-            raise _HubViolation(_refusal(command, connacked=connacked, mqtt5=self._sdk_mqtt5))
+            connacked = self._sdk_accepting is not BEFORE_CONNACK
+            raise _HubViolation(refusal(command, connacked=connacked, mqtt5=self._sdk_mqtt5))
         try:
-            if command == _PUBACK:
+            if command == PUBACK:
                 return self._handle_pubackcomp("PUBACK")
             return self._handle_checked(command)
         except MalformedPacket as exc:  # paho's decoders found the body malformed
-            raise _HubViolation(f"malformed {_packet_name(command)}: {exc}") from exc
+            raise _HubViolation(f"malformed {packet_name(command)}: {exc}") from exc
 
     def _handle_checked(self, command: int) -> MQTTErrorCode:
         self._check_body(command)
-        if command == _CONNACK:
-            self._sdk_accepting = _SERVER_HEADERS[self._sdk_mqtt5]
+        if command == CONNACK:
+            self._sdk_accepting = SERVER_HEADERS[self._sdk_mqtt5]
         rc = paho.Client._packet_handle(self)
         # paho answers a CONNACK refusal with MQTT_ERR_PROTOCOL; anything else it
         # calls a protocol error is one.
-        if rc == MQTTErrorCode.MQTT_ERR_PROTOCOL and command != _CONNACK:
-            raise _HubViolation(f"{_packet_name(command)} refused by the MQTT decoder")
+        if rc == MQTTErrorCode.MQTT_ERR_PROTOCOL and command != CONNACK:
+            raise _HubViolation(f"{packet_name(command)} refused by the MQTT decoder")
         return rc
 
     def _check_body(self, command: int) -> None:
-        problem = _BODY_RULES[command >> 4](command, self._in_packet["packet"], self._sdk_mqtt5)
+        problem = BODY_RULES[command >> 4](command, self._in_packet["packet"], self._sdk_mqtt5)
         if problem is not None:
             raise _HubViolation(problem)
 
@@ -591,7 +369,7 @@ class _DialingClient(paho.Client):
             reason = _PUBACK_SUCCESS_CODES.get(packet[2])
         if cmd != "PUBACK" or reason is None:
             if cmd == "PUBACK":
-                self._check_body(_PUBACK)
+                self._check_body(PUBACK)
             return super()._handle_pubackcomp(cmd)
         mid = packet[0] << 8 | packet[1]
         with self._out_message_mutex:
@@ -900,7 +678,7 @@ class PahoLink:
             body += _envelope_size(message_id, len(payload))
         else:
             body += len(payload)
-        return 1 + len(_varint(body)) + body
+        return 1 + len(varint(body)) + body
 
     @contextlib.contextmanager
     def coalesced(self, enabled: bool = True) -> Iterator[None]:
