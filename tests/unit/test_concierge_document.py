@@ -699,6 +699,13 @@ TRUST_REFUSALS = [
         "concierge.allowed_hubs",
         "an FQDN or '*.' + an FQDN of two or more labels (no IPs)",
     ),
+    ({"allowed_hubs": None}, "concierge.allowed_hubs", "a sequence of hub name patterns (strings)"),
+    # One string is not a list of patterns (its characters would be taken as patterns).
+    (
+        {"allowed_hubs": "*.example.com"},
+        "concierge.allowed_hubs",
+        "a sequence of hub name patterns (strings)",
+    ),
     ({"device_id": ""}, "concierge.device_id", "1-128 characters, no control characters"),
     ({"device_id": "x" * 129}, "concierge.device_id", "1-128 characters, no control characters"),
     ({"fleet": "a\nb"}, "concierge.fleet", "1-128 characters, no control characters"),
