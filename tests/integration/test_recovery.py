@@ -104,16 +104,36 @@ def test_hung_primary_is_detected_within_the_liveness_bound(testbed: Testbed) ->
 
 
 def test_failback_waits_for_the_dwell_and_does_not_flap(testbed: Testbed) -> None:
+    """A primary that keeps coming back for a moment never draws the device home;
+    once it stays up, the device fails back exactly once and stays."""
     log = EventLog()
-    config = testbed.client_config("failback-device")
+    # Probes every 0.1-0.3 s, so the blips below are often seen.
+    config = testbed.client_config("failback-device", failback_probe_interval=0.2)
+    primary = testbed.hub("primary").broker
     with DeviceClient(config, on_event=log) as client:
-        testbed.hub("primary").broker.kill()
+        primary.kill()
         on_secondary = log.wait_for(events.Connected, 5.0, hub="secondary")
-        testbed.hub("primary").broker.restart()
+        # Flap for twice the dwell: up 0.08 s, down 0.4 s. Probes come 0.1-0.3 s apart,
+        # so a blip holds at most one probe and each down stretch a failed one: no two
+        # healthy probes are ever in a row, and failing back would be a flap.
+        flapping_until = time.monotonic() + 2 * config.failover.failback_dwell_seconds
+        for _ in range(20):  # bounded; the clock ends it first
+            if time.monotonic() >= flapping_until:
+                break
+            primary.restart()
+            time.sleep(0.08)
+            primary.kill()
+            time.sleep(0.4)
+        assert not log.of(events.FailedBack), "failed back to a flapping primary"
+        stable_from = time.monotonic()
+        primary.restart()
         back = log.wait_for(events.Connected, 10.0, hub="primary", after=on_secondary.at)
-        time.sleep(1.0)
+        # Home again: it stays there (watched for a whole dwell) and keeps publishing.
+        time.sleep(config.failover.failback_dwell_seconds)
         client.publish(TOPIC, "0:x").wait(5)
     assert back.at - on_secondary.at >= config.failover.failback_dwell_seconds
+    assert back.at >= stable_from
     assert len(log.of(events.FailedBack)) == 1
+    assert [e.to_hub for e in log.of(events.FailedOver)] == ["secondary"]  # type: ignore[attr-defined]
     hubs = [e.hub for e in log.of(events.Connected)]  # type: ignore[attr-defined]
     assert hubs == ["primary", "secondary", "primary"]
