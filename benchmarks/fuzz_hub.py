@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from device_sdk import DeviceClient, FailoverPolicy, RetryPolicy, events
+from device_sdk.adapters.mqtt_rules import varint
 from device_sdk.errors import DeviceSDKError
 from device_sdk.testbed import Testbed
 from device_sdk.testbed.hostile_hub import HostileHub, Send, encode_packet
@@ -99,20 +100,10 @@ class Piece:
         return bytes([self.command]) + self.length_field + self.body
 
 
-def _varint(value: int) -> bytes:
-    """MQTT's variable byte integer."""
-    out = bytearray()
-    while True:
-        byte, value = value % 128, value // 128
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def _properties(rng: random.Random, options: Sequence[bytes]) -> bytes:
     """A property block holding none or one of ``options`` (each id + value)."""
     chosen = b"" if rng.randint(0, 2) == 0 else rng.choice(options)
-    return _varint(len(chosen)) + chosen
+    return varint(len(chosen)) + chosen
 
 
 _TOPICS = ("t", "sensors/temperature", "a/b/c", "é/ü/€", "x" * 40)
@@ -216,7 +207,7 @@ def _type(rng: random.Random, pieces: list[Piece], at: int) -> str | None:
 
 
 def _length(rng: random.Random, pieces: list[Piece], at: int) -> str | None:
-    field = rng.choice([*_LENGTH_FIELDS, _varint(rng.randint(0, 300))])
+    field = rng.choice([*_LENGTH_FIELDS, varint(rng.randint(0, 300))])
     pieces[at].length_field = field
     return f"remaining length of #{at} -> {field.hex()}"
 
@@ -252,7 +243,7 @@ def _topic(rng: random.Random, pieces: list[Piece], at: int) -> str | None:
 
 def _tail(rng: random.Random, pieces: list[Piece], at: int) -> str | None:
     piece, junk = pieces[at], _blob(rng, 12)
-    piece.body = piece.body[: rng.randint(0, len(piece.body))] + _varint(len(junk)) + junk
+    piece.body = piece.body[: rng.randint(0, len(piece.body))] + varint(len(junk)) + junk
     return f"tail of #{at} -> a property block of {junk.hex() or 'nothing'}"
 
 
