@@ -41,7 +41,16 @@ class SideTasks:
         return True
 
     def _run(self, work: Callable[[], T], done: Callable[[T], None]) -> None:
-        result = work()
+        try:
+            result = work()
+        except Exception as exc:
+            # Never an end unseen: the fault is raised again on the engine thread, inside
+            # its supervision boundary, where it is logged, counted and emitted.
+            def fault(error: Exception = exc) -> None:
+                raise error
+
+            self._post(fault)
+            return
         self._post(lambda: done(result))
 
     def join(self, timeout: float) -> None:

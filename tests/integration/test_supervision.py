@@ -162,3 +162,19 @@ def test_a_custom_resolver_that_raises_untyped_is_contained(testbed: Testbed) ->
         assert BrokenResolver.calls == 5  # backed off between tries; then it stopped
     finally:
         client.close()
+
+
+def test_a_side_task_that_raises_reaches_the_engine_boundary() -> None:
+    from device_sdk.engine.side_tasks import SideTasks
+
+    posted: list[object] = []
+    side = SideTasks(posted.append, "test")
+
+    def broken() -> int:
+        raise LookupError("a bug in a probe")
+
+    assert side.start("probe", broken, lambda _result: None)
+    side.join(5)
+    (fault,) = posted
+    with pytest.raises(LookupError, match="a bug in a probe"):
+        fault()  # type: ignore[operator]  # what the engine thread runs from its mailbox
