@@ -14,6 +14,15 @@ of the recovery path, in order, every time:
 3. each resolved address is dialled while TLS verifies the FQDN;
 4. the CONNACK (or the failure) is classified and fed back to the machine;
 5. the retry policy, a value, decides the delay; tenacity executes it.
+
+Why one module of this size: the recovery cycle, the serve loop, migration and
+the supervision boundary all drive the same per-engine state (the current
+session, the planned attempt, the backoff, the status condition) on the one
+engine thread, and the boundary must see every step of them. What needs none
+of that state lives beside it: the books of one link (``link_session``), the
+hub sources, the dialer, the pure fault rule (``core/supervision``). The
+supervision methods could move into a mixin; that would split the state, not
+the logic, so they stay here.
 """
 
 from __future__ import annotations
