@@ -39,8 +39,9 @@ def wait_ready(
     raise TimeoutError(errno.ETIMEDOUT, f"{what} timed out")
 
 
-def connect_tcp(address: str, port: int, deadline: float, cancel: CancelToken) -> socket.socket:
-    """A TCP connection to an IP literal, cut short by the deadline or ``cancel``."""
+def start_connect(address: str, port: int) -> socket.socket:
+    """A non-blocking socket with its connect to an IP literal under way (raises when it
+    fails at once). The Happy Eyeballs race starts several of these side by side."""
     family, kind, proto, _name, sockaddr = socket.getaddrinfo(
         address, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
     )[0]
@@ -48,9 +49,20 @@ def connect_tcp(address: str, port: int, deadline: float, cancel: CancelToken) -
     try:
         sock.setblocking(False)
         code = sock.connect_ex(sockaddr)
-        if code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
-            wait_ready(sock, write=True, deadline=deadline, cancel=cancel, what="TCP connect")
-            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+            raise OSError(code, os.strerror(code))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def connect_tcp(address: str, port: int, deadline: float, cancel: CancelToken) -> socket.socket:
+    """A TCP connection to an IP literal, cut short by the deadline or ``cancel``."""
+    sock = start_connect(address, port)
+    try:
+        wait_ready(sock, write=True, deadline=deadline, cancel=cancel, what="TCP connect")
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code:
             raise OSError(code, os.strerror(code))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

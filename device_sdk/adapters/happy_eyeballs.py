@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 from device_sdk.adapters.cancel import NEVER, CancelToken
+from device_sdk.adapters.dialing import start_connect
 
 __all__ = ["CONNECTION_ATTEMPT_DELAY", "Race", "race_connects"]
 
@@ -63,7 +64,7 @@ def race_connects(
                 if waiting and (not racing or now >= next_start):
                     address = waiting.pop(0)
                     try:
-                        sock = _start_connect(address, port)
+                        sock = start_connect(address, port)
                     except OSError as exc:  # unreachable at once: the next one starts now
                         failures[address] = exc
                         continue
@@ -92,20 +93,3 @@ def race_connects(
     for address in (*racing.values(), *waiting):
         failures[address] = TimeoutError(errno.ETIMEDOUT, f"no answer within {timeout:g} s")
     return Race(winner=None, failures=failures)
-
-
-def _start_connect(address: str, port: int) -> socket.socket:
-    """A non-blocking socket with its connect under way (raises when it fails at once)."""
-    family, kind, proto, _name, sockaddr = socket.getaddrinfo(
-        address, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setblocking(False)
-        code = sock.connect_ex(sockaddr)
-        if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
-            raise OSError(code, os.strerror(code))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
