@@ -23,8 +23,9 @@ from device_sdk.core.supervision import SupervisionPolicy
 from device_sdk.core.topics import MAX_STRING_BYTES, check_mqtt_string, shown
 from device_sdk.errors import ConfigError
 
-if TYPE_CHECKING:  # the concierge package builds on this module
+if TYPE_CHECKING:  # the concierge and identity packages build on this module
     from device_sdk.concierge.settings import ConciergeSettings
+    from device_sdk.identity.provider import CredentialProvider, Identity
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 # The largest packet MQTT can express: a four-byte remaining length, plus its header.
@@ -165,10 +166,22 @@ class TlsSettings:
     client_cert_file: str | None = None
     client_key_file: str | None = None
     min_version: Literal["1.2", "1.3"] = "1.2"
+    # ALPN protocols offered in the handshake, in order of preference. AWS IoT Core
+    # takes MQTT with a client certificate on port 443 when offered "x-amzn-mqtt-ca";
+    # empty: no ALPN extension.
+    alpn_protocols: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.min_version not in ("1.2", "1.3"):
             raise ConfigError("tls.min_version", self.min_version, "'1.2' or '1.3'")
+        alpn = self.alpn_protocols
+        if not isinstance(alpn, tuple) or not all(
+            isinstance(p, str) and 1 <= len(p) <= 255 and p.isascii() and p.isprintable()
+            for p in alpn
+        ):
+            raise ConfigError(
+                "tls.alpn_protocols", shown(str(alpn)), "a tuple of 1-255 character ASCII names"
+            )
         if (self.client_cert_file is None) != (self.client_key_file is None):
             raise ConfigError(
                 "tls.client_key_file",
@@ -179,6 +192,23 @@ class TlsSettings:
             path = getattr(self, name)
             if path is not None:
                 check_readable_file(f"tls.{name}", path)
+        if self.client_key_file is not None:
+            check_private_key_file("tls.client_key_file", self.client_key_file)
+
+
+def check_private_key_file(field_name: str, path: str) -> None:
+    """Refuse a private key file that group or others may read (ConfigError).
+
+    Why: a device key any local account can copy is an identity any local
+    account can use; ssh refuses such keys for the same reason.
+    """
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            field_name,
+            shown(path),
+            f"a key file only its owner may read (here mode {mode:04o}; chmod go= the file)",
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,12 +217,20 @@ class HubEndpoint:
 
     The FQDN is resolved fresh on every attempt; the hub is never pinned to an IP.
     ``tls=None`` means plain MQTT (testbeds and closed networks only).
+
+    A hub may carry its own identity: ``credentials`` (a provider, or fixed
+    :class:`Credentials`), ``client_id``, and a ``username`` template filled
+    with ``{fqdn}``, ``{hub}`` and ``{client_id}`` when the provider gives no
+    user name. Unset, the client's are used.
     """
 
     name: str
     fqdn: str
     port: int = 8883
     tls: TlsSettings | None = field(default_factory=TlsSettings)
+    credentials: CredentialProvider | None = None
+    client_id: str | None = None
+    username: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _HUB_NAME.fullmatch(self.name):
@@ -202,6 +240,11 @@ class HubEndpoint:
         _check_fqdn(f"hubs[{self.name}].fqdn", self.fqdn)
         _check_port(f"hubs[{self.name}].port", self.port)
         _check_instance(f"hubs[{self.name}].tls", self.tls, TlsSettings, none_ok=True)
+        check_provider(f"hubs[{self.name}].credentials", self.credentials)
+        if self.client_id is not None:
+            _check_client_id(f"hubs[{self.name}].client_id", self.client_id)
+        if self.username is not None:
+            check_mqtt_string(f"hubs[{self.name}].username", self.username, allow_empty=True)
 
     @property
     def authority(self) -> str:
@@ -235,12 +278,43 @@ class DnsSettings:
         _check_bool("dns.ipv6", self.ipv6)
 
 
+def _check_client_id(field_name: str, client_id: object) -> None:
+    if not isinstance(client_id, str) or not 1 <= len(client_id) <= 128:
+        raise ConfigError(field_name, shown(client_id), "a string of 1 to 128 characters")
+    check_mqtt_string(field_name, client_id)
+
+
+def check_provider(field_name: str, provider: object) -> None:
+    """``provider`` is None or has what a credential provider needs (ConfigError)."""
+    if provider is None:
+        return
+    renewable = getattr(type(provider), "renewable", None)
+    if not callable(getattr(provider, "identity_for", None)) or renewable is None:
+        raise ConfigError(
+            field_name,
+            type(provider).__name__,
+            "Credentials, or a CredentialProvider (identity_for() and renewable)",
+        )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Credentials:
-    """MQTT user name and password. The password never appears in reprs or logs."""
+    """A fixed MQTT user name and password: the simplest credential provider.
+
+    It is the same on every attempt, so a hub that refuses it is not asked
+    again soon (``renewable`` is False). The password never appears in reprs
+    or logs.
+    """
 
     username: str
     password: str = field(default="", repr=False)
+    renewable = False  # class constant: asking again gives the same password
+
+    def identity_for(self, hub: HubEndpoint, *, client_id: str, after_refusal: bool) -> Identity:
+        """The same user name and password for every hub and every attempt."""
+        from device_sdk.identity.provider import Identity
+
+        return Identity(username=self.username, password=self.password)
 
     def __post_init__(self) -> None:
         check_mqtt_string("credentials.username", self.username, allow_empty=True)
@@ -323,7 +397,9 @@ class ClientConfig:
     # How many internal faults, within how long, make the engine stop for good (visibly).
     supervision: SupervisionPolicy = field(default_factory=SupervisionPolicy)
     mqtt_version: Literal["3.1.1", "5"] = "5"
-    credentials: Credentials | None = None
+    # Asked before every attempt (fixed Credentials, a SAS or JWT provider, X.509 files);
+    # a hub's own credentials win over these.
+    credentials: CredentialProvider | None = None
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     inflight_window: int = 20
     # While publish() is called in a stream, the engine waits up to this long
@@ -354,9 +430,8 @@ class ClientConfig:
     srv: SrvSettings | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.client_id, str) or not 1 <= len(self.client_id) <= 128:
-            raise ConfigError("client_id", shown(self.client_id), "a string of 1 to 128 characters")
-        check_mqtt_string("client_id", self.client_id)
+        _check_client_id("client_id", self.client_id)
+        check_provider("credentials", self.credentials)
         self._check_hubs()
         self._check_parts()
         if self.mqtt_version not in ("3.1.1", "5"):
@@ -387,7 +462,6 @@ class ClientConfig:
             ("failover", FailoverPolicy, False),
             ("liveness", LivenessPolicy, False),
             ("supervision", SupervisionPolicy, False),
-            ("credentials", Credentials, True),
             ("outbox", OutboxSettings, False),
             ("srv", SrvSettings, True),
         ):

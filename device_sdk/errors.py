@@ -18,6 +18,8 @@ stays on ``__cause__`` for logs.
     │   ├── TlsError                handshake failed or the certificate did not verify
     │   ├── ConnectTimeout          no CONNACK within the connect deadline
     │   ├── HandshakeProtocolError  the hub broke MQTT before or in its CONNACK
+    │   ├── CredentialError         the credential provider failed or gave unusable credentials
+    │   │   └── CredentialExpired   the credentials it gave had already expired
     │   └── ConnectRefused          the hub answered CONNACK with a failure code
     │       ├── TransientRefusal    unavailable, busy, quota, rate: retry later
     │       ├── PermanentRefusal    bad credentials, not authorised, banned: no fast retry
@@ -137,6 +139,24 @@ class ConnectTimeout(ConnectError):
 class HandshakeProtocolError(ConnectError):
     """The hub broke the MQTT protocol before or in its CONNACK (a malformed or
     forbidden packet, an oversized one). Transient: back off, then retry or fail over."""
+
+
+class CredentialError(ConnectError):
+    """The credential provider raised, or gave credentials that cannot be used.
+
+    The attempt fails and is retried under the normal backoff, so a vault that is
+    down for a minute costs a minute, not the device. Never carries a secret:
+    a provider's own exception is kept on ``__cause__`` (for the log's
+    traceback), and its text is not repeated here.
+    """
+
+
+class CredentialExpired(CredentialError):
+    """The provider gave credentials whose ``expires_at`` had already passed."""
+
+    def __init__(self, message: str, *, hub: str = "", expires_at: float = 0.0) -> None:
+        super().__init__(message, hub=hub)
+        self.expires_at = expires_at
 
 
 class ConnectRefused(ConnectError):

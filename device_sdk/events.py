@@ -259,3 +259,41 @@ class ConciergeProblem(Event):
     def describe(self) -> str:
         label = "SECURITY: rejected a concierge document" if self.security else "concierge"
         return f"{label}: {type(self.error).__name__}: {self.error}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RenewingCredentials(Event):
+    """The link's identity is due for renewal: a new link with a fresh one is opening."""
+
+    hub: str
+
+    def describe(self) -> str:
+        return f"renewing credentials for {self.hub} (make before break)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CredentialsRenewed(Event):
+    """A new link with a fresh identity replaced the old one; nothing in flight was lost."""
+
+    hub: str
+    address: str
+    expires_at: float | None  # wall clock (time.time()); None: no expiry
+
+    def describe(self) -> str:
+        return f"credentials renewed on {self.hub} at {self.address}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CredentialExpiring(Event):
+    """The identity in use (a client certificate, a long-lived token) expires soon.
+
+    Rotate the files or the key before ``expires_at`` (wall clock): the next
+    attempt after that would be refused.
+    """
+
+    hub: str
+    expires_at: float
+    seconds: float  # left until then
+
+    def describe(self) -> str:
+        return f"the credentials for {self.hub} expire in {self.seconds / 3600:.1f} h"

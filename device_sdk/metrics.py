@@ -26,6 +26,7 @@ class Metrics:
     protocol_errors: int = 0  # links dropped because the hub broke MQTT
     callback_errors: int = 0  # application callbacks that raised (contained, logged)
     internal_faults: int = 0  # faults of device_sdk's own code on the engine thread
+    credential_renewals: int = 0  # links replaced, make before break, with a fresh identity
     # "running", "failed" (terminal: EngineFailed or the retry policy gave up) or "closed".
     engine_state: str = "running"
     queue_depth: int = 0

@@ -40,7 +40,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, cast
 
 import paho.mqtt.client as paho
@@ -76,6 +76,7 @@ from device_sdk.errors import (
     TlsError,
     TransientRefusal,
 )
+from device_sdk.identity.provider import Identity
 
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux only
 
@@ -111,7 +112,10 @@ class LinkSettings:
     keepalive: float
     connect_timeout: float
     inflight_window: int
-    credentials: Credentials | None = None
+    credentials: Credentials | None = None  # fixed ones; an ``identity`` wins over them
+    # What the credential provider gave for this attempt: user name, password, client
+    # certificate files (``client_id`` above is already the identity's).
+    identity: Identity | None = None
     session_expiry: int = 0
     message_id_property: str = "message-id"
     envelope: bool = False
@@ -184,14 +188,22 @@ def _new_properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
 
 
-def make_ssl_context(tls: TlsSettings) -> ssl.SSLContext:
-    """A verifying client context: CERT_REQUIRED and check_hostname, always."""
+def make_ssl_context(tls: TlsSettings, identity: Identity | None = None) -> ssl.SSLContext:
+    """A verifying client context: CERT_REQUIRED and check_hostname, always.
+
+    The client certificate is the identity's when it names one (re-read at every
+    attempt, so a rotated file needs no restart), else the TLS settings'.
+    """
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
     context.minimum_version = (
         ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     )
-    if tls.client_cert_file is not None:
+    if identity is not None and identity.cert_file is not None:
+        context.load_cert_chain(identity.cert_file, identity.key_file)
+    elif tls.client_cert_file is not None:
         context.load_cert_chain(tls.client_cert_file, tls.client_key_file)
+    if tls.alpn_protocols:
+        context.set_alpn_protocols(list(tls.alpn_protocols))
     return context
 
 
@@ -431,6 +443,11 @@ class PahoLink:
         self._id_property_prefix = _utf8_pair_prefix(settings.message_id_property)
         self._client = self._build_client()
 
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id this link's session belongs to."""
+        return self._settings.client_id
+
     def _build_client(self) -> _DialingClient:
         session: dict[str, bool] = {}
         if not self._mqtt5:  # MQTT 5 asks for session resumption in CONNECT instead
@@ -446,9 +463,7 @@ class PahoLink:
             reconnect_on_failure=False,
             **session,
         )
-        if self._settings.credentials is not None:
-            creds = self._settings.credentials
-            client.username_pw_set(creds.username, creds.password)
+        self._sign_in(client, self._settings)
         # The engine enforces the in-flight window; paho must never hold messages back.
         client.max_inflight_messages_set(self._settings.inflight_window)
         client.connect_timeout = self._settings.connect_timeout
@@ -457,6 +472,17 @@ class PahoLink:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         return client
+
+    @staticmethod
+    def _sign_in(client: paho.Client, settings: LinkSettings) -> None:
+        """Put the attempt's user name and password in the CONNECT paho will send."""
+        identity, creds = settings.identity, settings.credentials
+        if identity is not None and (identity.username is not None or identity.password):
+            client.username_pw_set(identity.username or "", identity.password)
+        elif identity is None and creds is not None:
+            client.username_pw_set(creds.username, creds.password)
+        else:
+            client.username_pw_set(None)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -468,13 +494,24 @@ class PahoLink:
         """
         self._establish(self._dial, deadline, cancel)
 
-    def reopen(self, address: str, deadline: float, cancel: CancelToken = NEVER) -> None:
+    def reopen(
+        self,
+        address: str,
+        deadline: float,
+        cancel: CancelToken = NEVER,
+        *,
+        identity: Identity | None = None,
+    ) -> None:
         """Connect the same paho session again, possibly at a new address of the same hub.
 
         paho resends every unacknowledged QoS 1 message with DUP set and its
         original packet id once the CONNACK arrives; the engine keeps its
-        in-flight table instead of resending them itself.
+        in-flight table instead of resending them itself. ``identity`` is this
+        attempt's (a fresh token); the client id must be the session's.
         """
+        if identity is not None:
+            self._settings = replace(self._settings, identity=identity)
+            self._sign_in(self._client, self._settings)
         self.address = address
         self._client._sdk_dial_address = address
         self._held = []
@@ -503,7 +540,7 @@ class PahoLink:
         if self.hub.tls is None:
             return None
         try:
-            return make_ssl_context(self.hub.tls)
+            return make_ssl_context(self.hub.tls, self._settings.identity)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             raise TlsError(
                 f"TLS files for {self.hub.name} could not be loaded: {exc}",

@@ -137,6 +137,30 @@ MQTT5_NAMES: Mapping[int, str] = MappingProxyType(
     }
 )
 
+# Refusals that say "not these credentials" (paho 2 reports MQTT 3.1.1's codes 4 and 5
+# as these). A provider that can renew is asked again before the hub is shunned.
+AUTH_REFUSAL_CODES = frozenset({0x86, 0x87})
+
+
+def refusal_kind(
+    kind: FailureKind, *, reason_code: int, renewable: bool, refused_fresh: bool
+) -> FailureKind:
+    """How a refusal steers the machine, given what the credential provider can do.
+
+    Why not shun at once: a token that expired during an outage is refused
+    with "not authorized" although the device is welcome; shunning the hub
+    for the permanent penalty (and waiting the long delay when every hub says
+    so) would keep it out for minutes after the hub came back. So the first
+    such refusal retries with a fresh identity under the normal backoff; only
+    one that persists after fresh credentials (``refused_fresh``), or from a
+    provider that cannot renew, is permanent.
+    """
+    auth = kind is FailureKind.PERMANENT and reason_code in AUTH_REFUSAL_CODES
+    if auth and renewable and not refused_fresh:
+        return FailureKind.TRANSIENT
+    return kind
+
+
 REFUSAL_ERRORS: Mapping[FailureKind, type[ConnectRefused]] = MappingProxyType(
     {
         FailureKind.TRANSIENT: TransientRefusal,

@@ -1,10 +1,13 @@
-"""Steps 2 and 3 of the recovery path: resolve the hub fresh, then dial what it resolved to.
+"""Steps 3 to 5 of the recovery path: resolve the hub fresh, take fresh credentials, dial.
 
 :class:`Dialer` turns "connect to this hub" into an open :class:`PahoLink` or a
 typed :class:`~device_sdk.errors.ConnectError`. It resolves the FQDN on every
 call (no cache anywhere), races TCP connects to the addresses when there are
 several (Happy Eyeballs, RFC 8305), dials the first that answered and then the
 others while TLS verifies the FQDN, and reports each address that failed.
+The credential provider is asked for this hub just before the dial (after DNS,
+so a token's life is not spent on a slow lookup), and the identity it gave is
+kept as :attr:`Dialer.last_identity` for the engine to plan its renewal.
 Choosing the hub and backing off are not its business: the failover machine and
 the retry policy do those.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from device_sdk import events
 from device_sdk.adapters.cancel import NEVER, Cancelled, CancelToken
@@ -21,6 +25,7 @@ from device_sdk.adapters.paho_link import LinkSettings, PahoLink
 from device_sdk.adapters.resolver import Resolver
 from device_sdk.config import ClientConfig, HubEndpoint
 from device_sdk.errors import ConnectError, ConnectRefused, DialError
+from device_sdk.identity.provider import Identity, identity_for_attempt
 from device_sdk.metrics import MetricsRecorder
 
 LinkFactory = Callable[[HubEndpoint, str, LinkSettings], PahoLink]
@@ -35,7 +40,6 @@ def link_settings(config: ClientConfig) -> LinkSettings:
         keepalive=config.liveness.keepalive,
         connect_timeout=config.liveness.connect_timeout,
         inflight_window=config.inflight_window,
-        credentials=config.credentials,
         session_expiry=config.session_expiry,
         message_id_property=config.message_id_property,
         envelope=config.envelope,
@@ -62,6 +66,8 @@ class Dialer:
         cancel: CancelToken = NEVER,
     ) -> None:
         self._settings = link_settings(config)
+        self._provider = config.credentials
+        self.last_identity: Identity | None = None
         self._connect_timeout = config.liveness.connect_timeout
         self._resolver = resolver
         self._link_factory = link_factory
@@ -69,8 +75,14 @@ class Dialer:
         self._emit = emit
         self._cancel = cancel
 
-    def open(self, hub: HubEndpoint, *, resume: PahoLink | None = None) -> PahoLink:
-        """A link to ``hub``, reusing ``resume``'s MQTT session when it is given."""
+    def open(
+        self, hub: HubEndpoint, *, resume: PahoLink | None = None, after_refusal: bool = False
+    ) -> PahoLink:
+        """A link to ``hub``, reusing ``resume``'s MQTT session when it is given.
+
+        ``after_refusal``: the hub refused the last identity; the provider is told,
+        so one that caches a token fetches a new one.
+        """
         started = time.monotonic()
         try:
             resolution = self._resolver.resolve_fresh(hub.fqdn)
@@ -88,10 +100,23 @@ class Dialer:
                 seconds=now - started,
             )
         )
-        return self._dial_each(hub, resolution.addresses, resume)
+        self.last_identity = None
+        identity = identity_for_attempt(
+            self._provider, hub, client_id=self._settings.client_id, after_refusal=after_refusal
+        )
+        self.last_identity = identity
+        client_id = identity.client_id or self._settings.client_id
+        settings = replace(self._settings, client_id=client_id, identity=identity)
+        if resume is not None and resume.client_id != client_id:
+            resume = None  # a session belongs to its client id
+        return self._dial_each(hub, resolution.addresses, resume, settings)
 
     def _dial_each(
-        self, hub: HubEndpoint, addresses: tuple[str, ...], resume: PahoLink | None
+        self,
+        hub: HubEndpoint,
+        addresses: tuple[str, ...],
+        resume: PahoLink | None,
+        settings: LinkSettings,
     ) -> PahoLink:
         """Try every resolved address in turn; a CONNACK refusal ends the attempt at once."""
         if len(addresses) > 1:
@@ -100,7 +125,7 @@ class Dialer:
         for address in addresses:
             deadline = time.monotonic() + self._connect_timeout
             try:
-                return self._dial(hub, address, deadline, resume)
+                return self._dial(hub, address, deadline, resume, settings)
             except Cancelled:
                 raise  # closing: not a failure of this address, and no next one
             except ConnectError as exc:
@@ -140,11 +165,16 @@ class Dialer:
         raise error
 
     def _dial(
-        self, hub: HubEndpoint, address: str, deadline: float, resume: PahoLink | None
+        self,
+        hub: HubEndpoint,
+        address: str,
+        deadline: float,
+        resume: PahoLink | None,
+        settings: LinkSettings,
     ) -> PahoLink:
         if resume is not None:
-            resume.reopen(address, deadline, cancel=self._cancel)
+            resume.reopen(address, deadline, cancel=self._cancel, identity=settings.identity)
             return resume
-        link = self._link_factory(hub, address, self._settings)
+        link = self._link_factory(hub, address, settings)
         link.open(deadline, cancel=self._cancel)
         return link

@@ -184,6 +184,14 @@ class HubSources:
         self._hubs = {hub.name: hub for hub in hubs}
         self._follow(fsm.HubsChanged(hubs=names))
 
+    # -- what the recovery path tells the sources -------------------------------------------
+
+    def failed_over(self, from_hub: str) -> None:
+        """The machine left ``from_hub`` after its failover criteria tripped."""
+
+    def refused_us(self, hub: str) -> None:
+        """``hub`` refused a fresh identity too: the device may no longer belong there."""
+
     # -- failback probes --------------------------------------------------------------------
 
     def _maybe_probe(self, now: float) -> None:

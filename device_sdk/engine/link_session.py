@@ -47,6 +47,7 @@ class LinkEnd:
     migrate: fsm.Migrate | None = None
     fresh_session: bool = False  # do not resume this link's session: republish from the outbox
     protocol_error: bool = False  # the hub broke MQTT: reported as ProtocolError
+    renew: bool = False  # the identity is due for renewal: make a new link, then close this one
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -45,7 +45,7 @@ from device_sdk.adapters.paho_link import PahoLink
 from device_sdk.adapters.resolver import FreshResolver, Resolver
 from device_sdk.config import ClientConfig, HubEndpoint, OutboxSettings
 from device_sdk.core import failover as fsm
-from device_sdk.core.outcomes import FailureKind
+from device_sdk.core.outcomes import AUTH_REFUSAL_CODES, FailureKind, refusal_kind
 from device_sdk.core.retry import Backoff
 from device_sdk.core.supervision import FaultLog
 from device_sdk.core.topics import topic_matches
@@ -53,10 +53,12 @@ from device_sdk.engine.dialer import Dialer, LinkFactory
 from device_sdk.engine.dispatch import CallbackDispatcher
 from device_sdk.engine.hub_sources import HubSources
 from device_sdk.engine.link_session import LinkEnd, LinkSession, PoisonWatch, SessionServices
+from device_sdk.engine.renewal import RenewalPlan
 from device_sdk.engine.side_tasks import SideTasks
 from device_sdk.engine.supervision import handle_faults_reported_to
 from device_sdk.errors import (
     ConnectError,
+    ConnectRefused,
     ConnectTimeout,
     DeviceSDKError,
     EngineFailed,
@@ -146,6 +148,11 @@ class Engine:
         self._session: LinkSession | None = None
         self._resumable: LinkSession | None = None  # its paho session may be resumed
         self._outage_started: float | None = None
+        # The current link's identity: when to renew it, when to announce its expiry.
+        self._renewal = RenewalPlan()
+        # Hubs that refused our credentials since we last connected to them: the next
+        # attempt asks the provider for a fresh identity, and a second refusal is final.
+        self._auth_refused: set[str] = set()
         # Callbacks for the engine thread, posted by side tasks (probes, concierge).
         self._mailbox: deque[Callable[[], None]] = deque()
         self._interrupt = threading.Event()  # cuts a backoff sleep short when mail arrives
@@ -341,6 +348,8 @@ class Engine:
             return None, None
         if end.migrate is not None:
             return self._migrate(link, end.migrate)
+        if end.renew:
+            return self._renew(link)
         return None, self._after_link(link, end)
 
     def _survive(self, error: Exception, link: PahoLink | None) -> fsm.Attempt:
@@ -493,7 +502,9 @@ class Engine:
         return link
 
     def _open_link(self, hub: HubEndpoint) -> PahoLink:
-        return self._dialer.open(hub, resume=self._resumable_link(hub))
+        return self._dialer.open(
+            hub, resume=self._resumable_link(hub), after_refusal=hub.name in self._auth_refused
+        )
 
     def _resumable_link(self, hub: HubEndpoint) -> PahoLink | None:
         """The last link's paho session, when it is worth resuming on this hub."""
@@ -514,10 +525,31 @@ class Engine:
             actions = self._machine.handle(fsm.Redirect(hub=hub.name, target=target), now)
         else:
             actions = self._machine.handle(
-                fsm.AttemptFailed(hub=hub.name, kind=_failure_kind(error)), now
+                fsm.AttemptFailed(hub=hub.name, kind=self._failure_kind(hub, error)), now
             )
         # An empty answer means "carry on as you were": keep the attempt already planned.
         self._next = self._single(actions) or self._next
+
+    def _failure_kind(self, hub: HubEndpoint, error: ConnectError) -> FailureKind:
+        """The machine's view of a failed attempt; a refused identity is renewed first."""
+        kind = _failure_kind(error)
+        if not isinstance(error, ConnectRefused):
+            return kind
+        provider = hub.credentials if hub.credentials is not None else self.config.credentials
+        refused_fresh = hub.name in self._auth_refused
+        kind = refusal_kind(
+            kind,
+            reason_code=error.reason_code,
+            renewable=provider is not None and bool(provider.renewable),
+            refused_fresh=refused_fresh,
+        )
+        if kind is not FailureKind.PERMANENT or error.reason_code not in AUTH_REFUSAL_CODES:
+            if error.reason_code in AUTH_REFUSAL_CODES:
+                self._auth_refused.add(hub.name)  # the next attempt asks for a fresh identity
+            return kind
+        if refused_fresh:
+            self._sources.refused_us(hub.name)  # e.g. DPS: the device may belong elsewhere now
+        return kind
 
     def _single(self, actions: tuple[fsm.Action, ...]) -> fsm.Attempt | None:
         """Announce the machine's events and return the attempt it asks for."""
@@ -528,6 +560,7 @@ class Engine:
                 attempt = action
             elif isinstance(action, fsm.FailedOver):
                 self._metrics.add(failovers=1)
+                self._sources.failed_over(action.from_hub)
                 self._emit(
                     events.FailedOver(
                         at=now, from_hub=action.from_hub, to_hub=action.to_hub, reason=action.reason
@@ -542,10 +575,14 @@ class Engine:
 
     # -- engine thread: serving one link ----------------------------------------------------
 
-    def _on_connected(self, link: PahoLink) -> None:
+    def _on_connected(self, link: PahoLink, *, renewal: bool = False) -> None:
         now = time.monotonic()
-        self._machine.handle(fsm.Connected(hub=link.hub.name), now)
-        self._backoff = self._backoff.link_up(now)
+        if not renewal:  # a renewal is not a new connection: the machine stays where it is
+            self._machine.handle(fsm.Connected(hub=link.hub.name), now)
+            self._backoff = self._backoff.link_up(now)
+            self._sources.connected(now)
+        self._auth_refused.discard(link.hub.name)
+        self._renewal.plan(self._dialer.last_identity, mono=now, wall=time.time())
         carried = self._resumable.inflight if self._resumable is not None else {}
         self._resumable = None
         self._session = LinkSession(
@@ -555,9 +592,27 @@ class Engine:
             outage_started=self._outage_started,
             now=now,
         )
+        if renewal:
+            self._metrics.add(credential_renewals=1)
+            identity = self._dialer.last_identity
+            expires = identity.expires_at if identity is not None else None
+            self._emit(
+                events.CredentialsRenewed(
+                    at=now, hub=link.hub.name, address=link.address, expires_at=expires
+                )
+            )
+        else:
+            self._connected_now(link, now)
+        with self._lock:
+            subscriptions = [(topic, qos) for topic, (qos, _h) in self._subscriptions.items()]
+            self._commands.clear()  # subscriptions are restored below, from the registry
+        for topic, qos in subscriptions:
+            link.subscribe(topic, qos)
+        link.start_reporting(self._session)
+
+    def _connected_now(self, link: PahoLink, now: float) -> None:
         outage = None if self._outage_started is None else now - self._outage_started
         self._outage_started = None
-        self._sources.connected(now)
         self._metrics.add(connects=1)
         self._metrics.set(current_hub=link.hub.name, last_reconnect_seconds=outage)
         self._set_status(connected=True)
@@ -570,12 +625,6 @@ class Engine:
                 outage_seconds=outage,
             )
         )
-        with self._lock:
-            subscriptions = [(topic, qos) for topic, (qos, _h) in self._subscriptions.items()]
-            self._commands.clear()  # subscriptions are restored below, from the registry
-        for topic, qos in subscriptions:
-            link.subscribe(topic, qos)
-        link.start_reporting(self._session)
 
     def _serve(self, link: PahoLink) -> LinkEnd | None:
         """Serve ``link`` until it ends (returned) or the client closes (None)."""
@@ -592,7 +641,7 @@ class Engine:
             self._set_status(connected=False)
             return None
         assert session.end is not None
-        if session.end.migrate is None:
+        if session.end.migrate is None and not session.end.renew:
             link.abort()  # a no-op when the link closed itself; the migration keeps it until then
         return session.end
 
@@ -622,6 +671,36 @@ class Engine:
         self._on_connected(new)
         return new, None
 
+    def _renew(self, old: PahoLink) -> tuple[PahoLink | None, fsm.Attempt | None]:
+        """Make before break: a new link to the same hub with a fresh identity, then
+        close the old one. Its in-flight messages go back in line, ahead of the rest.
+
+        Not a failure and not a failover: no backoff, nothing fed to the machine.
+        If the new link cannot be opened, the old one serves on (its identity is
+        still valid) and the renewal is tried again later, before the expiry.
+        """
+        hub = self._sources.endpoint(old.hub.name) if old.hub.name in self._machine.hubs else None
+        session = self._session
+        assert session is not None
+        session.end = None
+        if hub is None:
+            self._renewal.clear()  # the hub was withdrawn: the machine moves us soon anyway
+            return old, None
+        self._emit(events.RenewingCredentials(at=time.monotonic(), hub=hub.name))
+        try:
+            new = self._dialer.open(hub)
+        except ConnectError as exc:
+            if self._closing.is_set():
+                return old, None
+            now = time.monotonic()
+            self._renewal.postpone(now)
+            self._emit(events.AttemptFailed(at=now, hub=hub.name, address=exc.address, error=exc))
+            return old, None
+        old.disconnect()  # its in-flight messages go back in line, ahead of the rest
+        self._resumable = None
+        self._on_connected(new, renewal=True)
+        return new, None
+
     def _migration_failed(
         self, old: PahoLink, target: HubEndpoint, error: ConnectError
     ) -> tuple[PahoLink | None, fsm.Attempt | None]:
@@ -630,7 +709,7 @@ class Engine:
             events.AttemptFailed(at=now, hub=target.name, address=error.address, error=error)
         )
         actions = self._machine.handle(
-            fsm.AttemptFailed(hub=target.name, kind=_failure_kind(error)), now
+            fsm.AttemptFailed(hub=target.name, kind=self._failure_kind(target, error)), now
         )
         attempt = self._single(actions)
         if old.hub.name in self._machine.hubs:
@@ -658,6 +737,7 @@ class Engine:
         next_check = session.check_liveness(now)
         if session.end is not None or next_check is None:
             return
+        self._check_identity(session, now)
         mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if link.want_write() else 0)
         if mask != self._io_mask:  # a system call saved on nearly every cycle
             selector.modify(link.fileno(), mask)
@@ -676,6 +756,16 @@ class Engine:
         if session.end is None:
             link.service(readable=readable, writable=writable)
         self._sources.tick(time.monotonic())
+
+    def _check_identity(self, session: LinkSession, now: float) -> None:
+        """Announce an identity's coming expiry; end the link for renewal when it is due."""
+        expires = self._renewal.warning_due(now)
+        if expires is not None:
+            hub = session.link.hub.name
+            left = expires - time.time()
+            self._emit(events.CredentialExpiring(at=now, hub=hub, expires_at=expires, seconds=left))
+        if self._renewal.renewal_due(now):
+            session.end = LinkEnd(reason="renewing credentials before they expire", renew=True)
 
     def _batch_while_streaming(
         self, session: LinkSession, *, published: bool, streaming: bool
@@ -707,7 +797,8 @@ class Engine:
 
     def _sleep_until(self, next_check: float, now: float) -> float:
         """How long the loop may wait: until the watchdog, a probe or a concierge poll is due."""
-        wake_at = min(next_check, self._sources.next_due(), now + _MAX_IDLE_WAIT)
+        due = min(self._sources.next_due(), self._renewal.next_due())
+        wake_at = min(next_check, due, now + _MAX_IDLE_WAIT)
         return max(0.0, wake_at - now)
 
     def _run_commands(self, link: PahoLink) -> None:

@@ -237,6 +237,7 @@ def test_a_missing_tls_file_is_refused_when_the_settings_are_built(
 ) -> None:
     existing = tmp_path / "present.pem"
     existing.write_text("-----BEGIN CERTIFICATE-----\n")
+    existing.chmod(0o600)  # it stands in for the key file too
     missing = str(tmp_path / "missing.pem")
     with pytest.raises(ConfigError) as caught:
         tls_with(name, missing, existing)

@@ -1,0 +1,6 @@
+"""Azure's Device Provisioning Service (DPS) as a hub source.
+
+DPS tells a device which IoT hub it belongs to; re-provisioning is IoT Hub's
+own failover path. It feeds the same failover machine as the concierge and DNS
+SRV, asked fresh, bounded by a deadline, and kept on disk between boots.
+"""
