@@ -55,6 +55,10 @@ stays on ``__cause__`` for logs.
     │       ├── ScopeMismatch       meant for another device or fleet
     │       ├── HubNotAllowed       names a hub FQDN outside the allow-list
     │       └── InvalidHubSet       applied, it would give a hub set the device cannot use
+    ├── ProvisioningError           DPS could not assign a hub; the device keeps its last one
+    │   ├── ProvisioningUnavailable unreachable, timed out, throttled (429) or a server error
+    │   ├── ProvisioningRefused     attestation refused, or the device is unknown or disabled
+    │   └── ProvisioningFailed      the registration ended failed, or the answer was malformed
     ├── StateMachineError           an impossible (state, input) pair reached a pure machine
     └── TestbedError                the local testbed could not start or control a part
 """
@@ -398,6 +402,26 @@ class InvalidHubSet(DocumentRejected):
     For example two hubs with one name after renaming, or a name the device
     already uses for another FQDN. Rejected before it reaches the failover machine.
     """
+
+
+class ProvisioningError(DeviceSDKError):
+    """The Device Provisioning Service could not assign a hub this time.
+
+    The device carries on with the hub it was assigned last (kept on disk) and
+    asks again later, with jittered backoff: DPS throttles fleets.
+    """
+
+
+class ProvisioningUnavailable(ProvisioningError):
+    """DPS was unreachable, too slow, throttling (HTTP 429) or failing (5xx)."""
+
+
+class ProvisioningRefused(ProvisioningError):
+    """DPS refused the attestation (401/403), or does not know the device (404)."""
+
+
+class ProvisioningFailed(ProvisioningError):
+    """The registration ended in a failed or disabled state, or DPS answered nonsense."""
 
 
 class StateMachineError(DeviceSDKError):

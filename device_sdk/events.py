@@ -16,6 +16,7 @@ from device_sdk.errors import (
     DocumentRejected,
     LinkLost,
     MessageNotDeliverable,
+    ProvisioningError,
 )
 
 
@@ -297,3 +298,27 @@ class CredentialExpiring(Event):
 
     def describe(self) -> str:
         return f"the credentials for {self.hub} expire in {self.seconds / 3600:.1f} h"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Provisioned(Event):
+    """DPS assigned the device to ``fqdn`` (``from_disk``: the assignment kept from before)."""
+
+    hub: str  # the name the hub has in the device's hub list
+    fqdn: str
+    device_id: str
+    from_disk: bool
+
+    def describe(self) -> str:
+        where = "kept on disk" if self.from_disk else "from DPS"
+        return f"provisioned to {self.fqdn} as {self.device_id} ({where})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProvisioningProblem(Event):
+    """Asking DPS failed; the device carries on with its last assignment."""
+
+    error: ProvisioningError
+
+    def describe(self) -> str:
+        return f"provisioning failed: {type(self.error).__name__}: {self.error}"
