@@ -60,6 +60,7 @@ from device_sdk.errors import (
     ConnectError,
     ConnectRefused,
     ConnectTimeout,
+    CredentialExpired,
     DeviceSDKError,
     EngineFailed,
     LinkLost,
@@ -516,6 +517,8 @@ class Engine:
 
     def _attempt_failed(self, hub: HubEndpoint, error: ConnectError) -> None:
         now = time.monotonic()
+        if isinstance(error, CredentialExpired):
+            self._auth_refused.add(hub.name)  # the provider must be asked for a fresh one
         self._cycle_errors.append(error)
         self._cycle_attempts += 1
         self._backoff = self._backoff.failed()

@@ -30,11 +30,12 @@ from device_sdk.concierge.service import (
 from device_sdk.concierge.settings import ConciergeSettings
 from device_sdk.concierge.signing import write_keypair
 from device_sdk.concierge.trust import ConciergeTrust
-from device_sdk.config import ClientConfig, Credentials, DnsSettings, HubEndpoint, TlsSettings
+from device_sdk.config import ClientConfig, DnsSettings, HubEndpoint, TlsSettings
 from device_sdk.core.failover import FailoverPolicy
 from device_sdk.core.liveness import LivenessPolicy
 from device_sdk.core.retry import RetryPolicy
 from device_sdk.errors import TestbedError
+from device_sdk.identity.provider import CredentialProvider
 from device_sdk.testbed.broker import DEFAULT_LOG_TYPES, BrokerSpec, BrokerTls, MosquittoBroker
 from device_sdk.testbed.collector import Collector
 from device_sdk.testbed.dns_server import DnsServer
@@ -265,7 +266,7 @@ class Testbed:
         client_id: str,
         *,
         hubs: Sequence[str] | None = None,
-        credentials: Credentials | None = None,
+        credentials: CredentialProvider | None = None,
         **overrides: Any,
     ) -> ClientConfig:
         """A ClientConfig for a device on this testbed, with the fast test policies."""

@@ -111,12 +111,17 @@ def _find_tool(name: str) -> str | None:
 class BrokerTls:
     """A TLS listener: PEM certificate and key files (see `device_sdk.testbed.pki`).
 
-    ``port=0`` picks a free port when the broker is created.
+    ``port=0`` picks a free port when the broker is created. ``client_ca_file``
+    makes the listener require a client certificate issued by that CA (mutual
+    TLS, as AWS IoT Core and X.509 devices on Azure IoT Hub use it), and take
+    the certificate's subject CN as the client's user name, so a test can see
+    which certificate a device presented (:meth:`MosquittoBroker.clients_connected`).
     """
 
     cert_file: Path | str
     key_file: Path | str
     port: int = 0
+    client_ca_file: Path | str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -473,6 +478,12 @@ class MosquittoBroker:
                 f"certfile {Path(self.spec.tls.cert_file).resolve()}",
                 f"keyfile {Path(self.spec.tls.key_file).resolve()}",
             ]
+            if self.spec.tls.client_ca_file is not None:
+                lines += [
+                    "require_certificate true",
+                    f"cafile {Path(self.spec.tls.client_ca_file).resolve()}",
+                    "use_identity_as_username true",
+                ]
         self.config_file.write_text("\n".join(lines) + "\n")
 
 

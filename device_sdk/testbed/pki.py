@@ -160,6 +160,40 @@ class CertificateAuthority:
             key_pem=_private_key_pem(key),
         )
 
+    def issue_client_certificate(
+        self, common_name: str, *, validity: dt.timedelta = _DEFAULT_VALIDITY
+    ) -> ServerCertificate:
+        """Issue a TLS client certificate (a device's identity) with subject CN ``common_name``.
+
+        Azure IoT Hub's X.509 devices and AWS IoT things are named by this CN.
+        ``validity`` sets its not-valid-after, so a test can watch an expiry warning.
+        Written with :meth:`ServerCertificate.write_to` like a server's (key 0600).
+        """
+        if not common_name or not common_name.isprintable():
+            raise ConfigError("common_name", common_name, "printable text")
+        key = ec.generate_private_key(ec.SECP256R1())
+        not_before, not_after = _validity_window(validity)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(self.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(min(not_after, self.certificate.not_valid_after_utc))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(cert_sign=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .add_extension(self._authority_key_identifier(), critical=False)
+        )
+        certificate = builder.sign(self._key, hashes.SHA256())
+        return ServerCertificate(
+            certificate=certificate,
+            cert_pem=certificate.public_bytes(serialization.Encoding.PEM),
+            key_pem=_private_key_pem(key),
+        )
+
     def _authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
         ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
