@@ -90,6 +90,8 @@ class Testbed:
     (``BrokerSpec.extra_config``), e.g. an ``acl_file`` that refuses some topics.
     ``concierge=True`` also runs the reference concierge (:attr:`concierge`), naming
     these hubs and signing with a throwaway key; :meth:`concierge_settings` trusts it.
+    ``client_certificates=True`` (implies ``tls``) makes the TLS listeners require a
+    device certificate from the testbed CA (:meth:`device_certificate`).
     Everything it starts, it stops (by PID) in :meth:`stop`, also on errors.
     """
 
@@ -107,9 +109,11 @@ class Testbed:
         broker_log_types: Sequence[str] | None = None,
         broker_config: Mapping[str, Sequence[str]] | None = None,
         concierge: bool = False,
+        client_certificates: bool = False,
     ) -> None:
         self._hub_names = tuple(hubs)
-        self._tls = tls
+        self._tls = tls or client_certificates
+        self._client_certificates = client_certificates
         self._users = dict(users or {})
         self._first_octet = first_octet
         self._dns_ttl = dns_ttl
@@ -206,7 +210,23 @@ class Testbed:
         # the testbed (see IMPOSTOR) still fails verification.
         names = [f"{hub}.{DOMAIN}" for hub in self._hub_names]
         files = self.ca.issue_server_certificate(names).write_to(self.work_dir, stem=name)
-        return BrokerTls(cert_file=files.cert_file, key_file=files.key_file, port=port)
+        client_ca = self.ca_file if self._client_certificates else None
+        return BrokerTls(
+            cert_file=files.cert_file, key_file=files.key_file, port=port, client_ca_file=client_ca
+        )
+
+    def device_certificate(self, common_name: str, *, stem: str | None = None) -> tuple[str, str]:
+        """Issue a device certificate from the testbed CA: (cert file, key file), key 0600.
+
+        With ``client_certificates=True`` the hubs require one, and report its CN
+        as the client's user name in ``broker.clients_connected()``.
+        """
+        if self.ca is None:
+            raise TestbedError("this testbed was started without TLS")
+        files = self.ca.issue_client_certificate(common_name).write_to(
+            self.work_dir, stem=stem or f"device-{common_name}"
+        )
+        return str(files.cert_file), str(files.key_file)
 
     def stop(self) -> None:
         """Stop every process and thread the testbed started; remove its own work dir."""
@@ -301,9 +321,21 @@ class Testbed:
         return dataclasses.replace(settings, **overrides) if overrides else settings
 
     def collector(self, hub: str, topic: str) -> Collector:
-        """An independent subscriber on ``hub``'s broker; stopped with the testbed."""
+        """An independent subscriber on ``hub``'s broker; stopped with the testbed.
+
+        On a hub started with ``users``, it signs in as the first of them.
+        """
         broker = self.hub(hub).broker
-        collector = Collector(broker.host, broker.port, topic, name=f"collector-{hub}")
+        users = self._users.get(hub) or {}
+        username, password = next(iter(users.items()), (None, None))
+        collector = Collector(
+            broker.host,
+            broker.port,
+            topic,
+            name=f"collector-{hub}",
+            username=username,
+            password=password,
+        )
         collector.start()
         self._stack.callback(collector.stop)
         return collector

@@ -21,7 +21,16 @@ from device_sdk.errors import TestbedError
 class Collector:
     """Subscribes to ``topic`` on one broker and records every sequence number seen."""
 
-    def __init__(self, host: str, port: int, topic: str, *, name: str = "collector") -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topic: str,
+        *,
+        name: str = "collector",
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.host, self.port, self.topic = host, port, topic
         self._lock = threading.Condition()
         self._seen: Counter[int] = Counter()
@@ -32,6 +41,8 @@ class Collector:
             client_id=f"{name}-{host}-{port}",
             protocol=paho.MQTTv5,
         )
+        if username is not None:  # a broker started with ``users`` admits only those
+            self._client.username_pw_set(username, password)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
