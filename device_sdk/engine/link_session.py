@@ -48,6 +48,7 @@ class LinkEnd:
     fresh_session: bool = False  # do not resume this link's session: republish from the outbox
     protocol_error: bool = False  # the hub broke MQTT: reported as ProtocolError
     renew: bool = False  # the identity is due for renewal: make a new link, then close this one
+    refused: bool = False  # the hub's DISCONNECT said not authorised (or banned)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -322,4 +323,4 @@ class LinkSession:
                 reason=f"redirected: {reason}", redirect=True, server_reference=server_reference
             )
         else:
-            self.end = LinkEnd(reason=reason)
+            self.end = LinkEnd(reason=reason, refused=kind is FailureKind.PERMANENT)

@@ -827,6 +827,8 @@ class Engine:
         self._metrics.set(current_hub=None)
         self._outage_started = now
         self._backoff = self._backoff.link_down(now, self.config.retry)
+        if end.refused:  # e.g. a token the hub now takes for expired: ask for a fresh one
+            self._auth_refused.add(link.hub.name)
         self._metrics.add(disconnects=1)
         error: LinkLost
         if end.protocol_error:

@@ -201,3 +201,56 @@ def test_the_prometheus_failover_counter_never_reports_failbacks() -> None:
     assert samples["device_sdk_failovers_total"] == "5"
     assert samples["device_sdk_failbacks_total"] == "2"
     assert samples["device_sdk_messages_dropped_total"] == "7"
+
+
+# --------------------------------------------------------------------------- refusal table
+# README, "What a refusal means": every code in the table is classified as the table says.
+
+_TABLE_KINDS = {
+    "permanent": "permanent",
+    "transient": "transient",
+    "redirect": "redirect",
+    "renewable provider": "renew",
+}
+
+
+def _refusal_table() -> list[tuple[list[int], str]]:
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    start = text.index("| code (MQTT 5; 3.1.1 in brackets) |")
+    rows = []
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        codes_cell, _meaning, action = (cell.strip() for cell in line.strip("|").split("|"))
+        codes = [int(word.rstrip(","), 16) for word in codes_cell.split() if word.startswith("0x")]
+        kind = next(k for prefix, k in _TABLE_KINDS.items() if action.startswith(prefix))
+        rows.append((codes, kind))
+    return rows
+
+
+def test_the_readme_refusal_table_is_the_code() -> None:
+    from device_sdk.core.outcomes import FailureKind, classify_connack, refusal_kind
+
+    rows = _refusal_table()
+    assert len(rows) >= 5 and sum(len(codes) for codes, _ in rows) >= 20
+    for codes, kind in rows:
+        for code in codes:
+            found = classify_connack(code, mqtt5=True)
+            assert found is not None
+            if kind == "renew":
+                assert found is FailureKind.PERMANENT
+                fresh = refusal_kind(found, reason_code=code, renewable=True, refused_fresh=False)
+                again = refusal_kind(found, reason_code=code, renewable=True, refused_fresh=True)
+                fixed = refusal_kind(found, reason_code=code, renewable=False, refused_fresh=False)
+                assert (fresh, again, fixed) == (
+                    FailureKind.TRANSIENT,
+                    FailureKind.PERMANENT,
+                    FailureKind.PERMANENT,
+                ), hex(code)
+            else:
+                assert found.value == kind, f"0x{code:02X}: README says {kind}, code says {found}"
+                assert (
+                    refusal_kind(found, reason_code=code, renewable=True, refused_fresh=False)
+                    is found
+                )
+    assert classify_connack(0xA5, mqtt5=True) is FailureKind.TRANSIENT  # "any other"
