@@ -9,6 +9,7 @@ or an error.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import threading
 import time
@@ -227,3 +228,28 @@ def test_no_secret_reaches_logs_events_errors_or_the_status_file(
     for secret in secrets:
         for text in texts:
             assert secret not in text, f"{secret} leaked into: {text[:300]}"
+
+
+def test_a_refused_renewal_keeps_the_working_link_and_tries_again_later(
+    testbed_factory: TestbedFactory,
+) -> None:
+    # The hub takes only the first token: every renewal is refused. The link it
+    # replaces still works, so the device serves on it and retries later.
+    bed = testbed_factory(hubs=("primary",), users={"primary": {"device": "token-0-Zq8vX2"}})
+    collectors = collectors_for(bed)
+    log = EventLog()
+    tokens = TokenSource(ttl=5.0, margin=4.5)  # renew 0.5 s after connecting
+    config = bed.client_config("renewal-refused", credentials=CallableCredentials(tokens))
+    with DeviceClient(config, on_event=log) as client:
+        publisher = SteadyPublisher(client)
+        with publisher.running():
+            log.wait_for(events.AttemptFailed, 5.0)
+            time.sleep(1.5)
+        assert_nothing_lost(publisher, *collectors)
+        metrics = client.metrics()
+    renewals = log.of(events.RenewingCredentials)
+    assert 2 <= len(renewals) <= 4  # retried, but at least a second apart (not a hot loop)
+    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(renewals)]
+    assert all(gap >= 0.9 for gap in gaps), gaps
+    assert not log.of(events.Disconnected) and not log.of(events.CredentialsRenewed)
+    assert (metrics.connects, metrics.disconnects, metrics.credential_renewals) == (1, 0, 0)
