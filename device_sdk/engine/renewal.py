@@ -45,7 +45,9 @@ class RenewalPlan:
         def local(at: float | None) -> float:
             return math.inf if at is None else mono + (at - wall)
 
-        self._renew_at = local(identity.renew_at)
+        # Never sooner than a second after the link came up: a provider whose tokens
+        # are due for renewal already would otherwise make a hot loop of renewals.
+        self._renew_at = max(local(identity.renew_at), mono + _RETRY_AT_LEAST)
         self._warn_at = local(identity.warn_at)
         self._expires_at = local(identity.expires_at)
         self._wall_expiry = identity.expires_at

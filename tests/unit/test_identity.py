@@ -246,3 +246,9 @@ def test_no_identity_or_no_times_plans_nothing() -> None:
     assert plan.next_due() == math.inf and not plan.renewal_due(1e12)
     plan.plan(Identity(), mono=0.0, wall=NOW)
     assert plan.next_due() == math.inf and plan.warning_due(1e12) is None
+
+
+def test_a_renewal_already_due_waits_a_second_instead_of_looping() -> None:
+    plan = RenewalPlan()
+    plan.plan(Identity(expires_at=NOW + 5, renew_at=NOW - 30), mono=10.0, wall=NOW)
+    assert not plan.renewal_due(10.5) and plan.renewal_due(11.0)
