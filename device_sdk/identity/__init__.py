@@ -13,5 +13,15 @@ from device_sdk.identity.provider import (
     Identity,
     identity_for_attempt,
 )
+from device_sdk.identity.sas import SasTokenProvider, derive_device_key
+from device_sdk.identity.x509 import X509Files
 
-__all__ = ["CallableCredentials", "CredentialProvider", "Identity", "identity_for_attempt"]
+__all__ = [
+    "CallableCredentials",
+    "CredentialProvider",
+    "Identity",
+    "SasTokenProvider",
+    "X509Files",
+    "derive_device_key",
+    "identity_for_attempt",
+]
