@@ -20,7 +20,7 @@ import pytest
 from device_sdk import Credentials, DeviceClient, events
 from device_sdk.config import HubEndpoint
 from device_sdk.errors import PermanentRefusal
-from device_sdk.identity import CallableCredentials, Identity
+from device_sdk.identity import CallableCredentials, Identity, X509Files
 from device_sdk.status import write_status
 from device_sdk.testbed import Testbed
 from device_sdk.testbed.pytest_plugin import TestbedFactory
@@ -169,10 +169,7 @@ def test_a_rotated_client_certificate_is_used_on_the_next_attempt(
     bed = testbed_factory(hubs=("primary",), client_certificates=True)
     cert_file, key_file = bed.device_certificate("device-gen-1", stem="device")
     log = EventLog()
-    identity = CallableCredentials(
-        lambda _hub, _refused: Identity(cert_file=cert_file, key_file=key_file)
-    )
-    config = bed.client_config("rotating", credentials=identity)
+    config = bed.client_config("rotating", credentials=X509Files(cert_file, key_file))
     broker = bed.hub("primary").broker
     with DeviceClient(config, on_event=log) as client:
         client.connect(timeout=5.0)
