@@ -7,6 +7,8 @@ valid. Nothing here caches an identity past its life; the engine renews one
 before it expires (make before break) and asks again after a hub refused it.
 """
 
+from typing import TYPE_CHECKING
+
 from device_sdk.identity.provider import (
     CallableCredentials,
     CredentialProvider,
@@ -14,7 +16,20 @@ from device_sdk.identity.provider import (
     identity_for_attempt,
 )
 from device_sdk.identity.sas import SasTokenProvider, derive_device_key
-from device_sdk.identity.x509 import X509Files
+
+if TYPE_CHECKING:
+    from device_sdk.identity.x509 import X509Files
+
+
+def __getattr__(name: str) -> object:
+    # X509Files parses certificates with cryptography, a third of a Raspberry Pi's
+    # import budget; a device that signs in with a token never pays for it.
+    if name == "X509Files":
+        from device_sdk.identity.x509 import X509Files
+
+        return X509Files
+    raise AttributeError(f"module 'device_sdk.identity' has no attribute {name!r}")
+
 
 __all__ = [
     "CallableCredentials",

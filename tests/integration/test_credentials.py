@@ -169,7 +169,9 @@ def test_a_rotated_client_certificate_is_used_on_the_next_attempt(
     bed = testbed_factory(hubs=("primary",), client_certificates=True)
     cert_file, key_file = bed.device_certificate("device-gen-1", stem="device")
     log = EventLog()
-    config = bed.client_config("rotating", credentials=X509Files(cert_file, key_file))
+    config = bed.client_config(
+        "rotating", credentials=X509Files(cert_file=cert_file, key_file=key_file)
+    )
     broker = bed.hub("primary").broker
     with DeviceClient(config, on_event=log) as client:
         client.connect(timeout=5.0)
