@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from device_sdk.config import ClientConfig, HubEndpoint, TlsSettings, is_ip_literal
-from device_sdk.core.topics import check_mqtt_string, shown
+from device_sdk.core.topics import MAX_STRING_BYTES, check_mqtt_string, shown
 from device_sdk.errors import ConfigError, CredentialError
 from device_sdk.identity.provider import CredentialProvider, Identity
 
@@ -199,8 +199,17 @@ class AwsCustomAuthorizer:
             if token.signature is not None:
                 params.append((_SIGNATURE_PARAM, token.signature))
             password = None
+        username = custom_authorizer_username(self._username, params)
+        if len(username.encode("utf-8")) > MAX_STRING_BYTES:
+            # Checked here, not left to the generic check, whose message would show
+            # the start of the user name: with a token key, the token is in it.
+            raise CredentialError(
+                f"the custom authorizer's user name for {hub.name} would be over "
+                f"{MAX_STRING_BYTES} bytes (a token of {len(token.value)} characters)",
+                hub=hub.name,
+            )
         return Identity(
-            username=custom_authorizer_username(self._username, params),
+            username=username,
             password=password,
             expires_at=token.expires_at,
             renew_at=token.renew_at,

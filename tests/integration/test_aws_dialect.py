@@ -236,3 +236,67 @@ def test_a_signing_disabled_authorizer_sends_the_token_as_the_password(site: Sit
 
 def _encoded(text: str) -> str:
     return urllib.parse.quote(text, safe="")
+
+
+def _tls_to(listener: TlsProbeListener, site: Site) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", listener.port), 5)
+    return site.ca.client_ssl_context().wrap_socket(raw, server_hostname=ENDPOINT)
+
+
+def _connect_packet(client_id: str) -> bytes:
+    name, ident = b"MQTT", client_id.encode()
+    body = len(name).to_bytes(2, "big") + name + bytes([4, 0x02]) + (30).to_bytes(2, "big")
+    body += len(ident).to_bytes(2, "big") + ident
+    return bytes([0x10, len(body)]) + body
+
+
+def test_hostile_input_ends_only_its_own_connection(site: Site) -> None:
+    with TlsProbeListener(
+        cert_file=site.cert_file, key_file=site.key_file, connection_timeout=5.0
+    ) as listener:
+        with socket.create_connection(("127.0.0.1", listener.port), 5) as plain:
+            plain.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not TLS at all
+            assert plain.recv(4096) is not None
+        with _tls_to(listener, site) as flood:
+            flood.sendall(b"\x10\xff\xff\xff\x7f")  # a CONNECT announcing 256 MB
+            assert flood.recv(1) == b""
+        with _tls_to(listener, site) as early:
+            early.sendall(b"\x30\x04\x00\x01tx")  # a PUBLISH before any CONNECT
+            assert early.recv(1) == b""
+        with _tls_to(listener, site) as honest:  # the listener still serves
+            honest.sendall(_connect_packet("survivor"))
+            assert honest.recv(4) == b"\x20\x02\x00\x00"
+            honest.sendall(b"\xc0\x00")
+            assert honest.recv(2) == b"\xd0\x00"
+        records = listener.wait_for(lambda seen: len(seen) == 4 and seen[3].pings == 1, 5.0)
+    plain_record, flood_record, early_record, honest_record = records
+    assert plain_record.hello_error is not None and plain_record.tls_error is not None
+    assert flood_record.ended is not None and "over the limit" in flood_record.ended
+    assert early_record.ended is not None and "not CONNECT" in early_record.ended
+    assert honest_record.connect is not None and honest_record.connect.client_id == "survivor"
+
+
+def test_a_silent_device_is_dropped_at_the_connection_timeout(site: Site) -> None:
+    with TlsProbeListener(
+        cert_file=site.cert_file, key_file=site.key_file, connection_timeout=0.3
+    ) as listener:
+        with _tls_to(listener, site) as silent:
+            silent.settimeout(5.0)
+            assert silent.recv(1) == b""  # the listener hung up; the device said nothing
+        (record,) = listener.wait_for(lambda seen: any(r.ended for r in seen), 5.0)
+    assert record.ended == "connection_timeout"
+
+
+def test_stop_ends_a_connection_a_device_still_holds(site: Site) -> None:
+    listener = TlsProbeListener(cert_file=site.cert_file, key_file=site.key_file).start()
+    try:
+        held = _tls_to(listener, site)
+        held.sendall(_connect_packet("holder"))
+        assert held.recv(4) == b"\x20\x02\x00\x00"
+    finally:
+        listener.stop(timeout=5.0)  # raises TestbedError if any thread outlives it
+    with held:
+        held.settimeout(5.0)
+        assert held.recv(1) == b""
+    (record,) = listener.connections()
+    assert record.ended == "the listener stopped"

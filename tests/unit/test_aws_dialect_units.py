@@ -235,6 +235,13 @@ def test_an_unusable_token_fails_the_attempt_without_showing_it(answer: object) 
     assert "a\nb" not in str(caught.value)
 
 
+def test_a_token_too_long_for_the_user_name_is_refused_without_showing_it() -> None:
+    huge = "Tk" + "x" * 70_000
+    with pytest.raises(CredentialError) as caught:
+        _identity(_authorizer(token_source=lambda _after: huge))
+    assert "Tkxx" not in str(caught.value) and "65535" in str(caught.value)
+
+
 def test_a_failing_token_source_is_named_by_type_only() -> None:
     def source(_after: bool) -> str:
         raise RuntimeError(f"vault refused {SECRET}")
