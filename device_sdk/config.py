@@ -26,6 +26,7 @@ from device_sdk.errors import ConfigError
 if TYPE_CHECKING:  # the concierge and identity packages build on this module
     from device_sdk.concierge.settings import ConciergeSettings
     from device_sdk.identity.provider import CredentialProvider, Identity
+    from device_sdk.provisioning.settings import DpsSettings
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 # The largest packet MQTT can express: a four-byte remaining length, plus its header.
@@ -428,6 +429,9 @@ class ClientConfig:
     concierge: ConciergeSettings | None = None
     # Take the hub list from DNS SRV records; None: the configured hubs.
     srv: SrvSettings | None = None
+    # Ask Azure's Device Provisioning Service which hub the device belongs to (see
+    # device_sdk.engine.hub_sources); None: the hub list alone decides.
+    dps: DpsSettings | None = None
 
     def __post_init__(self) -> None:
         _check_client_id("client_id", self.client_id)
@@ -471,6 +475,16 @@ class ClientConfig:
             from device_sdk.concierge.settings import ConciergeSettings
 
             _check_instance("concierge", self.concierge, ConciergeSettings, none_ok=True)
+        if self.dps is not None:
+            # Imported only here: the provisioning package builds on this module.
+            from device_sdk.provisioning.settings import DpsSettings
+
+            _check_instance("dps", self.dps, DpsSettings, none_ok=True)
+            if self.concierge is not None or self.srv is not None:
+                # Each names the device's hubs; two would fight over the machine's home.
+                raise ConfigError(
+                    "dps", "DpsSettings(...)", "unset when a concierge or SRV names the hubs"
+                )
 
     def _check_counts(self) -> None:
         for name, low, high in (

@@ -8,6 +8,22 @@ a probe can block for its whole timeout, so both run as side tasks off the
 engine thread, and their answers come back through the engine's mailbox. An SRV
 lookup is part of an attempt (asked fresh before each one) and runs inline.
 
+DPS (``config.dps``) names the hub the device belongs to, much as a concierge
+names the active one. At the engine's start (its first :meth:`HubSources.ask_concierge`),
+a kept assignment is used at once; with none, the device provisions *on the
+engine thread, before its first MQTT attempt* (bounded by ``dps.timeout``, cut
+short by close()), because the configured hubs are often only a placeholder for
+a DPS device. If that run fails, the first attempt goes to the configured hubs
+and DPS is asked again off the engine thread, with jittered backoff, until it
+answers. Later runs (the machine failed over away from the assigned hub, or the
+hub refused a fresh identity: the device may belong elsewhere now) always run
+as side tasks. An assigned hub joins the list as ``dps-<first label>`` after the
+configured hubs and is named to the machine like a concierge's active hub
+(``ConciergeNamed``); a previously assigned hub leaves the list once the device
+is connected elsewhere. A DPS device's configured ``hubs`` may be a placeholder
+(any HubEndpoint, e.g. ``HubEndpoint(name="unprovisioned", fqdn="unprovisioned.invalid")``)
+or a real fallback hub.
+
 Engine thread only: every method is called from the engine thread, and the
 ``follow`` callback feeds the machine there. So nothing a concierge document
 or an SRV answer holds may raise here: a document that would not make a valid
@@ -24,7 +40,7 @@ import time
 from collections.abc import Callable
 
 from device_sdk import events
-from device_sdk.adapters.cancel import NEVER, CancelToken
+from device_sdk.adapters.cancel import NEVER, Cancelled, CancelToken
 from device_sdk.adapters.probe import hub_answers
 from device_sdk.adapters.resolver import FreshResolver, Resolver
 from device_sdk.adapters.srv import discover_hubs
@@ -32,8 +48,16 @@ from device_sdk.concierge.source import ConciergeAnswer, ConciergeSource
 from device_sdk.config import ClientConfig, HubEndpoint
 from device_sdk.core import failover as fsm
 from device_sdk.engine.side_tasks import SideTasks
-from device_sdk.errors import ConciergeError, ConnectError, DeviceSDKError, DocumentRejected
+from device_sdk.errors import (
+    ConciergeError,
+    ConnectError,
+    DeviceSDKError,
+    DocumentRejected,
+    ProvisioningError,
+)
 from device_sdk.metrics import MetricsRecorder
+from device_sdk.provisioning.assignment import Assignment
+from device_sdk.provisioning.source import DpsSource, hub_for, provisioning_delay
 
 log = logging.getLogger("device_sdk")
 
@@ -55,7 +79,7 @@ Follow = Callable[[fsm.Input], None]
 
 
 class HubSources:
-    """The hub list and its three sources: the concierge, DNS SRV and failback probes.
+    """The hub list and its sources: the concierge, DNS SRV, DPS and failback probes.
 
     ``cancel`` (the engine's) cuts the concierge's DNS lookup short on close.
     """
@@ -94,6 +118,11 @@ class HubSources:
             )
         self._next_concierge_at = 0.0
         self._next_probe_at = 0.0
+        self._started = False
+        self._dps: _DpsState | None = None
+        if config.dps is not None:
+            dps_resolver = FreshResolver(config.dns, cancel=cancel)
+            self._dps = _DpsState(DpsSource(config.dps, resolver=dps_resolver, cancel=cancel))
 
     def endpoint(self, name: str) -> HubEndpoint:
         return self._hubs[name]
@@ -117,6 +146,7 @@ class HubSources:
     def connected(self, now: float) -> None:
         """A link is up: the first failback probe waits about an interval."""
         self._next_probe_at = next_probe_at(now, self._config.failback_probe_interval, self._rng)
+        self._dps_connected()
 
     def tick(self, now: float) -> None:
         """While connected: start a failback probe or a concierge poll when one is due."""
@@ -127,7 +157,13 @@ class HubSources:
     # -- the concierge ----------------------------------------------------------------------
 
     def ask_concierge(self) -> None:
-        """Ask now, off the engine thread (never a delay), and schedule the next poll."""
+        """Ask now, off the engine thread (never a delay), and schedule the next poll.
+
+        The engine calls this first when it starts: that is when DPS is asked too.
+        """
+        if not self._started:
+            self._started = True
+            self._start_dps()
         source, settings = self._concierge, self._config.concierge
         if source is None or settings is None:
             return
@@ -187,10 +223,113 @@ class HubSources:
     # -- what the recovery path tells the sources -------------------------------------------
 
     def failed_over(self, from_hub: str) -> None:
-        """The machine left ``from_hub`` after its failover criteria tripped."""
+        """The machine left ``from_hub`` after its failover criteria tripped.
+
+        Leaving the hub DPS assigned is IoT Hub's failover path: ask DPS again.
+        """
+        dps = self._dps
+        if dps is not None and dps.hub is not None and from_hub == dps.hub.name:
+            self._reprovision(f"failed over from {from_hub}")
 
     def refused_us(self, hub: str) -> None:
         """``hub`` refused a fresh identity too: the device may no longer belong there."""
+        dps = self._dps
+        if dps is not None and dps.hub is not None and hub == dps.hub.name:
+            self._reprovision(f"{hub} refused a fresh identity")
+
+    # -- DPS --------------------------------------------------------------------------------
+
+    def _start_dps(self) -> None:
+        dps = self._dps
+        if dps is None:
+            return
+        kept = dps.source.kept()
+        if kept is not None:
+            self._assigned(kept, from_disk=True)
+            return
+        # No assignment yet: provision before the first attempt (see the module's docstring).
+        try:
+            assignment = dps.source.provision()
+        except Cancelled:
+            return  # the client is closing
+        except ProvisioningError as exc:
+            dps.wanted = True
+            self._provisioning_failed(exc)
+            return
+        self._assigned(assignment, from_disk=False)
+
+    def _reprovision(self, why: str) -> None:
+        dps = self._dps
+        assert dps is not None
+        dps.wanted = True
+        delay = provisioning_delay(dps.failures, dps.source.settings, self._rng, dps.last_error)
+        source = dps.source
+        if self._side.start("dps", _provisioning(source, delay), self._provisioning_done):
+            log.info("asking DPS again in %.2f s: %s", delay, why)
+
+    def _provisioning_done(self, outcome: Assignment | ProvisioningError | None) -> None:
+        dps = self._dps
+        assert dps is not None
+        if outcome is None:
+            return  # cancelled: the client is closing
+        if isinstance(outcome, ProvisioningError):
+            self._provisioning_failed(outcome)
+            return
+        moved = dps.hub is None or dps.hub.fqdn.lower() != outcome.hub_fqdn.lower()
+        # A run that leaves the device where it was did not help: the next one waits longer.
+        dps.failures = 0 if moved else dps.failures + 1
+        dps.last_error = None
+        dps.wanted = False
+        self._assigned(outcome, from_disk=False)
+
+    def _provisioning_failed(self, error: ProvisioningError) -> None:
+        dps = self._dps
+        assert dps is not None
+        dps.failures += 1
+        dps.last_error = error
+        self._emit(events.ProvisioningProblem(at=time.monotonic(), error=error))
+        if dps.wanted:  # still no answer where one is needed: ask again, later
+            self._reprovision(f"the last run failed: {type(error).__name__}")
+
+    def _assigned(self, assignment: Assignment, *, from_disk: bool) -> None:
+        dps = self._dps
+        assert dps is not None
+        own = {hub.name for hub in self._config.hubs}
+        same = dps.hub is not None and dps.hub.fqdn.lower() == assignment.hub_fqdn.lower()
+        if not same or dps.hub is None or dps.hub.client_id != assignment.device_id:
+            taken = own | {hub.name for hub in dps.previous}
+            if dps.hub is not None:
+                dps.previous.append(dps.hub)
+                taken.add(dps.hub.name)
+            dps.hub = hub_for(assignment, dps.source.settings, taken)
+        hub = dps.hub
+        # The hub left behind stays listed until the device is connected elsewhere: the
+        # machine may still be on it, or fall back to it if the move fails.
+        self._set_hubs(self._config.hubs + tuple(dps.previous) + (hub,))
+        self._emit(
+            events.Provisioned(
+                at=time.monotonic(),
+                hub=hub.name,
+                fqdn=hub.fqdn,
+                device_id=assignment.device_id,
+                from_disk=from_disk,
+            )
+        )
+        self._follow(fsm.ConciergeNamed(hub=hub.name))
+
+    def _dps_connected(self) -> None:
+        dps = self._dps
+        if dps is None or dps.hub is None:
+            return
+        current = self._machine.current_hub
+        if current == dps.hub.name:
+            dps.wanted, dps.failures, dps.last_error = False, 0, None
+        # Withdraw hubs DPS assigned before, except the one we are on: withdrawing that
+        # one would move the device before its link is even served.
+        keep = [hub for hub in dps.previous if hub.name == current]
+        if len(keep) != len(dps.previous):
+            dps.previous = keep
+            self._set_hubs(self._config.hubs + tuple(keep) + (dps.hub,))
 
     # -- failback probes --------------------------------------------------------------------
 
@@ -225,6 +364,32 @@ def _probing(
             return False
 
     return probe
+
+
+class _DpsState:
+    """What the sources remember of DPS: the hub it assigned, and how runs have gone."""
+
+    def __init__(self, source: DpsSource) -> None:
+        self.source = source
+        self.hub: HubEndpoint | None = None  # the hub of the latest assignment
+        self.previous: list[HubEndpoint] = []  # assigned before; withdrawn once left
+        self.failures = 0  # runs in a row that failed or did not move the device
+        self.last_error: ProvisioningError | None = None
+        self.wanted = False  # a run should go on until one answers
+
+
+def _provisioning(
+    source: DpsSource, delay: float
+) -> Callable[[], Assignment | ProvisioningError | None]:
+    def provision() -> Assignment | ProvisioningError | None:
+        try:
+            return source.provision(delay=delay)
+        except ProvisioningError as exc:
+            return exc
+        except Cancelled:
+            return None
+
+    return provision
 
 
 def _asking(source: ConciergeSource) -> Callable[[], ConciergeAnswer | ConciergeError]:
