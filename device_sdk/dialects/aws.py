@@ -397,9 +397,10 @@ def aws_client_config(
                 name, shown(overrides[name]), "set by aws_client_config's own arguments"
             )
     hub_list = tuple(hubs) if isinstance(hubs, Iterable) else hubs
-    for hub in hub_list if isinstance(hub_list, tuple) else ():
-        if isinstance(hub, HubEndpoint):
-            _check_hub_auth(hub, credentials)
+    if isinstance(hub_list, tuple):  # anything else: ClientConfig refuses it below
+        for hub in hub_list:
+            if isinstance(hub, HubEndpoint):
+                _check_hub_auth(hub, credentials)
     fields: dict[str, Any] = {"mqtt_version": "5", **overrides}
     return ClientConfig(client_id=thing_name, hubs=hub_list, credentials=credentials, **fields)
 

@@ -34,6 +34,11 @@ or a packet over ``max_packet_size`` ends that connection; at most
 ``max_connections`` are served at once. Anything malformed or hostile ends only
 its own connection (recorded in ``ended``). :meth:`stop` is bounded.
 Loopback only.
+
+Why one module past 500 lines: the ClientHello and MQTT readers here exist only
+to record what this listener saw (they check bounds and stop at the first
+malformed byte, nothing more), and the listener is their only user; they move
+out when a second part needs them.
 """
 
 from __future__ import annotations
@@ -532,6 +537,7 @@ class _Session:
         self._deadline = time.monotonic() + listener._timeout
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
+        # A context of its own, so its SNI callback knows which connection it serves.
         context = listener._context(lambda name: listener._update(number, sni=name))
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._hello: bytes | None = b""  # raw bytes until the ClientHello is parsed
