@@ -43,7 +43,8 @@ class Identity:
     never appears in reprs, logs, events or error messages.
     """
 
-    username: str | None = None
+    # Hidden from reprs too: an AWS custom authorizer carries its token in the user name.
+    username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
     client_id: str | None = None  # None: the hub's client id, else the client's
     cert_file: str | None = None  # client certificate (mutual TLS), read at this attempt
@@ -172,7 +173,14 @@ def _check(hub: HubEndpoint, identity: Identity, wall: float) -> None:
     try:
         check_mqtt_string("identity.client_id", identity.client_id)
         if identity.username is not None:
-            check_mqtt_string("identity.username", identity.username, allow_empty=True)
+            try:
+                check_mqtt_string("identity.username", identity.username, allow_empty=True)
+            except ConfigError as exc:  # a user name may carry a token: never quote it
+                problem = exc.allowed
+            else:
+                problem = ""
+            if problem:
+                raise ConfigError("identity.username", "<hidden>", problem)
         for name in ("expires_at", "renew_at", "warn_at"):
             value = getattr(identity, name)
             if value is not None and (

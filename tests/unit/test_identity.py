@@ -115,6 +115,7 @@ def test_a_provider_returning_something_else_is_refused() -> None:
     "identity",
     [
         Identity(username="bad\0name"),
+        Identity(username=f"u?x-amz-customauthorizer-name=a&token={SECRET}\0"),
         Identity(client_id="x" * 70_000),
         Identity(password="\udc80" + SECRET),
         Identity(password=SECRET * 5000),
@@ -162,6 +163,7 @@ def test_a_key_file_others_may_read_is_refused(tmp_path: Path) -> None:
 
 def test_a_password_never_appears_in_reprs() -> None:
     assert SECRET not in repr(Identity(password=SECRET))
+    assert SECRET not in repr(Identity(username=f"u?token={SECRET}"))  # AWS authorizers
     assert SECRET not in repr(Credentials(username="u", password=SECRET))
 
 
