@@ -24,6 +24,8 @@ from device_sdk.errors import (
     ConnectError,
     ConnectRefused,
     ConnectTimeout,
+    CredentialError,
+    CredentialExpired,
     DeviceSDKError,
     DialError,
     EngineFailed,
@@ -37,6 +39,10 @@ from device_sdk.errors import (
     PermanentRefusal,
     PoisonMessage,
     ProtocolError,
+    ProvisioningError,
+    ProvisioningFailed,
+    ProvisioningRefused,
+    ProvisioningUnavailable,
     PublishError,
     PublishRejected,
     QosNotSupported,
@@ -50,11 +56,19 @@ from device_sdk.errors import (
     TlsError,
     TransientRefusal,
 )
+from device_sdk.identity import (
+    CallableCredentials,
+    CredentialProvider,
+    Identity,
+    SasTokenProvider,
+    derive_device_key,
+)
 from device_sdk.metrics import Metrics
 from device_sdk.outbox import MemoryOutbox, Outbox, PublishHandle
 
 if TYPE_CHECKING:
     from device_sdk.aio import AsyncDeviceClient
+    from device_sdk.identity.x509 import X509Files
 
 __version__ = "0.1.0"
 
@@ -66,17 +80,25 @@ def __getattr__(name: str) -> object:
         from device_sdk.aio import AsyncDeviceClient
 
         return AsyncDeviceClient
+    if name == "X509Files":  # parses certificates with cryptography: loaded on first use
+        from device_sdk.identity.x509 import X509Files
+
+        return X509Files
     raise AttributeError(f"module 'device_sdk' has no attribute {name!r}")
 
 
 __all__ = [
     "AsyncDeviceClient",
+    "CallableCredentials",
     "ClientClosed",
     "ClientConfig",
     "ConfigError",
     "ConnectError",
     "ConnectRefused",
     "ConnectTimeout",
+    "CredentialError",
+    "CredentialExpired",
+    "CredentialProvider",
     "Credentials",
     "DeviceClient",
     "DeviceSDKError",
@@ -85,6 +107,7 @@ __all__ = [
     "EngineFailed",
     "FailoverPolicy",
     "HubEndpoint",
+    "Identity",
     "LinkLost",
     "LivenessPolicy",
     "MemoryOutbox",
@@ -100,6 +123,10 @@ __all__ = [
     "PermanentRefusal",
     "PoisonMessage",
     "ProtocolError",
+    "ProvisioningError",
+    "ProvisioningFailed",
+    "ProvisioningRefused",
+    "ProvisioningUnavailable",
     "PublishError",
     "PublishHandle",
     "PublishRejected",
@@ -110,6 +137,7 @@ __all__ = [
     "ResolveTimeout",
     "ResolverFailure",
     "RetryPolicy",
+    "SasTokenProvider",
     "SrvSettings",
     "StateMachineError",
     "SupervisionPolicy",
@@ -117,6 +145,8 @@ __all__ = [
     "TlsError",
     "TlsSettings",
     "TransientRefusal",
+    "X509Files",
     "__version__",
+    "derive_device_key",
     "events",
 ]

@@ -16,6 +16,9 @@ PUBLIC = {
     "StateMachineError", "TestbedError", "TlsError", "TlsSettings", "TransientRefusal",
     "__version__", "events", "EngineFailed", "ProtocolError", "MessageNotDeliverable",
     "MessageTooLarge", "QosNotSupported", "PoisonMessage", "SupervisionPolicy",
+    "CallableCredentials", "CredentialError", "CredentialExpired", "CredentialProvider",
+    "Identity", "ProvisioningError", "ProvisioningFailed", "ProvisioningRefused",
+    "ProvisioningUnavailable", "SasTokenProvider", "X509Files", "derive_device_key",
 }  # fmt: skip
 
 
