@@ -5,7 +5,12 @@ how long the keepalive is, how much the outbox may hold. The deployment
 supplies *identity*: the client id, the credentials and the hubs::
 
     profile = load_profile("cellular-low-data")
-    config = profile.client_config(client_id="meter-17", hubs=hubs)
+    credentials = profile.sas_credentials(key_file="/etc/meter/sas.key")
+    config = profile.client_config(client_id="meter-17", hubs=hubs, credentials=credentials)
+
+The profile says how long credentials live (``[identity]``: token life, renewal
+margin, certificate expiry warning); :meth:`Profile.sas_credentials` and
+:meth:`Profile.x509_credentials` build providers with those values.
 
 Precedence, lowest first; each layer replaces single values of the ones before it:
 
@@ -37,8 +42,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -46,7 +52,6 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from device_sdk.config import (
     ClientConfig,
-    Credentials,
     DnsSettings,
     HubEndpoint,
     OutboxSettings,
@@ -58,11 +63,14 @@ from device_sdk.core.liveness import LivenessPolicy
 from device_sdk.core.retry import RetryPolicy
 from device_sdk.core.supervision import SupervisionPolicy
 from device_sdk.errors import ConfigError
+from device_sdk.identity.provider import CredentialProvider
+from device_sdk.identity.sas import DEFAULT_RESOURCE_TEMPLATE, SasTokenProvider
 from device_sdk.profiles.schema import (
     SCHEMA,
     SECTIONS,
     TLS_VERSIONS,
     ConciergePolling,
+    IdentityTiming,
     builtin_default,
     checked_value,
     field_value,
@@ -71,8 +79,9 @@ from device_sdk.profiles.schema import (
     shown,
 )
 
-if TYPE_CHECKING:  # the concierge package loads cryptography; profiles need only the type
+if TYPE_CHECKING:  # these load cryptography; profiles need only the types
     from device_sdk.concierge.settings import ConciergeSettings
+    from device_sdk.identity.x509 import X509Files
 
 __all__ = [
     "DEFAULT_ORIGIN",
@@ -120,6 +129,8 @@ class Profile:
     outbox: OutboxSettings
     concierge: ConciergePolling
     tls_min_version: Literal["1.2", "1.3"]
+    tls_alpn_protocols: tuple[str, ...]
+    identity: IdentityTiming
     mqtt_version: Literal["3.1.1", "5"]
     inflight_window: int
     publish_batch_delay: float
@@ -135,15 +146,19 @@ class Profile:
         *,
         client_id: str,
         hubs: Sequence[HubEndpoint],
-        credentials: Credentials | None = None,
+        credentials: CredentialProvider | None = None,
         concierge: ConciergeSettings | None = None,
         srv: SrvSettings | None = None,
         **overrides: Any,
     ) -> ClientConfig:
         """The full ClientConfig: this profile's behaviour, the deployment's identity and hubs.
 
-        ``tls.min_version`` is a floor for every TLS hub, SRV-discovered hubs and
-        hubs a concierge adds (a hub may ask for more, never less). A
+        ``credentials`` is any credential provider: fixed Credentials, or one
+        built with :meth:`sas_credentials` or :meth:`x509_credentials` so its
+        token life and warnings are the profile's. ``tls.min_version`` is a floor
+        for every TLS hub, SRV-discovered hubs and hubs a concierge adds (a hub
+        may ask for more, never less); ``tls.alpn_protocols`` is offered to each
+        of them that names no ALPN of its own. A
         ``concierge`` gets the profile's polling. ``overrides`` replace whole
         ClientConfig fields last, e.g. ``envelope=True``.
         """
@@ -172,11 +187,61 @@ class Profile:
         )
         return dataclasses.replace(config, **overrides) if overrides else config
 
+    def sas_credentials(
+        self,
+        *,
+        key: str | None = None,
+        key_file: str | None = None,
+        key_callback: Callable[[bytes], bytes] | None = None,
+        resource_template: str = DEFAULT_RESOURCE_TEMPLATE,
+        username_template: str | None = None,
+        policy: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> SasTokenProvider:
+        """A SAS token provider living by this profile: ``identity.token_ttl`` and
+        ``identity.renew_margin``. Exactly one of ``key``, ``key_file`` (re-read at
+        every attempt) or ``key_callback``; the rest as :class:`SasTokenProvider`."""
+        return SasTokenProvider(
+            key=key,
+            key_file=key_file,
+            key_callback=key_callback,
+            ttl=self.identity.token_ttl,
+            renew_margin=self.identity.renew_margin,
+            resource_template=resource_template,
+            username_template=username_template,
+            policy=policy,
+            clock=clock,
+        )
+
+    def x509_credentials(
+        self, cert_file: str | os.PathLike[str], key_file: str | os.PathLike[str], **more: Any
+    ) -> X509Files:
+        """Certificate files for mutual TLS, warned about ``identity.expiry_warning``
+        before they expire; ``more`` as :class:`~device_sdk.identity.x509.X509Files`
+        (``client_id_from_subject``, ``client_id``, ``username``)."""
+        if "warn_before" in more:
+            raise ConfigError(
+                "warn_before", more["warn_before"], "the profile's identity.expiry_warning"
+            )
+        # Imported here: the certificate parser costs a token-only device its import budget.
+        from device_sdk.identity.x509 import X509Files
+
+        return X509Files(
+            cert_file=cert_file,
+            key_file=key_file,
+            warn_before=self.identity.expiry_warning,
+            **more,
+        )
+
     def _tls(self, tls: TlsSettings) -> TlsSettings:
-        """``tls`` raised to the profile's minimum version."""
-        if TLS_VERSIONS.index(tls.min_version) >= TLS_VERSIONS.index(self.tls_min_version):
-            return tls
-        return dataclasses.replace(tls, min_version=self.tls_min_version)
+        """``tls`` raised to the profile's minimum version, offering the profile's ALPN
+        when it names none (a hub's own list wins: its dialect knows its endpoint)."""
+        changes: dict[str, Any] = {}
+        if TLS_VERSIONS.index(tls.min_version) < TLS_VERSIONS.index(self.tls_min_version):
+            changes["min_version"] = self.tls_min_version
+        if not tls.alpn_protocols and self.tls_alpn_protocols:
+            changes["alpn_protocols"] = self.tls_alpn_protocols
+        return dataclasses.replace(tls, **changes) if changes else tls
 
     def _hub(self, hub: HubEndpoint) -> HubEndpoint:
         # Plain MQTT (tls=None) stays plain: the hub list chose it (testbeds,
@@ -390,6 +455,7 @@ def _build(
     # __post_init__, and a copy here would drift. Its id and hub are never used.
     placeholder = HubEndpoint(name="profile-check", fqdn="profile-check.invalid", tls=None)
     client = build(ClientConfig, client_id="profile-check", hubs=(placeholder,))
+    tls = build(TlsSettings)
     return Profile(
         name=name,
         source=source,
@@ -402,7 +468,9 @@ def _build(
         dns=build(DnsSettings),
         outbox=build(OutboxSettings),
         concierge=build(ConciergePolling),
-        tls_min_version=build(TlsSettings).min_version,
+        tls_min_version=tls.min_version,
+        tls_alpn_protocols=tls.alpn_protocols,
+        identity=build(IdentityTiming),
         mqtt_version=client.mqtt_version,
         inflight_window=client.inflight_window,
         publish_batch_delay=client.publish_batch_delay,

@@ -27,15 +27,18 @@ from device_sdk.core.liveness import LivenessPolicy
 from device_sdk.core.retry import STRATEGIES, RetryPolicy
 from device_sdk.core.supervision import SupervisionPolicy
 from device_sdk.errors import ConfigError
+from device_sdk.identity.sas import DEFAULT_TTL, SasTokenProvider
 
 if TYPE_CHECKING:  # the concierge package loads cryptography; profiles need only the type
     from device_sdk.concierge.settings import ConciergeSettings
 
 __all__ = [
+    "DEFAULT_EXPIRY_WARNING",
     "SCHEMA",
     "SECTIONS",
     "TLS_VERSIONS",
     "ConciergePolling",
+    "IdentityTiming",
     "Key",
     "builtin_default",
     "checked_value",
@@ -79,6 +82,59 @@ class ConciergePolling:
         )
 
 
+# 14 days, as X509Files's DEFAULT_WARN_BEFORE (a test keeps them equal). Not imported from
+# there: that module loads cryptography, which a device signing in with a token never needs.
+DEFAULT_EXPIRY_WARNING = 14 * 24 * 3600.0
+_MAX_EXPIRY_WARNING = 366 * 24 * 3600.0
+_TTL_ALLOWED = "seconds from 1 to 2592000 (30 days)"  # SasTokenProvider's range
+_WARNING_ALLOWED = f"seconds from 0 to {_MAX_EXPIRY_WARNING:.0f} (366 days)"
+# The SasTokenProvider fields behind the identity keys, as its errors name them.
+_SAS_FIELDS = {"sas.ttl": "identity.token_ttl", "sas.renew_margin": "identity.renew_margin"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdentityTiming:
+    """How long a profile's credentials live: the profile's part of a credential provider
+    (the deployment gives the key or the certificate files).
+
+    ``token_ttl`` is each minted SAS token's (or JWT's) life; ``renew_margin`` how
+    long before its expiry the engine reconnects with a fresh one, make before break
+    (None: SasTokenProvider's rule, a tenth of the life, at least 5 s but under half a
+    short life); ``expiry_warning`` how long before a certificate expires the
+    ``CredentialExpiring`` event fires.
+    """
+
+    token_ttl: float = DEFAULT_TTL
+    renew_margin: float | None = None
+    expiry_warning: float = DEFAULT_EXPIRY_WARNING
+
+    def __post_init__(self) -> None:
+        # Why a throwaway provider: the ttl and margin rules live in SasTokenProvider,
+        # and a copy here would drift. Its callback is never called.
+        try:
+            SasTokenProvider(
+                key_callback=_never_signs, ttl=self.token_ttl, renew_margin=self.renew_margin
+            )
+        except ConfigError as exc:
+            field = _SAS_FIELDS.get(exc.field, exc.field)
+            allowed = _TTL_ALLOWED if field == "identity.token_ttl" else exc.allowed
+            raise ConfigError(field, exc.value, allowed.replace("ttl (", "token_ttl (")) from None
+        warning = self.expiry_warning
+        if not _finite(warning) or not 0 <= warning <= _MAX_EXPIRY_WARNING:
+            raise ConfigError("identity.expiry_warning", warning, _WARNING_ALLOWED)
+
+    @property
+    def effective_renew_margin(self) -> float:
+        """The margin a provider built from this timing renews at, the default rule applied."""
+        return SasTokenProvider(
+            key_callback=_never_signs, ttl=self.token_ttl, renew_margin=self.renew_margin
+        ).renew_margin
+
+
+def _never_signs(_to_sign: bytes) -> bytes:
+    raise AssertionError("a throwaway provider that checks identity timing never signs")
+
+
 Kind = Literal["bool", "int", "float", "str", "str_list"]
 _KIND_TEXT: Mapping[Kind, str] = {
     "bool": "boolean",
@@ -113,7 +169,7 @@ def _k(kind: Kind, owner: type, field: str, allowed: str, meaning: str, **more: 
 
 
 _R, _F, _L, _D, _O = RetryPolicy, FailoverPolicy, LivenessPolicy, DnsSettings, OutboxSettings
-_C, _P, _S = ClientConfig, ConciergePolling, SupervisionPolicy
+_C, _P, _S, _I = ClientConfig, ConciergePolling, SupervisionPolicy, IdentityTiming
 
 SCHEMA: Mapping[str, Key] = MappingProxyType({
     "retry.strategy": _k("str", _R, "strategy", ", ".join(STRATEGIES),
@@ -175,6 +231,9 @@ SCHEMA: Mapping[str, Key] = MappingProxyType({
                              choices=("FULL", "NORMAL")),
     "tls.min_version": _k("str", TlsSettings, "min_version", '"1.2" or "1.3"',
                           "lowest TLS version for every hub", choices=TLS_VERSIONS),
+    "tls.alpn_protocols": _k("str_list", TlsSettings, "alpn_protocols",
+                             "an array of ALPN protocol names, 1-255 ASCII each; [] for none",
+                             "ALPN offered to every TLS hub that names none itself"),
     "mqtt.version": _k("str", _C, "mqtt_version", '"3.1.1" or "5"', "MQTT protocol version",
                        choices=("3.1.1", "5")),
     "mqtt.inflight_window": _k("int", _C, "inflight_window", "an integer from 1 to 65535",
@@ -198,6 +257,16 @@ SCHEMA: Mapping[str, Key] = MappingProxyType({
                                  "internal faults within the window that stop the engine"),
     "supervision.window": _k("float", _S, "window", "seconds > 0, finite",
                              "how far back internal faults are counted"),
+    "identity.token_ttl": _k("float", _I, "token_ttl", _TTL_ALLOWED,
+                             "life of each minted SAS token or JWT"),
+    "identity.renew_margin": _k("float", _I, "renew_margin",
+                                "seconds > 0 and < identity.token_ttl, or 0 for a tenth of "
+                                "the TTL (at least 5 s, under half a short TTL)",
+                                "renew a token this long before it expires, make before break",
+                                none_as=0),
+    "identity.expiry_warning": _k("float", _I, "expiry_warning", _WARNING_ALLOWED,
+                                  "CredentialExpiring fires this long before a certificate "
+                                  "expires"),
 })  # fmt: skip
 
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(dotted.split(".")[0] for dotted in SCHEMA))
