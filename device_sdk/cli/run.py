@@ -8,6 +8,16 @@
     device-sdk publish --profile raspberry-pi-gateway --client-id gw-1 \\
         --hub primary=hub-eu.example.com:8883 --topic t --message "hello"
 
+Identity, one source per run: ``--username`` with ``--password-file`` (a
+fixed password), ``--sas-key-file`` (a SAS token minted before every attempt
+from the key in the file, which is read again each time so a rotated key needs
+no restart; its life and renewal margin are the profile's ``[identity]``), or
+``--cert-file`` with ``--key-file`` (mutual TLS, the files re-read before every
+attempt). ``--azure`` speaks Azure IoT Hub's dialect: MQTT 3.1.1, the client id
+is the device id, IoT Hub's user name filled per hub, tokens signed for
+``{hub host}/devices/{device id}``, and telemetry to the device's D2C topic
+unless ``--topic`` says otherwise. No key, token or password is ever printed.
+
 ``run`` publishes each line of standard input, or a sample telemetry reading
 every ``--interval`` seconds, and keeps one status line up to date (state,
 hub, outbox depth, last recovery). ``publish`` sends one message and exits 0
@@ -28,15 +38,28 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO, TypeVar
 
 from device_sdk.client import DeviceClient
 from device_sdk.config import ClientConfig, Credentials, HubEndpoint, TlsSettings
-from device_sdk.errors import ConfigError, DeviceSDKError, OutboxStorageError
+from device_sdk.dialects.azure import AZURE_RESOURCE_TEMPLATE, azure_hub, d2c_topic
+from device_sdk.errors import (
+    ConfigError,
+    CredentialError,
+    CredentialExpired,
+    DeviceSDKError,
+    OutboxStorageError,
+)
+from device_sdk.identity.provider import CredentialProvider, identity_for_attempt
 from device_sdk.metrics import Metrics
-from device_sdk.profiles import env_variable, load_profile
+from device_sdk.profiles import Profile, env_variable, load_profile
 from device_sdk.status import StatusWriter
+
+# The options that each give the device its identity; a run takes one.
+_IDENTITY_SOURCES = ("password_file", "sas_key_file", "cert_file")
+_T = TypeVar("_T")
 
 
 def add_device_subcommands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,33 +92,177 @@ def _device_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--plain", action="store_true", help="plain MQTT (no TLS): labs only")
     parser.add_argument("--ca-file", help="trust these CAs for the hubs (default: system store)")
-    parser.add_argument("--username")
-    parser.add_argument("--password-file", type=Path)
-    parser.add_argument("--topic", help="default: devices/<client id>/telemetry")
+    identity = parser.add_argument_group(
+        "identity", "one of --password-file, --sas-key-file or --cert-file/--key-file"
+    )
+    identity.add_argument(
+        "--username",
+        help="MQTT user name; with --sas-key-file it may hold {fqdn}, {hub}, "
+        "{client_id}, filled per hub",
+    )
+    identity.add_argument("--password-file", type=Path, help="a fixed password (with --username)")
+    identity.add_argument(
+        "--sas-key-file",
+        type=Path,
+        metavar="PATH",
+        help="mint a SAS token before every attempt from the base64 key in PATH (mode 0600, "
+        "re-read each attempt); token life and renewal from the profile's [identity]",
+    )
+    identity.add_argument(
+        "--cert-file", type=Path, metavar="PATH", help="client certificate (PEM) for mutual TLS"
+    )
+    identity.add_argument(
+        "--key-file", type=Path, metavar="PATH", help="its private key (PEM, mode 0600)"
+    )
+    identity.add_argument(
+        "--azure",
+        action="store_true",
+        help="Azure IoT Hub: MQTT 3.1.1, client id = device id, IoT Hub's user name per hub, "
+        "SAS tokens for {hub}/devices/{device id}; needs --sas-key-file or --cert-file",
+    )
+    parser.add_argument(
+        "--topic", help="default: devices/<client id>/telemetry (with --azure: the D2C topic)"
+    )
 
 
 def device_config(args: argparse.Namespace) -> ClientConfig:
-    """The ClientConfig the command line describes: a profile plus identity and hubs."""
+    """The ClientConfig the command line describes: a profile plus identity and hubs.
+
+    Raises ConfigError naming the option when the identity options conflict or
+    their files cannot give an identity (checked now, not at the first attempt).
+    """
+    _check_identity_options(args)
     profile = load_profile(args.profile, search_path=args.profile_dir)
     tls = None if args.plain else TlsSettings(ca_file=args.ca_file)
-    hubs = tuple(_hub(text, tls) for text in args.hub)
-    credentials = None
+    hubs = tuple(_hub(text, tls, azure=args.azure) for text in args.hub)
+    credentials = _credentials(args, profile)
+    overrides: dict[str, Any] = {"mqtt_version": "3.1.1"} if args.azure else {}
+    config = profile.client_config(
+        client_id=args.client_id, hubs=hubs, credentials=credentials, **overrides
+    )
+    _check_identity(args, config)
+    return config
+
+
+def _check_identity_options(args: argparse.Namespace) -> None:
+    """One identity source, its files paired, and what --azure needs (ConfigError)."""
+    chosen = [name for name in _IDENTITY_SOURCES if getattr(args, name, None) is not None]
+    if len(chosen) > 1:
+        raise ConfigError(
+            _option(chosen[1]),
+            str(getattr(args, chosen[1])),
+            f"not with {_option(chosen[0])}: one identity source per run "
+            "(--password-file, --sas-key-file or --cert-file/--key-file)",
+        )
+    if (args.cert_file is None) != (args.key_file is None):
+        missing = "--key-file" if args.key_file is None else "--cert-file"
+        given = "--cert-file" if args.key_file is None else "--key-file"
+        raise ConfigError(missing, None, f"a path, given with {given} (a certificate and its key)")
+    if args.cert_file is not None and args.plain:
+        raise ConfigError("--cert-file", str(args.cert_file), "TLS hubs: not with --plain")
+    if args.password_file is not None and not args.username:
+        raise ConfigError("--username", None, "a user name, given with --password-file")
+    if args.azure:
+        _check_azure_options(args, chosen)
+
+
+def _check_azure_options(args: argparse.Namespace, chosen: list[str]) -> None:
+    if chosen not in (["sas_key_file"], ["cert_file"]):
+        raise ConfigError(
+            "--azure",
+            True,
+            "with --sas-key-file or --cert-file/--key-file: IoT Hub takes a SAS token or an "
+            "X.509 certificate",
+        )
+    if args.username:
+        raise ConfigError(
+            "--username",
+            args.username,
+            "unset with --azure: IoT Hub's user name is {hub host}/{device id}/?api-version=..., "
+            "filled per hub",
+        )
+    try:
+        d2c_topic(args.client_id)  # checks the id against IoT Hub's device id rules
+    except ConfigError as exc:
+        raise ConfigError(
+            "--client-id", exc.value, f"an IoT Hub device id: {exc.allowed}"
+        ) from None
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _credentials(args: argparse.Namespace, profile: Profile) -> CredentialProvider | None:
+    if args.sas_key_file is not None:
+        return _as_option(
+            "--sas-key-file",
+            str(args.sas_key_file),
+            lambda: profile.sas_credentials(
+                key_file=str(args.sas_key_file),
+                resource_template=AZURE_RESOURCE_TEMPLATE,
+                username_template=args.username or None,
+            ),
+        )
+    if args.cert_file is not None:
+        return _as_option(
+            "--cert-file",
+            str(args.cert_file),
+            lambda: profile.x509_credentials(
+                str(args.cert_file), str(args.key_file), username=args.username or None
+            ),
+        )
     if args.username:
         password = args.password_file.read_text().strip() if args.password_file else ""
-        credentials = Credentials(username=args.username, password=password)
-    return profile.client_config(client_id=args.client_id, hubs=hubs, credentials=credentials)
+        return Credentials(username=args.username, password=password)
+    return None
 
 
-def _hub(text: str, tls: TlsSettings | None) -> HubEndpoint:
+def _check_identity(args: argparse.Namespace, config: ClientConfig) -> None:
+    """Ask the provider once for the first hub, so a key file that is missing, readable by
+    others or not a key fails now, naming its option, instead of at every attempt.
+
+    An expired certificate is left to the engine: it reports it at every attempt and
+    picks up the rotated files without a restart. The identity is dropped unseen.
+    """
+    if config.credentials is None or isinstance(config.credentials, Credentials):
+        return
+    sas = args.sas_key_file is not None
+    option, path = ("--sas-key-file", args.sas_key_file) if sas else ("--cert-file", args.cert_file)
+    try:
+        identity_for_attempt(config.credentials, config.hubs[0], client_id=config.client_id)
+    except CredentialExpired:
+        pass
+    except CredentialError as exc:
+        if not sas and str(exc).startswith("x509.key_file"):
+            option, path = "--key-file", args.key_file
+        raise ConfigError(option, str(path), f"files a device can sign in with ({exc})") from None
+
+
+def _as_option(option: str, value: str, build: Callable[[], _T]) -> _T:
+    """``build()``, its ConfigError re-raised naming the command-line option."""
+    try:
+        return build()
+    except ConfigError as exc:
+        raise ConfigError(option, value, f"{exc.field}: {exc.allowed}") from None
+
+
+def _hub(text: str, tls: TlsSettings | None, *, azure: bool = False) -> HubEndpoint:
     name, _, authority = text.partition("=")
     fqdn, _, port = authority.rpartition(":")
     if not name or not fqdn or not port.isdigit():
         raise ConfigError("--hub", text, "name=fqdn:port, e.g. primary=hub.example.com:8883")
+    if azure:
+        return azure_hub(name, fqdn, port=int(port), tls=tls)
     return HubEndpoint(name=name, fqdn=fqdn, port=int(port), tls=tls)
 
 
 def _topic(args: argparse.Namespace, config: ClientConfig) -> str:
-    return str(args.topic or f"devices/{config.client_id}/telemetry")
+    if args.topic:
+        return str(args.topic)
+    if getattr(args, "azure", False):
+        return d2c_topic(config.client_id)
+    return f"devices/{config.client_id}/telemetry"
 
 
 def _open_client(args: argparse.Namespace, config: ClientConfig) -> DeviceClient | None:

@@ -1,18 +1,26 @@
-"""``profile check``, ``profile show`` and ``status`` as the device-sdk command runs them."""
+"""``profile check``, ``profile show`` and ``status`` as the device-sdk command runs them, and
+the identity options of ``run`` and ``publish`` turned into a ClientConfig by the profile."""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-from device_sdk import Metrics
+from device_sdk import ConfigError, Credentials, Metrics
+from device_sdk.cli import _parser
 from device_sdk.cli.profiles import add_profile_subcommands, run
+from device_sdk.cli.run import _topic, device_config
+from device_sdk.config import ClientConfig
+from device_sdk.identity import SasTokenProvider
+from device_sdk.identity.sas import parse_sas_token
 from device_sdk.profiles.schema import SCHEMA
 from device_sdk.status import write_status
+from device_sdk.testbed.pki import CertificateAuthority
 
 
 def main(*argv: str) -> int:
@@ -132,3 +140,186 @@ def test_status_of_a_missing_file_is_one_line_and_a_hint(
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("device-sdk: error: cannot read the status file")
     assert err[1].startswith("hint: ")
+
+
+# --------------------------------------------------------------------------- run's identity
+
+KEY = base64.b64encode(b"s" * 32).decode()
+HUBS = ("--hub=primary=hub-eu.example.com:8883", "--hub=secondary=hub-us.example.com:8883")
+
+
+def run_config(*argv: str) -> tuple[argparse.Namespace, ClientConfig]:
+    args = _parser().parse_args(["run", "--client-id=meter-17", "--profile=test-fast", *argv])
+    return args, device_config(args)
+
+
+def key_file(folder: Path, mode: int = 0o600, text: str = KEY) -> Path:
+    path = folder / "sas.key"
+    path.write_text(text + "\n", encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
+def option_error(*argv: str) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        run_config(*argv)
+    assert KEY not in str(caught.value)
+    return caught.value
+
+
+def test_sas_key_file_mints_tokens_that_live_by_the_profile(tmp_path: Path) -> None:
+    _args, config = run_config(f"--sas-key-file={key_file(tmp_path)}", *HUBS)
+    provider = config.credentials
+    assert isinstance(provider, SasTokenProvider)
+    assert (provider.ttl, provider.renew_margin) == (10.0, 5.0)  # test-fast's [identity]
+    identity = provider.identity_for(config.hubs[1], client_id="meter-17", after_refusal=False)
+    token = parse_sas_token(identity.password or "")
+    assert token is not None and token.resource == "hub-us.example.com/devices/meter-17"
+    assert identity.username is None
+    assert config.mqtt_version == "5"
+
+
+def test_sas_key_file_is_read_again_at_every_attempt(tmp_path: Path) -> None:
+    path = key_file(tmp_path)
+    _args, config = run_config(f"--sas-key-file={path}", *HUBS)
+    assert config.credentials is not None
+    hub = config.hubs[0]
+    first = config.credentials.identity_for(hub, client_id="meter-17", after_refusal=False)
+    key_file(tmp_path, text=base64.b64encode(b"r" * 32).decode())  # rotated in place
+    second = config.credentials.identity_for(hub, client_id="meter-17", after_refusal=False)
+    tokens = [parse_sas_token(i.password or "") for i in (first, second)]
+    assert tokens[0] is not None and tokens[1] is not None
+    if tokens[0].expiry == tokens[1].expiry:  # same second: only the new key differs
+        assert tokens[0].signature != tokens[1].signature
+
+
+def test_a_username_with_a_sas_key_is_a_template_filled_per_hub(tmp_path: Path) -> None:
+    _args, config = run_config(
+        f"--sas-key-file={key_file(tmp_path)}", "--username={fqdn}/{client_id}", *HUBS
+    )
+    assert config.credentials is not None
+    identity = config.credentials.identity_for(
+        config.hubs[1], client_id="meter-17", after_refusal=False
+    )
+    assert identity.username == "hub-us.example.com/meter-17"
+
+
+def test_azure_speaks_iot_hubs_dialect(tmp_path: Path) -> None:
+    args, config = run_config("--azure", f"--sas-key-file={key_file(tmp_path)}", *HUBS)
+    assert config.mqtt_version == "3.1.1"
+    assert config.client_id == "meter-17"
+    assert [hub.username for hub in config.hubs] == [
+        "{fqdn}/{client_id}/?api-version=2021-04-12"
+    ] * 2
+    assert isinstance(config.credentials, SasTokenProvider)
+    assert _topic(args, config) == "devices/meter-17/messages/events/"
+
+
+def test_cert_and_key_files_give_mutual_tls_warned_by_the_profile(tmp_path: Path) -> None:
+    files = CertificateAuthority.create().issue_client_certificate("meter-17")
+    written = files.write_to(tmp_path, stem="device")
+    _args, config = run_config(
+        "--azure", f"--cert-file={written.cert_file}", f"--key-file={written.key_file}", *HUBS
+    )
+    assert config.credentials is not None
+    identity = config.credentials.identity_for(
+        config.hubs[0], client_id="meter-17", after_refusal=False
+    )
+    assert identity.cert_file == str(written.cert_file)
+    assert identity.password is None
+    assert identity.expires_at is not None
+    assert identity.warn_at == identity.expires_at - 14 * 24 * 3600.0
+
+
+def test_a_password_file_still_gives_fixed_credentials(tmp_path: Path) -> None:
+    password = tmp_path / "password"
+    password.write_text("pa ss\n", encoding="utf-8")
+    _args, config = run_config("--username=alice", f"--password-file={password}", *HUBS)
+    assert config.credentials == Credentials(username="alice", password="pa ss")
+
+
+@pytest.mark.parametrize(
+    ("extra", "option", "allowed"),
+    [
+        (("--password-file={key}", "--username=u"), "--sas-key-file", "not with --password-file"),
+        (("--cert-file={key}", "--key-file={key}"), "--cert-file", "not with --sas-key-file"),
+        (("--azure", "--username=u"), "--username", "unset with --azure"),
+    ],
+)
+def test_conflicting_identity_options_name_the_option(
+    tmp_path: Path, extra: tuple[str, ...], option: str, allowed: str
+) -> None:
+    path = key_file(tmp_path)
+    argv = [f"--sas-key-file={path}", *(e.format(key=path) for e in extra), *HUBS]
+    error = option_error(*argv)
+    assert error.field == option
+    assert allowed in str(error)
+
+
+def test_incomplete_identity_options_name_the_missing_one(tmp_path: Path) -> None:
+    path = str(key_file(tmp_path))
+    assert option_error(f"--cert-file={path}", *HUBS).field == "--key-file"
+    assert option_error(f"--key-file={path}", *HUBS).field == "--cert-file"
+    assert option_error(f"--password-file={path}", *HUBS).field == "--username"
+    error = option_error("--azure", *HUBS)
+    assert error.field == "--azure" and "--sas-key-file or --cert-file" in str(error)
+    error = option_error("--azure", "--username=u", "--password-file=" + path, *HUBS)
+    assert error.field == "--azure"
+    assert option_error(f"--cert-file={path}", f"--key-file={path}", "--plain", *HUBS).field == (
+        "--cert-file"
+    )
+
+
+def test_azure_checks_the_device_id(tmp_path: Path) -> None:
+    args = _parser().parse_args(
+        ["run", "--client-id=meter/17", "--azure", f"--sas-key-file={key_file(tmp_path)}", *HUBS]
+    )
+    with pytest.raises(ConfigError) as caught:
+        device_config(args)
+    assert caught.value.field == "--client-id" and "IoT Hub device id" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("mode", "text", "why"),
+    [
+        (0o644, KEY, "may be read by group or others"),
+        (0o600, "not a key!", "does not hold a SAS key"),
+    ],
+    ids=["readable-by-others", "not-base64"],
+)
+def test_an_unusable_key_file_fails_at_start_naming_the_option(
+    tmp_path: Path, mode: int, text: str, why: str
+) -> None:
+    error = option_error(f"--sas-key-file={key_file(tmp_path, mode, text)}", *HUBS)
+    assert error.field == "--sas-key-file"
+    assert why in str(error)
+    assert "not a key!" not in str(error)
+
+
+def test_a_missing_key_file_fails_at_start_naming_the_option(tmp_path: Path) -> None:
+    error = option_error(f"--sas-key-file={tmp_path / 'absent.key'}", *HUBS)
+    assert error.field == "--sas-key-file" and "cannot be read" in str(error)
+
+
+def test_a_private_key_others_may_read_names_key_file(tmp_path: Path) -> None:
+    written = CertificateAuthority.create().issue_client_certificate("d").write_to(tmp_path)
+    Path(written.key_file).chmod(0o644)
+    error = option_error(
+        f"--cert-file={written.cert_file}", f"--key-file={written.key_file}", *HUBS
+    )
+    assert error.field == "--key-file" and "group or others" in str(error)
+
+
+def test_run_reports_an_identity_conflict_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from device_sdk.cli import main as cli_main
+
+    path = key_file(tmp_path)
+    status = cli_main(
+        ["run", "--client-id=d", f"--sas-key-file={path}", f"--password-file={path}", *HUBS]
+    )
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "--password-file" in err and "--sas-key-file" in err and "Traceback" not in err
+    assert KEY not in err
