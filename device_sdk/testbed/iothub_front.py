@@ -38,7 +38,8 @@ code  when
 3     the front cannot reach mosquitto ("server unavailable")
 4     no user name, or not ``{this hub}/{client id}/?api-version=...``
 5     SAS token unknown device, not a SAS token, signed for another resource,
-      bad signature or expired; no password and no client certificate; a
+      bad signature, expired, or naming a shared access policy (``skn``, whose
+      key the front does not hold); no password and no client certificate; a
       certificate whose subject CN is not the client id
 ====  ===========================================================================
 
@@ -332,6 +333,10 @@ def _check_sas(
     parsed = parse_sas_token(token)
     if not ok or parsed is None:
         return _Verdict(code=NOT_AUTHORIZED, reason=why or "not a SAS token")
+    if parsed.policy is not None:
+        # A policy token is signed with that policy's key, which the front does not
+        # hold; one that verified with the device key was still not meant for it.
+        return _Verdict(code=NOT_AUTHORIZED, reason="shared access policy tokens are not taken")
     return _Verdict(code=0, reason="", auth="sas", expires_at=float(parsed.expiry))
 
 
@@ -741,11 +746,13 @@ class IotHubFront:
             self._admit(session, verdict)
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            # Everything that must happen is synchronous and comes first: a stop() may
+            # cancel this task again at the await below.
+            self._forget(session)
+            up_writer.close()  # plain TCP: close() flushes what is queued, then closes
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks, timeout=_CLOSE_TIMEOUT)
-            self._forget(session)
-            await _close(up_writer)
 
     def _admit(self, session: _Session, verdict: _Verdict) -> None:
         accepted = AcceptedConnection(

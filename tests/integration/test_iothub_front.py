@@ -304,6 +304,14 @@ REFUSALS = {
     ),
     "expired token": (connect_packet("dev-1", username("dev-1"), token("dev-1", ttl=_PAST)), 5),
     "unknown device": (connect_packet("ghost", username("ghost"), token("ghost")), 5),
+    "policy token": (
+        connect_packet(
+            "dev-1",
+            username("dev-1"),
+            sas_token(f"{HUB}/devices/dev-1", decode_key(KEY), int(time.time()) + 3600, policy="p"),
+        ),
+        5,
+    ),
     "not a SAS token": (connect_packet("dev-1", username("dev-1"), "hunter2"), 5),
     "no password, no certificate": (connect_packet("dev-1", username("dev-1")), 5),
     "no user name": (connect_packet("dev-1"), 4),
