@@ -396,7 +396,7 @@ def test_disconnect_device_drops_its_live_connection(
 def test_a_device_is_dropped_when_its_token_expires(
     front: IotHubFront, pki: dict[str, Any]
 ) -> None:
-    password = token("dev-1", ttl=2)
+    password = token("dev-1", ttl=3)  # whole seconds: 2 to 3 s left, time enough to connect
     expiry = float(password.rsplit("se=", 1)[1])
     device = PahoDevice(front, pki, "dev-1", password)
     try:
