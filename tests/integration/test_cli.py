@@ -3,17 +3,24 @@ and a fresh machine whose outbox folder does not exist yet."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import math
 import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from device_sdk.identity.sas import sas_token
 from device_sdk.profiles import env_variable
-from device_sdk.testbed import Testbed
+from device_sdk.testbed import DnsServer, Testbed
+from device_sdk.testbed.pki import CertificateAuthority
+from device_sdk.testbed.tls_listener import TlsProbeListener
 
 pytestmark = pytest.mark.integration
 
@@ -158,3 +165,87 @@ def test_an_outbox_that_cannot_be_created_is_one_error_naming_both_ways_out(
     assert str(folder) in error and OUTBOX_PATH in error
     assert hint.startswith("hint: create the outbox's folder") and f"{OUTBOX_PATH}=" in hint
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing was created
+
+
+# --------------------------------------------------------------------------- identity options
+
+SAS_KEY = base64.b64encode(b"integration sas key, 32 bytes!!!").decode()
+AZURE_ENDPOINT = "iothub-cli.device-sdk.test"
+
+
+def sas_key_file(folder: Path) -> Path:
+    path = folder / "device.sas"
+    path.write_text(SAS_KEY + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return path
+
+
+def test_run_signs_in_to_mosquitto_with_azures_user_name_and_mqtt_3(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    collector = testbed.collector("primary", "cli/azure")
+    result = device_sdk(
+        "run", "--client-id=cli-azure-1", "--topic=cli/azure", "--stdin", "--azure",
+        f"--sas-key-file={sas_key_file(tmp_path)}", *hub_arguments(testbed),
+        stdin="1:a\n2:b\n",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert collector.wait_for({1, 2}, 5)
+    primary = testbed.hubs[0]
+    (client,) = [c for c in primary.broker.clients_connected() if c.client_id == "cli-azure-1"]
+    assert client.protocol_level == 2  # mosquitto logs MQTT 3.1.1 as p2 (5 for MQTT 5)
+    assert client.username == f"{primary.address}/cli-azure-1/?api-version=2021-04-12"
+    assert SAS_KEY not in result.stdout + result.stderr
+    assert "SharedAccessSignature" not in result.stdout + result.stderr
+
+
+def test_run_sends_a_sas_token_minted_from_the_key_file_and_the_profiles_alpn(
+    tmp_path: Path,
+) -> None:
+    """The probe listener records the password's SHA-256: it must be a token signed with
+    the key file's key for this hub and device, valid the profile's 10 s."""
+    ca = CertificateAuthority.create()
+    server = ca.issue_server_certificate([AZURE_ENDPOINT]).write_to(tmp_path, stem="hub")
+    ca_file = ca.write_to(tmp_path)
+    with (
+        DnsServer() as dns,
+        TlsProbeListener(
+            cert_file=server.cert_file,
+            key_file=server.key_file,
+            require_client_certificate=False,
+            alpn_protocols=("mqtt",),
+        ) as listener,
+    ):
+        dns.set_address(AZURE_ENDPOINT, ["127.0.0.1"], ttl=1)
+        started = time.time()
+        result = device_sdk(
+            "run", "--client-id=cli-azure-2", "--stdin", "--azure", "--profile=test-fast",
+            f"--sas-key-file={sas_key_file(tmp_path)}", f"--ca-file={ca_file}",
+            f"--hub=azure={AZURE_ENDPOINT}:{listener.port}",
+            stdin="1:a\n",
+            env={
+                env_variable("dns.nameservers"): dns.host,
+                env_variable("dns.port"): str(dns.port),
+                env_variable("tls.alpn_protocols"): "mqtt",
+            },
+        )  # fmt: skip
+        ended = time.time()
+        records = listener.wait_for_connects(1, timeout=5.0)
+    assert result.returncode == 0, result.stderr
+    record = records[0]
+    assert record.sni == AZURE_ENDPOINT
+    assert record.alpn_offered == ("mqtt",)
+    connect = record.connect
+    assert connect is not None and connect.password_present
+    assert connect.client_id == "cli-azure-2" and connect.protocol_level == 4
+    assert connect.username == f"{AZURE_ENDPOINT}/cli-azure-2/?api-version=2021-04-12"
+    resource = f"{AZURE_ENDPOINT}/devices/cli-azure-2"
+    key = base64.b64decode(SAS_KEY)
+    expected = {
+        hashlib.sha256(sas_token(resource, key, expiry).encode()).hexdigest()
+        for expiry in range(math.floor(started + 10) - 1, math.floor(ended + 10) + 1)
+    }
+    assert connect.password_sha256 in expected
+    assert [p.topic for p in record.publishes] == ["devices/cli-azure-2/messages/events/"]
+    assert SAS_KEY not in result.stdout + result.stderr
+    assert "SharedAccessSignature" not in result.stdout + result.stderr
