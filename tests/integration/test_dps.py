@@ -5,10 +5,14 @@ refusals and throttling seen and survived."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import itertools
 import json
 import os
+import socket
+import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,15 +20,21 @@ from pathlib import Path
 import pytest
 
 from device_sdk import DeviceClient, events
-from device_sdk.adapters.dps_http import ProvisioningThrottled
+from device_sdk.adapters.dps_http import MAX_RESPONSE_BYTES, ProvisioningThrottled, register
+from device_sdk.adapters.resolver import FreshResolver
 from device_sdk.config import ClientConfig, HubEndpoint
-from device_sdk.errors import NotConnected, ProvisioningRefused
+from device_sdk.errors import (
+    NotConnected,
+    ProvisioningFailed,
+    ProvisioningRefused,
+    ProvisioningUnavailable,
+)
 from device_sdk.provisioning import DpsSettings
 from device_sdk.testbed import CertificateAuthority, Testbed
 from device_sdk.testbed.dps_service import DpsService, Enrollment
 from device_sdk.testbed.ports import pick_free_port
 
-from .support import TOPIC, EventLog, SteadyPublisher, assert_nothing_lost
+from .support import TOPIC, EventLog, SteadyPublisher, assert_nothing_lost, mute_listener
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +51,7 @@ def new_key() -> str:
 class Rig:
     bed: Testbed
     dps: DpsService
+    dps_ca: CertificateAuthority
     ca_file: str
     key: str
     state_path: Path
@@ -85,7 +96,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         ) as dps:
             closed = pick_free_port(("127.0.0.1",))
             placeholder = HubEndpoint(name="unprovisioned", fqdn="127.0.0.1", port=closed, tls=None)
-            yield Rig(bed, dps, ca_file, key, tmp_path / "state" / "dps.json", placeholder)
+            yield Rig(bed, dps, ca, ca_file, key, tmp_path / "state" / "dps.json", placeholder)
 
 
 def publish_and_check(client: DeviceClient, rig: Rig, hub: str, first: int, count: int) -> None:
@@ -202,3 +213,139 @@ def test_a_throttling_dps_is_asked_again_only_after_its_retry_after(rig: Rig) ->
     finally:
         client.close()
     assert rig.dps.registrations == 1
+
+
+# --------------------------------------------------------------------------- one run, bounded
+
+
+def run_settings(rig: Rig, **overrides: object) -> DpsSettings:
+    config = rig.config(**overrides)
+    assert config.dps is not None
+    return config.dps
+
+
+def resolver_for(rig: Rig) -> FreshResolver:
+    return FreshResolver(rig.bed.dns_settings())
+
+
+def test_an_x509_device_is_known_by_its_certificate(rig: Rig, tmp_path: Path) -> None:
+    ca = rig.dps_ca
+    good = ca.issue_client_certificate("x509-dev").write_to(tmp_path, stem="good")
+    other = ca.issue_client_certificate("someone-else").write_to(tmp_path, stem="other")
+    rig.dps.enroll(Enrollment(registration_id="x509-dev", hub_fqdn=rig.fqdn("hubb")))
+    x509 = {"sas_key": None, "registration_id": "x509-dev"}
+    settings = run_settings(rig, cert_file=str(good.cert_file), key_file=str(good.key_file), **x509)
+    deadline = time.monotonic() + 3.0
+    assignment = register(settings, deadline=deadline, resolver=resolver_for(rig))
+    assert (assignment.hub_fqdn, assignment.device_id) == (rig.fqdn("hubb"), "x509-dev")
+    impostor = dataclasses.replace(
+        settings, cert_file=str(other.cert_file), key_file=str(other.key_file)
+    )
+    with pytest.raises(ProvisioningRefused):
+        register(impostor, deadline=time.monotonic() + 3.0, resolver=resolver_for(rig))
+
+
+def test_a_rotated_key_file_is_read_again_on_every_run(rig: Rig, tmp_path: Path) -> None:
+    key_file = tmp_path / "dps.key"
+    key_file.write_text(rig.key + "\n")
+    key_file.chmod(0o600)
+    settings = run_settings(rig, sas_key=None, sas_key_file=str(key_file))
+    register(settings, deadline=time.monotonic() + 3.0, resolver=resolver_for(rig))
+    rotated = new_key()
+    rig.dps.set_sas_key(RID, rotated)
+    with pytest.raises(ProvisioningRefused) as refused:
+        register(settings, deadline=time.monotonic() + 3.0, resolver=resolver_for(rig))
+    assert rig.key not in str(refused.value)
+    key_file.write_text(rotated)
+    register(settings, deadline=time.monotonic() + 3.0, resolver=resolver_for(rig))
+
+
+def test_a_dps_that_never_answers_costs_the_run_its_deadline(rig: Rig) -> None:
+    with mute_listener() as port:
+        settings = run_settings(rig, endpoint="127.0.0.1", port=port, timeout=0.5)
+        with pytest.raises(ProvisioningUnavailable, match=r"within 0\.5 s"):
+            register(settings, deadline=time.monotonic() + 0.5)
+
+
+def test_close_cuts_a_first_provisioning_short(rig: Rig) -> None:
+    with mute_listener() as port:
+        config = rig.config(endpoint="127.0.0.1", port=port, timeout=60.0)
+        client = DeviceClient(config)
+        with pytest.raises(NotConnected):
+            client.connect(timeout=0.2)
+        started = time.monotonic()
+        client.close()
+        # Far below the run's own 60 s deadline: close() cancelled the handshake's wait.
+        assert time.monotonic() - started < 10.0
+
+
+@pytest.mark.parametrize(
+    ("head", "body"),
+    [
+        (b"HTTP/1.1 202 Accepted\r\nContent-Length: 99999999\r\n", b"{}"),
+        (b"HTTP/1.1 202 Accepted\r\nConnection: close\r\n", b"[" * (MAX_RESPONSE_BYTES + 10)),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n", b"{nope}\n"),
+    ],
+)
+def test_oversized_or_malformed_answers_fail_the_run(
+    rig: Rig, tmp_path: Path, head: bytes, body: bytes
+) -> None:
+    files = rig.dps_ca.issue_server_certificate([DPS_NAME]).write_to(tmp_path, stem="rogue")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(files.cert_file, files.key_file)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(5.0)
+
+        def answer_once() -> None:
+            with contextlib.suppress(OSError):
+                conn, _ = server.accept()
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.settimeout(5.0)
+                    request = b""
+                    # The whole request (its JSON body ends it), bounded: answering before
+                    # it is read would reset the connection under the client's feet.
+                    for _ in range(20):
+                        request += tls.recv(65536)
+                        if request.endswith(b"}"):
+                            break
+                    tls.sendall(head + b"\r\n" + body)
+
+        thread = threading.Thread(target=answer_once, daemon=True)
+        thread.start()
+        settings = run_settings(rig, port=server.getsockname()[1])
+        with pytest.raises(ProvisioningFailed):
+            register(settings, deadline=time.monotonic() + 3.0, resolver=resolver_for(rig))
+        thread.join(5.0)
+
+
+def test_hostile_clients_leave_the_service_serving(rig: Rig) -> None:
+    port = rig.dps.port
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as raw:
+        raw.sendall(b"GET / HTTP/1.1\r\n\r\n" + b"\x00" * 1000)  # not even TLS
+    context = rig.dps_ca.client_ssl_context()
+    requests = [
+        b"PUT /" + SCOPE.encode() + b"/registrations/" + RID.encode() + b"/register HTTP/1.1\r\n"
+        b"Host: x\r\nContent-Length: 999999999\r\n\r\n",
+        b"GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"PUT /" + SCOPE.encode() + b"/registrations/" + RID.encode() + b"/register HTTP/1.1\r\n"
+        b"Host: x\r\nContent-Length: 5\r\nAuthorization: SharedAccessSignature sr=&sig=&se=x\r\n"
+        b"\r\n[[[[[",
+        b"\xff\xfe garbage\r\n\r\n",
+    ]
+    for request in requests:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=2) as sock,
+            context.wrap_socket(sock, server_hostname=DPS_NAME) as tls,
+        ):
+            tls.sendall(request)
+            status = tls.recv(65536)[:12]
+        # Refused as a client error; a request line that is not HTTP/1.x gets http.server's
+        # bare error page (HTTP/0.9 has no status line).
+        assert status[:10] == b"HTTP/1.1 4" or status.startswith(b"<!DOCTYPE"), status
+    assignment = register(
+        run_settings(rig), deadline=time.monotonic() + 3.0, resolver=resolver_for(rig)
+    )
+    assert assignment.hub_fqdn == rig.fqdn("huba")
+    started = time.monotonic()
+    rig.dps.stop()
+    assert time.monotonic() - started < 10.0
