@@ -233,10 +233,9 @@ def check_private_file(field_name: str, path: object, *, private: bool, hub: str
         raise CredentialError(f"{field_name} is not a file path", hub=hub)
     try:
         info = os.stat(path)
-    except OSError as exc:
-        raise CredentialError(
-            f"{field_name} {path!r} cannot be read: {exc.strerror or type(exc).__name__}", hub=hub
-        ) from None
+    except (OSError, ValueError) as exc:  # ValueError: a name the file system cannot encode
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise CredentialError(f"{field_name} {path!r} cannot be read: {reason}", hub=hub) from None
     if not stat.S_ISREG(info.st_mode) or not os.access(path, os.R_OK):
         raise CredentialError(f"{field_name} {path!r} is not a readable regular file", hub=hub)
     if private and info.st_mode & 0o077:

@@ -16,6 +16,7 @@ hundredths of a second.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import socket
@@ -144,13 +145,30 @@ def init_fields(kind: type) -> list[str]:
 
 def test_every_public_value_type_is_walked() -> None:
     # A new public config value must join VALID_ARGUMENTS, and so this walk. (Metrics
-    # is a value the client hands out, never one an application builds.)
+    # is a value the client hands out, never one an application builds; an Identity is
+    # built by a credential provider on the engine thread and checked where it is used,
+    # walked below.)
     public = {
         getattr(device_sdk, name)
         for name in device_sdk.__all__
         if dataclasses.is_dataclass(getattr(device_sdk, name))
     }
-    assert public - {device_sdk.Metrics} <= set(VALID_ARGUMENTS)
+    assert public - {device_sdk.Metrics, device_sdk.Identity} <= set(VALID_ARGUMENTS)
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(device_sdk.Identity)])
+@PROPERTY
+@given(value=bad_values)
+def test_a_provider_handing_out_any_identity_gives_a_credential_error_at_worst(
+    name: str, value: object
+) -> None:
+    """Whatever a provider puts in an Identity, the attempt gets an Identity or a
+    CredentialError: an application's provider can never raise anything else on the
+    engine thread."""
+    identity = device_sdk.Identity(**{name: value})
+    provider = device_sdk.CallableCredentials(lambda _hub, _refused: identity)
+    with contextlib.suppress(device_sdk.CredentialError):
+        device_sdk.identity.identity_for_attempt(provider, HUB, client_id="d")
 
 
 @pytest.mark.parametrize("kind", list(VALID_ARGUMENTS), ids=lambda kind: kind.__name__)
