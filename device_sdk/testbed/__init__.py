@@ -19,8 +19,10 @@ from device_sdk.testbed.broker import BrokerSpec, BrokerTls, MosquittoBroker, fi
 from device_sdk.testbed.collector import Collector
 from device_sdk.testbed.dns_server import DnsServer, SrvTarget
 from device_sdk.testbed.hostile_hub import HostileHub
+from device_sdk.testbed.iothub_front import IotHubFront
 from device_sdk.testbed.pki import CertificateAuthority, ServerCertificate
 from device_sdk.testbed.proxy import FaultProxy
+from device_sdk.testbed.tls_listener import TlsProbeListener
 
 __all__ = [
     "DOMAIN",
@@ -35,10 +37,12 @@ __all__ = [
     "DnsServer",
     "FaultProxy",
     "HostileHub",
+    "IotHubFront",
     "MosquittoBroker",
     "ServerCertificate",
     "SrvTarget",
     "Testbed",
     "TestbedHub",
+    "TlsProbeListener",
     "find_mosquitto",
 ]
