@@ -395,6 +395,8 @@ class FailoverMachine:
         # Known hubs keep their history (streaks, penalties); new ones start clean.
         self._records = {hub: self._records.get(hub, HubRecord()) for hub in hubs}
         self._hubs = tuple(hubs)
+        if self._migrated_from not in self._records:
+            self._migrated_from = None  # a move that fails never falls back to a withdrawn hub
         if self._home not in self._records:
             self._home = self._hubs[0]
         if self._current in self._records:

@@ -668,6 +668,20 @@ def test_withdrawn_hub_while_connected_migrates_and_never_returns() -> None:
     assert all(getattr(a, "hub", SECONDARY) == SECONDARY for a in retry_actions)
 
 
+def test_a_failed_move_never_falls_back_to_a_hub_withdrawn_meanwhile() -> None:
+    # Connected to primary, told to move to tertiary (a migration remembers where it
+    # came from), and primary is withdrawn while the move is under way: when the move
+    # fails, the machine retries what is listed instead of looking primary up.
+    machine = run([START, UP], hubs=THREE)
+    assert machine.handle(ConciergeNamed(TERTIARY), 1.0) == (
+        Migrate(PRIMARY, TERTIARY, "concierge"),
+    )
+    assert machine.handle(HubsChanged((SECONDARY, TERTIARY)), 1.1) == ()
+    actions = machine.handle(AttemptFailed(TERTIARY, TRANSIENT), 1.2)
+    assert PRIMARY not in {getattr(a, "hub", None) for a in actions}
+    assert machine.current_hub in (SECONDARY, TERTIARY)
+
+
 def test_empty_or_duplicate_hub_lists_are_impossible() -> None:
     machine = run([START])
     with pytest.raises(StateMachineError, match="needs a non-empty list of distinct hub names"):
