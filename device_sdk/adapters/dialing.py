@@ -15,8 +15,12 @@ import selectors
 import socket
 import ssl
 import time
+from typing import TYPE_CHECKING
 
-from device_sdk.adapters.cancel import CancelToken
+from device_sdk.adapters.cancel import NEVER, CancelToken
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
 # A TLS handshake takes a handful of rounds; a peer dribbling single bytes is cut off by
 # the deadline long before this many.
@@ -84,3 +88,54 @@ def tls_handshake(sock: ssl.SSLSocket, deadline: float, cancel: CancelToken) -> 
             write = True
         wait_ready(sock, write=write, deadline=deadline, cancel=cancel, what="TLS handshake")
     raise TimeoutError(errno.ETIMEDOUT, "TLS handshake took too many rounds")
+
+
+def remaining(deadline: float) -> float:
+    """Seconds left until ``deadline`` (monotonic); TimeoutError once it has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the deadline passed")
+    return left
+
+
+class DeadlineSocket(socket.socket):
+    """A TCP socket whose every receive and send waits at most until ``deadline``,
+    and whose receives also end when ``cancel`` is set (the client is closing).
+
+    For the HTTPS side channels (the concierge fetch, DPS): ``http.client`` reads
+    and writes through these, so one deadline bounds the whole exchange.
+    """
+
+    deadline: float | None = None
+    cancel: CancelToken = NEVER
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
+        if self.deadline is not None:
+            wait_ready(self, write=False, deadline=self.deadline, cancel=self.cancel, what="read")
+            self.settimeout(remaining(self.deadline))
+        return super().recv_into(buffer, nbytes, flags)
+
+    def sendall(self, data: ReadableBuffer, flags: int = 0, /) -> None:
+        if self.deadline is not None:
+            self.settimeout(remaining(self.deadline))
+        super().sendall(data, flags)
+
+
+class DeadlineSSLSocket(ssl.SSLSocket):
+    """The TLS counterpart of :class:`DeadlineSocket` (``SSLContext.sslsocket_class``)."""
+
+    deadline: float | None = None
+    cancel: CancelToken = NEVER
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int | None = None, flags: int = 0) -> int:
+        if self.deadline is not None:
+            if not self.pending():  # decrypted bytes already here need no wait
+                what = "TLS read"
+                wait_ready(self, write=False, deadline=self.deadline, cancel=self.cancel, what=what)
+            self.settimeout(remaining(self.deadline))
+        return super().recv_into(buffer, nbytes, flags)
+
+    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
+        if self.deadline is not None:
+            self.settimeout(remaining(self.deadline))
+        super().sendall(data, flags)

@@ -39,9 +39,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from device_sdk.adapters.cancel import NEVER, Cancelled, CancelToken
-from device_sdk.adapters.dialing import connect_tcp, tls_handshake
+from device_sdk.adapters.dialing import (
+    DeadlineSocket,
+    DeadlineSSLSocket,
+    connect_tcp,
+    tls_handshake,
+)
 from device_sdk.adapters.resolver import FreshResolver, Resolver, resolve_within
-from device_sdk.concierge.fetch import _DeadlineSocket, _DeadlineSSLSocket
 from device_sdk.config import DnsSettings, is_ip_literal
 from device_sdk.errors import (
     ConfigError,
@@ -319,7 +323,7 @@ class _Run:
                 f"dps.ca_file {settings.ca_file!r} is not a readable PEM CA bundle"
             ) from exc
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.sslsocket_class = _DeadlineSSLSocket
+        context.sslsocket_class = DeadlineSSLSocket
         if settings.cert_file is not None and settings.key_file is not None:
             _load_client_certificate(context, settings.cert_file, settings.key_file)
         return context
@@ -338,11 +342,11 @@ class _Run:
         except BaseException:
             tls_sock.close()
             raise
-        assert isinstance(tls_sock, _DeadlineSSLSocket)
+        assert isinstance(tls_sock, DeadlineSSLSocket)
         tls_sock.deadline, tls_sock.cancel = self._deadline, self._cancel
         return tls_sock
 
-    def _connect(self) -> _DeadlineSocket:
+    def _connect(self) -> DeadlineSocket:
         host = self._settings.endpoint
         last_error: OSError = OSError(f"no address for {host}")
         for address in self._addresses(host):
@@ -353,7 +357,7 @@ class _Run:
             except OSError as exc:  # refused, unreachable: the next address
                 last_error = exc
                 continue
-            sock = _DeadlineSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+            sock = DeadlineSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
             sock.setblocking(False)
             sock.deadline, sock.cancel = self._deadline, self._cancel
             return sock

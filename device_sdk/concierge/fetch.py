@@ -35,65 +35,25 @@ import urllib.parse
 from typing import TYPE_CHECKING
 
 from device_sdk.adapters.cancel import NEVER, CancelToken
-from device_sdk.adapters.dialing import connect_tcp, tls_handshake, wait_ready
+from device_sdk.adapters.dialing import (
+    DeadlineSocket,
+    DeadlineSSLSocket,
+    connect_tcp,
+    remaining,
+    tls_handshake,
+)
 from device_sdk.adapters.resolver import FreshResolver, Resolver, resolve_within
 from device_sdk.concierge.document import MAX_ENVELOPE_BYTES
 from device_sdk.config import DnsSettings, is_ip_literal
 from device_sdk.errors import ConciergeUnavailable, ConfigError, ConnectError
 
 if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer, WriteableBuffer
+    pass
 
 __all__ = ["ConciergeFetcher"]
 
 _CHUNK = 16 * 1024
 _USER_AGENT = "device-sdk-concierge-client/1"
-
-
-def _remaining(deadline: float) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("the deadline passed")
-    return left
-
-
-class _DeadlineSocket(socket.socket):
-    """A TCP socket whose every receive and send waits at most until ``deadline``,
-    and whose receives also end when ``cancel`` is set (the client is closing)."""
-
-    deadline: float | None = None
-    cancel: CancelToken = NEVER
-
-    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
-        if self.deadline is not None:
-            wait_ready(self, write=False, deadline=self.deadline, cancel=self.cancel, what="read")
-            self.settimeout(_remaining(self.deadline))
-        return super().recv_into(buffer, nbytes, flags)
-
-    def sendall(self, data: ReadableBuffer, flags: int = 0, /) -> None:
-        if self.deadline is not None:
-            self.settimeout(_remaining(self.deadline))
-        super().sendall(data, flags)
-
-
-class _DeadlineSSLSocket(ssl.SSLSocket):
-    """The TLS counterpart of :class:`_DeadlineSocket` (``SSLContext.sslsocket_class``)."""
-
-    deadline: float | None = None
-    cancel: CancelToken = NEVER
-
-    def recv_into(self, buffer: WriteableBuffer, nbytes: int | None = None, flags: int = 0) -> int:
-        if self.deadline is not None:
-            if not self.pending():  # decrypted bytes already here need no wait
-                what = "TLS read"
-                wait_ready(self, write=False, deadline=self.deadline, cancel=self.cancel, what=what)
-            self.settimeout(_remaining(self.deadline))
-        return super().recv_into(buffer, nbytes, flags)
-
-    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
-        if self.deadline is not None:
-            self.settimeout(_remaining(self.deadline))
-        super().sendall(data, flags)
 
 
 class ConciergeFetcher:
@@ -208,11 +168,11 @@ class ConciergeFetcher:
         except BaseException:
             tls_sock.close()  # it owns the descriptor now
             raise
-        assert isinstance(tls_sock, _DeadlineSSLSocket)
+        assert isinstance(tls_sock, DeadlineSSLSocket)
         tls_sock.deadline, tls_sock.cancel = deadline, self._cancel
         return tls_sock
 
-    def _connect(self, deadline: float) -> _DeadlineSocket:
+    def _connect(self, deadline: float) -> DeadlineSocket:
         last_error: OSError = OSError(f"no address for {self._host}")
         for host in self._hosts(deadline):
             try:
@@ -222,7 +182,7 @@ class ConciergeFetcher:
             except OSError as exc:  # refused, unreachable: the next address
                 last_error = exc
                 continue
-            sock = _DeadlineSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+            sock = DeadlineSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
             sock.setblocking(False)  # until the handshake is done; reads set their timeout
             sock.deadline, sock.cancel = deadline, self._cancel
             return sock
@@ -234,7 +194,7 @@ class ConciergeFetcher:
         if is_ip_literal(self._host):
             return (self._host,)
         hosts = resolve_within(self._resolver, self._host, deadline).addresses
-        _remaining(deadline)
+        remaining(deadline)
         return hosts
 
 
@@ -264,5 +224,5 @@ def _tls_context(ca_file: str | None) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError("concierge.ca_file", ca_file, "a readable PEM CA bundle") from exc
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.sslsocket_class = _DeadlineSSLSocket
+    context.sslsocket_class = DeadlineSSLSocket
     return context
