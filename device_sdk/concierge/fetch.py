@@ -32,7 +32,6 @@ import socket
 import ssl
 import time
 import urllib.parse
-from typing import TYPE_CHECKING
 
 from device_sdk.adapters.cancel import NEVER, CancelToken
 from device_sdk.adapters.dialing import (
@@ -46,9 +45,6 @@ from device_sdk.adapters.resolver import FreshResolver, Resolver, resolve_within
 from device_sdk.concierge.document import MAX_ENVELOPE_BYTES
 from device_sdk.config import DnsSettings, is_ip_literal
 from device_sdk.errors import ConciergeUnavailable, ConfigError, ConnectError
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["ConciergeFetcher"]
 
