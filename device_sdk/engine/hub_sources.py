@@ -156,14 +156,17 @@ class HubSources:
 
     # -- the concierge ----------------------------------------------------------------------
 
-    def ask_concierge(self) -> None:
-        """Ask now, off the engine thread (never a delay), and schedule the next poll.
+    def start(self) -> None:
+        """The engine starts: DPS is asked for an assignment (kept, or fresh) now.
 
-        The engine calls this first when it starts: that is when DPS is asked too.
+        Idempotent: after a fault the engine restarts its cycle, not its sources.
         """
         if not self._started:
             self._started = True
             self._start_dps()
+
+    def ask_concierge(self) -> None:
+        """Ask now, off the engine thread (never a delay), and schedule the next poll."""
         source, settings = self._concierge, self._config.concierge
         if source is None or settings is None:
             return

@@ -320,6 +320,7 @@ class Engine:
         while not self._closing.is_set():
             try:
                 if not started:
+                    self._sources.start()
                     self._sources.ask_concierge()
                     attempt = self._single(self._machine.handle(fsm.Start(), time.monotonic()))
                     started = True

@@ -18,6 +18,7 @@ from device_sdk.testbed.bed import (
 from device_sdk.testbed.broker import BrokerSpec, BrokerTls, MosquittoBroker, find_mosquitto
 from device_sdk.testbed.collector import Collector
 from device_sdk.testbed.dns_server import DnsServer, SrvTarget
+from device_sdk.testbed.dps_service import DpsService, Enrollment
 from device_sdk.testbed.hostile_hub import HostileHub
 from device_sdk.testbed.iothub_front import IotHubFront
 from device_sdk.testbed.pki import CertificateAuthority, ServerCertificate
@@ -35,6 +36,8 @@ __all__ = [
     "CertificateAuthority",
     "Collector",
     "DnsServer",
+    "DpsService",
+    "Enrollment",
     "FaultProxy",
     "HostileHub",
     "IotHubFront",
