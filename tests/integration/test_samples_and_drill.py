@@ -151,3 +151,35 @@ def test_gateway_sample_feeds_the_watchdog_only_while_the_client_is_healthy(
         systemd.settimeout(0.2)
         with pytest.raises(TimeoutError):
             systemd.recv(64)  # no ping: systemd restarts the process
+
+
+def test_token_expiry_drill_renews_then_outlives_a_token_and_loses_nothing() -> None:
+    report = run_drill("token-expiry", warmup=0.2, after=0.3)
+    text = format_report(report)
+    assert report.ok, text
+    assert report.lost == 0 and report.published > 5
+    assert report.renewals >= 1 and report.renewal_disconnects == 0
+    assert report.refusals == 0
+    assert report.back_seconds is not None and report.recovery_seconds is not None
+    lines = text.splitlines()
+    expired = next(i for i, line in enumerate(lines) if "token held at the fault expires" in line)
+    back = next(i for i, line in enumerate(lines) if "IoT hub back" in line)
+    assert expired < back  # the hub came back only after the old token was dead
+    assert "credentials renewed on iothub" in text
+
+
+@pytest.mark.parametrize(
+    ("sample", "command_line"),
+    [
+        ("samples/azure_iot_hub.py", "C2D message: b'{\"interval\": 30}'"),
+        ("samples/aws_iot_core.py", "command on cmd/greenhouse/greenhouse-7"),
+    ],
+)
+def test_cloud_samples_publish_and_receive_against_the_testbed(
+    sample: str, command_line: str
+) -> None:
+    result = run_sample(sample, "--testbed", "--readings", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    acknowledged = [line for line in result.stdout.splitlines() if "acknowledged (PUBACK)" in line]
+    assert len(acknowledged) == 3, result.stdout
+    assert command_line in result.stdout
