@@ -71,6 +71,7 @@ from device_sdk.profiles.schema import (
     TLS_VERSIONS,
     ConciergePolling,
     IdentityTiming,
+    ProvisioningPacing,
     builtin_default,
     checked_value,
     field_value,
@@ -82,6 +83,7 @@ from device_sdk.profiles.schema import (
 if TYPE_CHECKING:  # these load cryptography; profiles need only the types
     from device_sdk.concierge.settings import ConciergeSettings
     from device_sdk.identity.x509 import X509Files
+    from device_sdk.provisioning.settings import DpsSettings
 
 __all__ = [
     "DEFAULT_ORIGIN",
@@ -131,6 +133,7 @@ class Profile:
     tls_min_version: Literal["1.2", "1.3"]
     tls_alpn_protocols: tuple[str, ...]
     identity: IdentityTiming
+    provisioning: ProvisioningPacing
     mqtt_version: Literal["3.1.1", "5"]
     inflight_window: int
     publish_batch_delay: float
@@ -149,6 +152,7 @@ class Profile:
         credentials: CredentialProvider | None = None,
         concierge: ConciergeSettings | None = None,
         srv: SrvSettings | None = None,
+        dps: DpsSettings | None = None,
         **overrides: Any,
     ) -> ClientConfig:
         """The full ClientConfig: this profile's behaviour, the deployment's identity and hubs.
@@ -159,7 +163,8 @@ class Profile:
         for every TLS hub, SRV-discovered hubs and hubs a concierge adds (a hub
         may ask for more, never less); ``tls.alpn_protocols`` is offered to each
         of them that names no ALPN of its own. A
-        ``concierge`` gets the profile's polling. ``overrides`` replace whole
+        ``concierge`` gets the profile's polling, and ``dps`` its pacing
+        (``[provisioning]``) and TLS floor for the hub it assigns. ``overrides`` replace whole
         ClientConfig fields last, e.g. ``envelope=True``.
         """
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ClientConfig)})
@@ -184,6 +189,7 @@ class Profile:
             poison_after=self.poison_after,
             concierge=None if concierge is None else self._concierge(concierge),
             srv=None if srv is None else dataclasses.replace(srv, tls=self._tls(srv.tls)),
+            dps=None if dps is None else self._dps(dps),
         )
         return dataclasses.replace(config, **overrides) if overrides else config
 
@@ -247,6 +253,11 @@ class Profile:
         # Plain MQTT (tls=None) stays plain: the hub list chose it (testbeds,
         # closed networks), and a profile cannot turn it into a TLS hub.
         return hub if hub.tls is None else dataclasses.replace(hub, tls=self._tls(hub.tls))
+
+    def _dps(self, settings: DpsSettings) -> DpsSettings:
+        paced = self.provisioning.apply(settings)
+        hub_tls = None if settings.hub_tls is None else self._tls(settings.hub_tls)
+        return dataclasses.replace(paced, hub_tls=hub_tls)
 
     def _concierge(self, settings: ConciergeSettings) -> ConciergeSettings:
         polled = self.concierge.apply(settings)
@@ -471,6 +482,7 @@ def _build(
         tls_min_version=tls.min_version,
         tls_alpn_protocols=tls.alpn_protocols,
         identity=build(IdentityTiming),
+        provisioning=build(ProvisioningPacing),
         mqtt_version=client.mqtt_version,
         inflight_window=client.inflight_window,
         publish_batch_delay=client.publish_batch_delay,

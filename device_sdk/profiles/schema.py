@@ -31,6 +31,7 @@ from device_sdk.identity.sas import DEFAULT_TTL, SasTokenProvider
 
 if TYPE_CHECKING:  # the concierge package loads cryptography; profiles need only the type
     from device_sdk.concierge.settings import ConciergeSettings
+    from device_sdk.provisioning.settings import DpsSettings
 
 __all__ = [
     "DEFAULT_EXPIRY_WARNING",
@@ -40,6 +41,7 @@ __all__ = [
     "ConciergePolling",
     "IdentityTiming",
     "Key",
+    "ProvisioningPacing",
     "builtin_default",
     "checked_value",
     "field_value",
@@ -79,6 +81,40 @@ class ConciergePolling:
             poll_interval=self.poll_interval,
             poll_jitter=self.poll_jitter,
             timeout=self.timeout,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProvisioningPacing:
+    """How patiently and how sparsely a device asks DPS: the profile's part of
+    :class:`~device_sdk.provisioning.settings.DpsSettings` (the deployment gives the
+    id scope, the registration id and the attestation)."""
+
+    timeout: float = 30.0
+    poll_interval: float = 2.0
+    backoff_initial: float = 5.0
+    backoff_cap: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name in ("timeout", "poll_interval", "backoff_initial", "backoff_cap"):
+            value = getattr(self, name)
+            if not _finite(value) or value <= 0:
+                raise ConfigError(f"provisioning.{name}", value, "seconds > 0")
+        if self.backoff_cap < self.backoff_initial:
+            raise ConfigError(
+                "provisioning.backoff_cap",
+                self.backoff_cap,
+                "at least provisioning.backoff_initial",
+            )
+
+    def apply(self, settings: DpsSettings) -> DpsSettings:
+        """``settings`` with this pacing (its own checks run again)."""
+        return dataclasses.replace(
+            settings,
+            timeout=self.timeout,
+            poll_interval=self.poll_interval,
+            backoff_initial=self.backoff_initial,
+            backoff_cap=self.backoff_cap,
         )
 
 
@@ -170,6 +206,7 @@ def _k(kind: Kind, owner: type, field: str, allowed: str, meaning: str, **more: 
 
 _R, _F, _L, _D, _O = RetryPolicy, FailoverPolicy, LivenessPolicy, DnsSettings, OutboxSettings
 _C, _P, _S, _I = ClientConfig, ConciergePolling, SupervisionPolicy, IdentityTiming
+_V = ProvisioningPacing
 
 SCHEMA: Mapping[str, Key] = MappingProxyType({
     "retry.strategy": _k("str", _R, "strategy", ", ".join(STRATEGIES),
@@ -267,6 +304,15 @@ SCHEMA: Mapping[str, Key] = MappingProxyType({
     "identity.expiry_warning": _k("float", _I, "expiry_warning", _WARNING_ALLOWED,
                                   "CredentialExpiring fires this long before a certificate "
                                   "expires"),
+    "provisioning.timeout": _k("float", _V, "timeout", "seconds > 0",
+                               "one whole DPS registration, polls included"),
+    "provisioning.poll_interval": _k("float", _V, "poll_interval", "seconds > 0",
+                                     "between status polls when DPS names no Retry-After"),
+    "provisioning.backoff_initial": _k("float", _V, "backoff_initial", "seconds > 0",
+                                       "first wait before asking DPS again (full jitter)"),
+    "provisioning.backoff_cap": _k("float", _V, "backoff_cap",
+                                   "seconds >= provisioning.backoff_initial",
+                                   "longest wait between DPS registrations (DPS throttles fleets)"),
 })  # fmt: skip
 
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(dotted.split(".")[0] for dotted in SCHEMA))

@@ -11,7 +11,7 @@ import pytest
 from device_sdk import ConfigError, HubEndpoint, TlsSettings
 from device_sdk.identity.sas import parse_sas_token, verify_sas_token
 from device_sdk.identity.x509 import DEFAULT_WARN_BEFORE
-from device_sdk.profiles import Profile, load_profile
+from device_sdk.profiles import Profile, default_search_path, load_profile
 from device_sdk.profiles.schema import DEFAULT_EXPIRY_WARNING, SCHEMA, IdentityTiming
 from device_sdk.testbed.pki import CertificateAuthority
 
@@ -225,3 +225,24 @@ def test_client_config_takes_any_provider_and_offers_the_profiles_alpn(tmp_path:
     assert config.hubs[0].tls == TlsSettings(min_version="1.3", alpn_protocols=("mqtt",))
     assert config.hubs[1].tls == TlsSettings(min_version="1.3", alpn_protocols=("x-amzn-mqtt-ca",))
     assert config.hubs[2].tls is None
+
+
+def test_a_profile_paces_dps_and_raises_its_tls_floor(tmp_path: Path) -> None:
+    from device_sdk.provisioning import DpsSettings
+
+    (tmp_path / "paced.toml").write_text(
+        'extends = "test-fast"\n[tls]\nmin_version = "1.3"\n'
+        "[provisioning]\ntimeout = 7.5\nbackoff_initial = 2\nbackoff_cap = 60\n"
+    )
+    profile = load_profile("paced", search_path=[tmp_path, *default_search_path()])
+    dps = DpsSettings(id_scope="0ne00AB", registration_id="dev-1", sas_key="AAAA")
+    hub = HubEndpoint(name="h", fqdn="hub.example.com", tls=None)
+    config = profile.client_config(client_id="dev-1", hubs=[hub], dps=dps)
+    assert config.dps is not None
+    assert (config.dps.timeout, config.dps.backoff_initial, config.dps.backoff_cap) == (7.5, 2, 60)
+    assert config.dps.hub_tls is not None and config.dps.hub_tls.min_version == "1.3"
+    (tmp_path / "bad.toml").write_text(
+        'extends = "test-fast"\n[provisioning]\nbackoff_initial = 10\nbackoff_cap = 5\n'
+    )
+    with pytest.raises(ConfigError, match=r"provisioning\.backoff_cap"):
+        load_profile("bad", search_path=[tmp_path, *default_search_path()])
