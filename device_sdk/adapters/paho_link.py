@@ -656,9 +656,18 @@ class PahoLink:
         return self._client.want_write()
 
     def has_buffered_input(self) -> bool:
-        """True when input was read ahead and waits in memory, where select cannot see it."""
+        """True when input was read ahead and waits in memory, where select cannot see it.
+
+        On TLS that is OpenSSL's buffer: it decrypts a whole record, and a hub that
+        puts several packets in one record (a SUBACK and a PUBACK written together)
+        leaves the later ones there after paho read the first. select() sees only
+        the socket, which is then quiet: without this, the link would stall until
+        the ack deadline dropped it.
+        """
         sock = self._client.socket()
-        return isinstance(sock, _ReadAheadSocket) and sock.pending() > 0
+        if isinstance(sock, _ReadAheadSocket | ssl.SSLSocket):
+            return sock.pending() > 0
+        return False
 
     def service(self, *, readable: bool, writable: bool) -> None:
         """Let paho read, write and run its housekeeping. Callbacks fire from here.
