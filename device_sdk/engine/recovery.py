@@ -45,7 +45,7 @@ from device_sdk.adapters.paho_link import PahoLink
 from device_sdk.adapters.resolver import FreshResolver, Resolver
 from device_sdk.config import ClientConfig, HubEndpoint, OutboxSettings
 from device_sdk.core import failover as fsm
-from device_sdk.core.outcomes import AUTH_REFUSAL_CODES, FailureKind, refusal_kind
+from device_sdk.core.outcomes import FailureKind
 from device_sdk.core.retry import Backoff
 from device_sdk.core.supervision import FaultLog
 from device_sdk.core.topics import topic_matches
@@ -53,7 +53,7 @@ from device_sdk.engine.dialer import Dialer, LinkFactory
 from device_sdk.engine.dispatch import CallbackDispatcher
 from device_sdk.engine.hub_sources import HubSources
 from device_sdk.engine.link_session import LinkEnd, LinkSession, PoisonWatch, SessionServices
-from device_sdk.engine.renewal import RenewalPlan
+from device_sdk.engine.renewal import RefusedIdentities, RenewalPlan
 from device_sdk.engine.side_tasks import SideTasks
 from device_sdk.engine.supervision import handle_faults_reported_to
 from device_sdk.errors import (
@@ -153,7 +153,7 @@ class Engine:
         self._renewal = RenewalPlan()
         # Hubs that refused our credentials since we last connected to them: the next
         # attempt asks the provider for a fresh identity, and a second refusal is final.
-        self._auth_refused: set[str] = set()
+        self._refused = RefusedIdentities()
         # Callbacks for the engine thread, posted by side tasks (probes, concierge).
         self._mailbox: deque[Callable[[], None]] = deque()
         self._interrupt = threading.Event()  # cuts a backoff sleep short when mail arrives
@@ -505,7 +505,7 @@ class Engine:
 
     def _open_link(self, hub: HubEndpoint) -> PahoLink:
         return self._dialer.open(
-            hub, resume=self._resumable_link(hub), after_refusal=hub.name in self._auth_refused
+            hub, resume=self._resumable_link(hub), after_refusal=self._refused.ask_fresh(hub.name)
         )
 
     def _resumable_link(self, hub: HubEndpoint) -> PahoLink | None:
@@ -519,7 +519,7 @@ class Engine:
     def _attempt_failed(self, hub: HubEndpoint, error: ConnectError) -> None:
         now = time.monotonic()
         if isinstance(error, CredentialExpired):
-            self._auth_refused.add(hub.name)  # the provider must be asked for a fresh one
+            self._refused.refused(hub.name)  # the provider must be asked for a fresh one
         self._cycle_errors.append(error)
         self._cycle_attempts += 1
         self._backoff = self._backoff.failed()
@@ -540,18 +540,11 @@ class Engine:
         if not isinstance(error, ConnectRefused):
             return kind
         provider = hub.credentials if hub.credentials is not None else self.config.credentials
-        refused_fresh = hub.name in self._auth_refused
-        kind = refusal_kind(
-            kind,
-            reason_code=error.reason_code,
-            renewable=provider is not None and bool(provider.renewable),
-            refused_fresh=refused_fresh,
+        renewable = provider is not None and bool(provider.renewable)
+        kind, final = self._refused.classify(
+            hub.name, kind, reason_code=error.reason_code, renewable=renewable
         )
-        if kind is not FailureKind.PERMANENT or error.reason_code not in AUTH_REFUSAL_CODES:
-            if error.reason_code in AUTH_REFUSAL_CODES:
-                self._auth_refused.add(hub.name)  # the next attempt asks for a fresh identity
-            return kind
-        if refused_fresh:
+        if final:
             self._sources.refused_us(hub.name)  # e.g. DPS: the device may belong elsewhere now
         return kind
 
@@ -585,7 +578,7 @@ class Engine:
             self._machine.handle(fsm.Connected(hub=link.hub.name), now)
             self._backoff = self._backoff.link_up(now)
             self._sources.connected(now)
-        self._auth_refused.discard(link.hub.name)
+        self._refused.connected(link.hub.name)
         self._renewal.plan(self._dialer.last_identity, mono=now, wall=time.time())
         carried = self._resumable.inflight if self._resumable is not None else {}
         self._resumable = None
@@ -829,7 +822,7 @@ class Engine:
         self._outage_started = now
         self._backoff = self._backoff.link_down(now, self.config.retry)
         if end.refused:  # e.g. a token the hub now takes for expired: ask for a fresh one
-            self._auth_refused.add(link.hub.name)
+            self._refused.refused(link.hub.name)
         self._metrics.add(disconnects=1)
         error: LinkLost
         if end.protocol_error:

@@ -1,4 +1,9 @@
-"""When the current link's credentials are renewed, and when their expiry is announced.
+"""Identity on the engine's side: when to renew it, and which hubs refused it.
+
+:class:`RenewalPlan`: when the current link's credentials are renewed, and when
+their expiry is announced. :class:`RefusedIdentities`: which hubs refused our
+identity since we last connected to them, so the next attempt there asks the
+provider for a fresh one, and a refusal of that fresh one is final.
 
 Why renew on a plan instead of waiting for the hub to drop the link: Azure IoT
 Hub closes a connection the moment its SAS token expires, and brokers that take
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+from device_sdk.core.outcomes import AUTH_REFUSAL_CODES, FailureKind, refusal_kind
 from device_sdk.identity.provider import Identity
 
 # After a renewal attempt failed, the next one waits a quarter of the time left
@@ -75,3 +81,37 @@ class RenewalPlan:
         left = self._expires_at - mono
         wait = min(_RETRY_AT_MOST, max(_RETRY_AT_LEAST, left / 4))
         self._renew_at = mono + wait
+
+
+class RefusedIdentities:
+    """Hubs that refused our identity (or saw it expire) since we last connected there."""
+
+    __slots__ = ("_hubs",)
+
+    def __init__(self) -> None:
+        self._hubs: set[str] = set()
+
+    def ask_fresh(self, hub: str) -> bool:
+        """Whether the next attempt to ``hub`` must tell the provider it was refused."""
+        return hub in self._hubs
+
+    def refused(self, hub: str) -> None:
+        """``hub`` refused the identity another way: it expired, or a not-authorised DISCONNECT."""
+        self._hubs.add(hub)
+
+    def connected(self, hub: str) -> None:
+        self._hubs.discard(hub)
+
+    def classify(
+        self, hub: str, kind: FailureKind, *, reason_code: int, renewable: bool
+    ) -> tuple[FailureKind, bool]:
+        """The machine's kind for a CONNACK refusal, and whether ``hub`` refused a
+        fresh identity too (the device may no longer belong there: DPS is asked)."""
+        refused_fresh = hub in self._hubs
+        kind = refusal_kind(
+            kind, reason_code=reason_code, renewable=renewable, refused_fresh=refused_fresh
+        )
+        if reason_code not in AUTH_REFUSAL_CODES:
+            return kind, False
+        self._hubs.add(hub)
+        return kind, refused_fresh and kind is FailureKind.PERMANENT

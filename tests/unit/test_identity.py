@@ -254,3 +254,25 @@ def test_a_renewal_already_due_waits_a_second_instead_of_looping() -> None:
     plan = RenewalPlan()
     plan.plan(Identity(expires_at=NOW + 5, renew_at=NOW - 30), mono=10.0, wall=NOW)
     assert not plan.renewal_due(10.5) and plan.renewal_due(11.0)
+
+
+def test_refused_identities_ask_fresh_once_then_call_the_refusal_final() -> None:
+    from device_sdk.engine.renewal import RefusedIdentities
+
+    refused = RefusedIdentities()
+    permanent = FailureKind.PERMANENT
+    assert not refused.ask_fresh("a")
+    assert refused.classify("a", permanent, reason_code=0x87, renewable=True) == (
+        FailureKind.TRANSIENT,
+        False,
+    )
+    assert refused.ask_fresh("a") and not refused.ask_fresh("b")
+    assert refused.classify("a", permanent, reason_code=0x87, renewable=True) == (permanent, True)
+    refused.connected("a")
+    assert not refused.ask_fresh("a")
+    # Not a credentials refusal: nothing to renew, nothing remembered.
+    assert refused.classify("a", permanent, reason_code=0x8A, renewable=True) == (permanent, False)
+    assert not refused.ask_fresh("a")
+    # An expiry or a not-authorised DISCONNECT counts as a refusal of the identity.
+    refused.refused("b")
+    assert refused.classify("b", permanent, reason_code=0x86, renewable=True) == (permanent, True)
