@@ -11,9 +11,14 @@ of the recovery path, in order, every time:
 
 1. the pure :class:`~device_sdk.core.failover.FailoverMachine` names the hub;
 2. the hub's FQDN is resolved fresh (no cache anywhere);
-3. each resolved address is dialled while TLS verifies the FQDN;
-4. the CONNACK (or the failure) is classified and fed back to the machine;
-5. the retry policy, a value, decides the delay; tenacity executes it.
+3. the credential provider is asked for this hub's identity, fresh;
+4. each resolved address is dialled while TLS verifies the FQDN;
+5. the CONNACK (or the failure) is classified and fed back to the machine
+   (a refused identity is asked for afresh before the hub is shunned);
+6. the retry policy, a value, decides the delay; tenacity executes it.
+
+While connected, an identity due for renewal is replaced make before break
+(``_renew``): a second link with a fresh one, then the first is closed.
 
 Why one module of this size: the recovery cycle, the serve loop, migration and
 the supervision boundary all drive the same per-engine state (the current
