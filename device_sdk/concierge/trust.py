@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -100,15 +100,7 @@ class ConciergeTrust:
 
     def allows(self, fqdn: str) -> bool:
         """True when ``fqdn`` matches an allowed name or ``*.suffix`` pattern (any case)."""
-        name = fqdn.lower()
-        for pattern in self.allowed_hubs:
-            wanted = pattern.lower()
-            if wanted.startswith("*."):
-                if name.endswith(wanted[1:]) and len(name) > len(wanted) - 1:
-                    return True
-            elif name == wanted:
-                return True
-        return False
+        return hub_allowed(self.allowed_hubs, fqdn)
 
     @property
     def scopes(self) -> frozenset[str]:
@@ -121,13 +113,35 @@ class ConciergeTrust:
         return frozenset(scopes)
 
 
-def _check_pattern(pattern: object) -> None:
+def hub_allowed(patterns: Sequence[str], fqdn: str) -> bool:
+    """True when ``fqdn`` is one of ``patterns`` or under a ``*.suffix`` one (any case).
+
+    Shared by every hub source that names hubs from outside: the concierge's
+    documents and DPS's assignments.
+    """
+    name = fqdn.lower().rstrip(".")
+    for pattern in patterns:
+        wanted = pattern.lower()
+        if wanted.startswith("*."):
+            if name.endswith(wanted[1:]) and len(name) > len(wanted) - 1:
+                return True
+        elif name == wanted:
+            return True
+    return False
+
+
+def check_hub_pattern(field_name: str, pattern: object) -> None:
+    """ConfigError unless ``pattern`` is an FQDN or ``*.`` + an FQDN of two or more labels."""
     allowed = "an FQDN or '*.' + an FQDN of two or more labels (no IPs)"
     if not isinstance(pattern, str):
-        raise ConfigError("concierge.allowed_hubs", pattern, allowed)
+        raise ConfigError(field_name, pattern, allowed)
     name = pattern[2:] if pattern.startswith("*.") else pattern
     if fqdn_problem(name) is not None:
-        raise ConfigError("concierge.allowed_hubs", pattern, allowed)
+        raise ConfigError(field_name, pattern, allowed)
+
+
+def _check_pattern(pattern: object) -> None:
+    check_hub_pattern("concierge.allowed_hubs", pattern)
 
 
 def _check_scope_id(name: str, value: object) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from device_sdk.concierge.trust import check_hub_pattern
 from device_sdk.config import (
     TlsSettings,
     check_path,
@@ -25,6 +26,15 @@ _REGISTRATION_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._:-]{0,126}[A-Za-z0-9-]
 _ID_SCOPE = re.compile(r"[A-Za-z0-9]{1,64}")
 _API_VERSION = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:-preview)?")
 _HOST = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
+
+
+# The host names of IoT Hub in Azure's public and national clouds.
+IOT_HUB_DOMAINS = (
+    "*.azure-devices.net",
+    "*.azure-devices.cn",
+    "*.azure-devices.us",
+    "*.azure-devices.de",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +60,11 @@ class DpsSettings:
     without asking DPS again; ``None`` keeps it in memory only. The assigned
     hub is dialled on ``hub_port`` with ``hub_tls`` (``None``: plain MQTT, for
     testbeds only).
+
+    ``allowed_hubs`` bounds what DPS may name, as the concierge's allow-list does:
+    exact FQDNs or ``*.suffix`` patterns. The default takes IoT Hub's public
+    clouds' host names only; an assignment outside it is refused as
+    ProvisioningFailed and the device keeps its last hub.
     """
 
     id_scope: str
@@ -70,9 +85,16 @@ class DpsSettings:
     backoff_cap: float = 300.0
     hub_port: int = 8883
     hub_tls: TlsSettings | None = field(default_factory=TlsSettings)
+    allowed_hubs: tuple[str, ...] = IOT_HUB_DOMAINS
 
     def __post_init__(self) -> None:
         self._check_names()
+        if not isinstance(self.allowed_hubs, tuple) or not self.allowed_hubs:
+            raise ConfigError(
+                "dps.allowed_hubs", self.allowed_hubs, "a non-empty tuple of hub name patterns"
+            )
+        for pattern in self.allowed_hubs:
+            check_hub_pattern("dps.allowed_hubs", pattern)
         self._check_attestation()
         for name in ("timeout", "poll_interval", "sas_ttl", "backoff_initial", "backoff_cap"):
             check_seconds(f"dps.{name}", getattr(self, name))

@@ -21,8 +21,9 @@ from collections.abc import Collection
 from device_sdk.adapters.cancel import NEVER, CancelToken
 from device_sdk.adapters.dps_http import ProvisioningThrottled, register
 from device_sdk.adapters.resolver import Resolver
+from device_sdk.concierge.trust import hub_allowed
 from device_sdk.config import HubEndpoint
-from device_sdk.errors import ProvisioningError
+from device_sdk.errors import ProvisioningError, ProvisioningFailed
 from device_sdk.provisioning.assignment import Assignment, AssignmentStore
 from device_sdk.provisioning.settings import DpsSettings
 
@@ -55,7 +56,13 @@ class DpsSource:
 
     def kept(self) -> Assignment | None:
         """The assignment kept from an earlier run, if any (a damaged file is logged, None)."""
-        return self._store.load() if self._store is not None else None
+        kept = self._store.load() if self._store is not None else None
+        if kept is not None and not hub_allowed(self.settings.allowed_hubs, kept.hub_fqdn):
+            log.warning(
+                "ignoring the kept DPS assignment to %s: outside dps.allowed_hubs", kept.hub_fqdn
+            )
+            return None
+        return kept
 
     def provision(self, *, delay: float = 0.0) -> Assignment:
         """Wait ``delay`` (cut short on close), then one run within ``settings.timeout``.
@@ -68,6 +75,11 @@ class DpsSource:
         assignment = register(
             self.settings, deadline=deadline, cancel=self._cancel, resolver=self._resolver
         )
+        if not hub_allowed(self.settings.allowed_hubs, assignment.hub_fqdn):
+            raise ProvisioningFailed(
+                f"DPS assigned {assignment.hub_fqdn}, outside dps.allowed_hubs "
+                f"{list(self.settings.allowed_hubs)}"
+            )
         self._keep(assignment)
         return assignment
 

@@ -75,6 +75,7 @@ class Rig:
             backoff_cap=0.5,
             hub_port=self.bed.hub("huba").broker.port,
             hub_tls=None,  # the testbed's plain listeners
+            allowed_hubs=("*.hubs.device-sdk.test",),
         )
         settings = dataclasses.replace(settings, **dps_overrides)
         base = self.bed.client_config("dps-device")

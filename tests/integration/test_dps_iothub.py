@@ -88,6 +88,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
                     backoff_cap=0.5,
                     hub_port=port,
                     hub_tls=TlsSettings(ca_file=ca_file),
+                    allowed_hubs=("*.device-sdk.test",),
                 )
                 yield Rig(bed, dps, fronts, settings, key)
         finally:

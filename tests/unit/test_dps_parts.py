@@ -366,3 +366,33 @@ BAD_VALUES: list[object] = [None, b"bytes", 3.5, -1, True, math.nan, "\ud800", "
 def test_any_bad_value_is_a_config_error_and_nothing_else(field: str, value: object) -> None:
     with contextlib.suppress(ConfigError):
         settings(**{field: value})
+
+
+def test_dps_may_only_name_hubs_the_allow_list_takes() -> None:
+    assert settings().allowed_hubs[0] == "*.azure-devices.net"  # IoT Hub's public cloud
+    for bad in ((), ("10.0.0.1",), ("*",), ("*.com",), ["*.azure-devices.net"]):
+        with pytest.raises(ConfigError, match=r"dps\.allowed_hubs"):
+            settings(allowed_hubs=bad)
+
+
+def test_an_assignment_outside_the_allow_list_is_refused_and_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from device_sdk.errors import ProvisioningFailed
+    from device_sdk.provisioning import source as source_module
+    from device_sdk.provisioning.assignment import AssignmentStore
+    from device_sdk.provisioning.source import DpsSource
+
+    state = tmp_path / "dps.json"
+    evil = Assignment(hub_fqdn="hub.attacker.example", device_id="dev-1", assigned_at=1.5e9)
+    monkeypatch.setattr(source_module, "register", lambda *_a, **_k: evil)
+    source = DpsSource(settings(state_path=str(state)), resolver=None)  # type: ignore[arg-type]
+    with pytest.raises(ProvisioningFailed, match=r"outside dps\.allowed_hubs"):
+        source.provision()
+    assert not state.exists()
+    # A kept file naming a hub no longer allowed is ignored, not dialled.
+    AssignmentStore(str(state)).save(evil)
+    assert source.kept() is None
+    good = dataclasses.replace(evil, hub_fqdn="hub-a.azure-devices.net")
+    AssignmentStore(str(state)).save(good)
+    assert source.kept() == good
