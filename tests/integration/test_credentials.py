@@ -252,3 +252,25 @@ def test_a_refused_renewal_keeps_the_working_link_and_tries_again_later(
     assert all(gap >= 0.9 for gap in gaps), gaps
     assert not log.of(events.Disconnected) and not log.of(events.CredentialsRenewed)
     assert (metrics.connects, metrics.disconnects, metrics.credential_renewals) == (1, 0, 0)
+
+
+def test_a_certificate_near_its_expiry_is_announced_once(testbed_factory: TestbedFactory) -> None:
+    bed = testbed_factory(hubs=("primary",), client_certificates=True)
+    cert_file, key_file = bed.device_certificate("device-expiring")
+    log = EventLog()
+    # Warned a year ahead: the testbed's certificate is well inside that.
+    credentials = X509Files(cert_file=cert_file, key_file=key_file, warn_before=366 * 86400.0)
+    config = bed.client_config("expiring", credentials=credentials)
+    with DeviceClient(config, on_event=log) as client:
+        client.connect(timeout=5.0)
+        warning = log.wait_for(events.CredentialExpiring, 3.0, hub="primary")
+        time.sleep(0.3)
+    assert isinstance(warning, events.CredentialExpiring)
+    assert 0 < warning.seconds < 366 * 86400.0
+    assert abs(warning.expires_at - time.time() - warning.seconds) < 5.0
+    assert len(log.of(events.CredentialExpiring)) == 1
+    quiet = X509Files(cert_file=cert_file, key_file=key_file, warn_before=60.0)
+    with DeviceClient(bed.client_config("quiet", credentials=quiet), on_event=log) as client:
+        client.connect(timeout=5.0)
+        time.sleep(0.3)
+    assert len(log.of(events.CredentialExpiring)) == 1  # far from expiry: no warning
