@@ -25,13 +25,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     drill.add_argument(
         "--scenario",
-        choices=("crash", "dns-flip", "hang", "concierge", "failback", "token-expiry", "all"),
+        choices=(
+            "crash",
+            "dns-flip",
+            "hang",
+            "concierge",
+            "failback",
+            "token-expiry",
+            "dps",
+            "all",
+        ),
         default="all",
         help="crash: SIGKILL the primary; dns-flip: move its FQDN to the other broker, "
         "then kill it; hang: SIGSTOP it; concierge: an operator switches the active hub; "
         "failback: kill the primary, bring it back, watch the device return; "
         "token-expiry: an IoT Hub device renews its SAS token, then its hub is away "
-        "for longer than a token lives (default: all)",
+        "for longer than a token lives; dps: the operator moves a DPS device to "
+        "another hub in DPS as its hub dies, and it re-provisions (default: all)",
     )
     drill.add_argument("--rate", type=float, default=20.0, help="QoS 1 messages per second")
     drill.add_argument("--no-tls", action="store_true", help="plain MQTT instead of TLS")

@@ -8,7 +8,9 @@ independent collectors on each hub received: lost messages must be zero.
 
 The ``token-expiry`` scenario puts an IoT-Hub-like front (SAS tokens, dropped
 at expiry) before the primary broker and keeps the hub away for longer than a
-token lives. Each scenario is a stage built on a running testbed
+token lives. In the ``dps`` scenario a DPS-like service provisions the device
+to hub A; the operator moves it to hub B in DPS, hub A dies, and the device
+re-provisions and drains its outbox on B. Each scenario is a stage built on a running testbed
 (:data:`_SCENARIOS`): the device's config and topic, how to break the hub, and
 the numbers only it reports; a new scenario is one more stage.
 """
@@ -16,6 +18,7 @@ the numbers only it reports; a new scenario is one more stage.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import secrets
 import threading
 import time
@@ -26,7 +29,7 @@ from typing import Any
 
 from device_sdk import events
 from device_sdk.client import DeviceClient
-from device_sdk.config import ClientConfig, TlsSettings
+from device_sdk.config import ClientConfig, HubEndpoint, TlsSettings
 from device_sdk.dialects.azure import (
     azure_client_config,
     azure_hub,
@@ -35,12 +38,15 @@ from device_sdk.dialects.azure import (
 )
 from device_sdk.errors import DeviceSDKError, TestbedError
 from device_sdk.outbox import PublishHandle
+from device_sdk.provisioning import DpsSettings
 from device_sdk.testbed.bed import DOMAIN, FAST_FAILOVER, FAST_LIVENESS, FAST_RETRY, Testbed
 from device_sdk.testbed.collector import Collector, merge, wait_until_seen
+from device_sdk.testbed.dps_service import DpsService, Enrollment
 from device_sdk.testbed.iothub_front import IotHubFront
-from device_sdk.testbed.ports import pick_free_ports
+from device_sdk.testbed.pki import CertificateAuthority
+from device_sdk.testbed.ports import pick_free_port, pick_free_ports
 
-SCENARIOS = ("crash", "dns-flip", "hang", "concierge", "failback", "token-expiry")
+SCENARIOS = ("crash", "dns-flip", "hang", "concierge", "failback", "token-expiry", "dps")
 
 Progress = Callable[[str], None]
 
@@ -49,6 +55,10 @@ Progress = Callable[[str], None]
 TOKEN_TTL = 3.0
 _IOTHUB = f"iothub.{DOMAIN}"
 _FRONT_ADDRESSES = ("127.0.0.20", "127.0.0.21")
+# dps: the DPS-like service's name (in the testbed's DNS), its scope, the device.
+_DPS_NAME = "dps.device-sdk.test"
+_DPS_SCOPE = "0ne00DRILL"
+_DPS_DEVICE = "drill-dps"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,15 +85,24 @@ class DrillReport:
     renewal_disconnects: int = 0  # Disconnected events before the fault (token-expiry)
     refusals: int = 0  # CONNACKs refusing the device, as the hub recorded them (token-expiry)
     back_seconds: float | None = None  # hub back -> first PUBACK (token-expiry)
+    id_mismatches: int = 0  # messages that arrived under more than one message id
+    registrations: int = 0  # registrations DPS accepted, at start and after (dps)
+    reprovisions: int = 0  # Provisioned events after the fault (dps)
+    reassigned_to: str | None = None  # the hub the operator named in DPS (dps)
+    ended_on: str | None = None  # FQDN of the hub the device was on at the end (dps)
 
     @property
     def ok(self) -> bool:
         failed_back = self.scenario != "failback" or self.failback_seconds is not None
         recovered = self.recovery_seconds is not None and failed_back
-        clean = self.lost == 0 and self.stale_dials == 0
+        clean = self.lost == 0 and self.stale_dials == 0 and self.id_mismatches == 0
         if self.scenario == "token-expiry":
             renewed = self.renewals >= 1 and self.renewal_disconnects == 0
             clean = clean and renewed and self.refusals == 0 and self.back_seconds is not None
+        if self.scenario == "dps":
+            # Exactly one re-provisioning: one registration at start, one after the fault.
+            moved = self.reassigned_to is not None and self.ended_on == self.reassigned_to
+            clean = clean and moved and self.reprovisions == 1 and self.registrations == 2
         return recovered and clean
 
     def as_dict(self) -> dict[str, object]:
@@ -101,6 +120,11 @@ class DrillReport:
             "renewal_disconnects": self.renewal_disconnects,
             "refusals": self.refusals,
             "back_seconds": self.back_seconds,
+            "id_mismatches": self.id_mismatches,
+            "registrations": self.registrations,
+            "reprovisions": self.reprovisions,
+            "reassigned_to": self.reassigned_to,
+            "ended_on": self.ended_on,
             "timeline": [{"t": e.seconds, "event": e.text} for e in self.timeline],
             "ok": self.ok,
         }
@@ -234,8 +258,8 @@ def run_drill(
     options = {"tls": tls, **plan.testbed}  # IoT Hub takes TLS only: token-expiry insists
     with Testbed(**options) as bed, ExitStack() as parts:
         stage = plan.stage(_Site(scenario, bed, recorder, parts, progress))
+        started = time.monotonic()  # a timeline from the start shows the connect (and DPS) too
         with DeviceClient(stage.config, on_event=recorder.on_event) as client:
-            started = time.monotonic()
             publisher = _Publisher(client, stage.topic, rate)
             publisher.start()
             progress(f"device connected; publishing QoS 1 at {rate:g} msg/s")
@@ -445,6 +469,110 @@ class _TokenExpiry:
         )
 
 
+# -- dps: the operator moves the device in DPS while its hub dies ----------------------------
+
+
+class _DpsDrill:
+    """A device DPS provisioned to hub A, moved by the operator to hub B as A dies.
+
+    A DPS-like service (HTTPS, SAS attestation) on loopback, named in the
+    testbed's DNS, assigns the device to hub A at its start; the device's
+    configured hub list holds only a placeholder nobody listens on, so every
+    hub it reaches, DPS named. The fault: the operator reassigns the device to
+    hub B in DPS, then hub A's broker is killed. Nothing tells the device about
+    the move: its failover criteria trip on A, it leaves A and asks DPS again
+    (IoT Hub's own failover path), is told B, and drains its outbox there under
+    the same message ids. The assigned hubs are the testbed's plain or TLS
+    listeners, as the drill's ``tls`` says (``DpsSettings.hub_port``/``hub_tls``).
+    """
+
+    def __init__(self, site: _Site) -> None:
+        self.site = site
+        bed = site.bed
+        if bed.dns is None:
+            raise TestbedError("the dps drill needs the testbed's DNS")
+        self.home, self.away = bed.hub("huba"), bed.hub("hubb")
+        self.key = base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+        # DPS is HTTPS whatever the hubs speak: the testbed's CA when it has one.
+        ca = bed.ca or CertificateAuthority.create()
+        self.ca_file = bed.ca_file or ca.write_to(bed.work_dir, filename="dps-ca.crt")
+        enrollment = Enrollment(
+            registration_id=_DPS_DEVICE, hub_fqdn=self.home.fqdn, sas_key=self.key
+        )
+        self.service = DpsService(
+            ca=ca, id_scope=_DPS_SCOPE, enrollments=[enrollment], server_name=_DPS_NAME
+        )
+        site.parts.callback(self.service.stop)
+        self.service.start()
+        bed.dns.set_address(_DPS_NAME, [self.service.host], ttl=1)
+        self.reassigned_to: str | None = None
+
+    def stage(self) -> _Stage:
+        bed = self.site.bed
+        topic = f"drill/{self.site.name}/telemetry"
+        # The configured hub is only a placeholder: a loopback port nobody listens on.
+        closed = pick_free_port(("127.0.0.1",))
+        placeholder = HubEndpoint(name="unprovisioned", fqdn="127.0.0.1", port=closed, tls=None)
+        config = dataclasses.replace(
+            bed.client_config(_DPS_DEVICE), hubs=(placeholder,), dps=self._settings()
+        )
+        return _Stage(
+            config=config,
+            topic=topic,
+            collectors=[bed.collector(hub.name, topic) for hub in (self.home, self.away)],
+            inject=self.inject,
+            numbers=self.numbers,
+            timeline_from_start=True,  # the first Provisioned comes before the fault
+        )
+
+    def _settings(self) -> DpsSettings:
+        bed = self.site.bed
+        broker = self.home.broker  # both hubs listen on the same ports
+        tls = bed.ca_file is not None and broker.tls_port is not None
+        return DpsSettings(
+            id_scope=_DPS_SCOPE,
+            registration_id=_DPS_DEVICE,
+            endpoint=_DPS_NAME,
+            port=self.service.port,
+            ca_file=str(self.ca_file),
+            sas_key=self.key,
+            state_path=str(bed.work_dir / "dps-state" / "assignment.json"),
+            timeout=3.0,
+            poll_interval=0.05,
+            backoff_initial=0.1,
+            backoff_cap=0.5,
+            allowed_hubs=(f"*.{DOMAIN}",),  # the testbed's hubs, not IoT Hub's cloud domains
+            hub_port=broker.tls_port if tls and broker.tls_port else broker.port,
+            hub_tls=TlsSettings(ca_file=str(bed.ca_file)) if tls else None,
+        )
+
+    def inject(self) -> None:
+        recorder, broker = self.site.recorder, self.home.broker
+        self.service.reassign(_DPS_DEVICE, self.away.fqdn)
+        self.reassigned_to = self.away.fqdn
+        recorder.mark(f"operator: DPS reassigns {_DPS_DEVICE} to {self.away.fqdn}")
+        recorder.fault_at = recorder.mark(f"{self.home.name} killed (SIGKILL pid {broker.pid})")
+        broker.kill()
+        self.site.progress("fault injected: dps (reassigned in DPS, then hub A killed)")
+
+    def numbers(self, report: DrillReport) -> None:
+        fault = self.site.recorder.fault_at
+        assert fault is not None
+        report.registrations = self.service.registrations
+        report.reassigned_to = self.reassigned_to
+        assigned: dict[str, str] = {}  # hub name in the device's list -> FQDN
+        on: str | None = None
+        for at, _text, event in self.site.recorder.since(0.0):
+            if isinstance(event, events.Provisioned):
+                assigned[event.hub] = event.fqdn
+                report.reprovisions += int(at >= fault)
+            elif isinstance(event, events.Connected):
+                on = event.hub
+            elif isinstance(event, events.Disconnected):
+                on = None
+        report.ended_on = None if on is None else assigned.get(on)
+
+
 _SCENARIOS: dict[str, _Scenario] = {
     "crash": _Scenario({}, _failover_stage, "two mosquitto hubs, DNS, a throwaway CA"),
     "dns-flip": _Scenario({}, _failover_stage, "two mosquitto hubs, DNS, a throwaway CA"),
@@ -460,6 +588,11 @@ _SCENARIOS: dict[str, _Scenario] = {
         lambda site: _TokenExpiry(site).stage(),
         "an IoT-Hub-like front (SAS tokens of "
         f"{TOKEN_TTL:g} s) before a mosquitto hub, DNS, a throwaway CA",
+    ),
+    "dps": _Scenario(
+        {"hubs": ("huba", "hubb")},
+        lambda site: _DpsDrill(site).stage(),
+        "a DPS-like service (SAS attestation) assigning two mosquitto hubs, DNS, a throwaway CA",
     ),
 }
 
@@ -486,7 +619,7 @@ def _report(
     assert recorder.fault_at is not None
     report = DrillReport(scenario=scenario)
     fault = recorder.fault_at
-    stale = bed.hub("primary").address
+    stale = bed.hub("primary").address if scenario == "dns-flip" else None
     for at, text, event in recorder.since(started if stage.timeline_from_start else fault):
         report.timeline.append(TimelineEntry(at - fault, text))
         if at < fault - 1e-6:
@@ -509,7 +642,21 @@ def _report(
     report.delivered = sum(1 for seq in range(accepted) if seq in seen)
     report.lost = accepted - report.delivered
     report.duplicates = sum(count - 1 for seq, count in seen.items() if seq < accepted)
+    report.id_mismatches = _id_mismatches(stage.collectors)
     return report
+
+
+def _id_mismatches(collectors: list[Collector]) -> int:
+    """Messages seen under more than one message id, on one hub or across hubs.
+
+    A resend after a failover must carry the id of the first copy, or a consumer
+    cannot deduplicate it (MQTT 5 only: without user properties there is no id).
+    """
+    ids: dict[int, set[str]] = {}
+    for collector in collectors:
+        for seq, seen in collector.message_ids().items():
+            ids.setdefault(seq, set()).update(seen)
+    return sum(1 for seen in ids.values() if len(seen) > 1)
 
 
 def format_report(report: DrillReport) -> str:
@@ -534,8 +681,12 @@ def format_report(report: DrillReport) -> str:
         back = report.failback_seconds
         text = "did NOT return" if back is None else f"returned {back:.2f} s after it came back"
         lines.append(f"failback to the primary: {text} (dwell and healthy probes first)")
+    if report.id_mismatches or report.scenario == "dps":
+        lines.append(f"messages seen under more than one message id: {report.id_mismatches}")
     if report.scenario == "token-expiry":
         lines += _token_lines(report)
+    if report.scenario == "dps":
+        lines += _dps_lines(report)
     lines.append("result: OK" if report.ok else "result: FAILED")
     return "\n".join(lines)
 
@@ -550,4 +701,13 @@ def _token_lines(report: DrillReport) -> list[str]:
         f"hub back: {returned} came back, under the retry policy's normal backoff "
         f"(at most {FAST_RETRY.maximum:g} s here), not its long delay "
         f"({FAST_RETRY.long_delay:g} s here, 300 s by default) for a hub that refused us",
+    ]
+
+
+def _dps_lines(report: DrillReport) -> list[str]:
+    return [
+        f"DPS registrations made: {report.registrations} (one at start, one re-provisioning); "
+        f"provisioned after the fault: {report.reprovisions}",
+        f"ended on {report.ended_on or 'no hub'} (the operator reassigned it to "
+        f"{report.reassigned_to})",
     ]

@@ -168,6 +168,29 @@ def test_token_expiry_drill_renews_then_outlives_a_token_and_loses_nothing() -> 
     assert "credentials renewed on iothub" in text
 
 
+def test_dps_drill_reprovisions_once_and_drains_on_the_reassigned_hub() -> None:
+    report = run_drill("dps", warmup=0.5, after=0.3)
+    text = format_report(report)
+    assert report.ok, text
+    assert report.lost == 0 and report.published > 5 and report.id_mismatches == 0
+    assert report.recovery_seconds is not None
+    hub_b = "hubb.hubs.device-sdk.test"
+    assert report.reassigned_to == hub_b and report.ended_on == hub_b
+    assert report.registrations == 2 and report.reprovisions == 1
+    provisioned = [line for line in text.splitlines() if "provisioned to" in line]
+    assert len(provisioned) == 2, text  # at start, on hub A; after the fault, on hub B
+    assert "huba.hubs.device-sdk.test" in provisioned[0] and hub_b in provisioned[1]
+    assert "first PUBACK from dps-hubb" in text
+
+
+def test_the_drill_command_runs_the_dps_scenario() -> None:
+    result = run_sample("-m", "device_sdk.cli", "drill", "--scenario", "dps", "--no-tls")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "failover drill: dps" in result.stdout
+    assert "operator: DPS reassigns drill-dps to hubb.hubs.device-sdk.test" in result.stdout
+    assert "result: OK" in result.stdout
+
+
 @pytest.mark.parametrize(
     ("sample", "command_line"),
     [
