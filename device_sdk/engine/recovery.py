@@ -464,7 +464,8 @@ class Engine:
 
     def _sleep(self, seconds: float) -> None:
         """Back off, but wake for close() and for mail that changes the next attempt."""
-        deadline = time.monotonic() + seconds
+        started = time.monotonic()
+        deadline = started + seconds
         planned = self._next
         while not self._closing.is_set():
             remaining = deadline - time.monotonic()
@@ -479,7 +480,10 @@ class Engine:
             self._interrupt.clear()
             self._run_mailbox()
             if self._next is not planned:
-                return  # e.g. the concierge named another hub: go there now
+                # e.g. the concierge or DPS named another hub: go there now. The
+                # Attempting event then reports the wait that really passed.
+                self._waited = time.monotonic() - started
+                return
 
     def _attempt_once(self) -> PahoLink | None:
         self._run_mailbox()
