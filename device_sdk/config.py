@@ -289,12 +289,12 @@ def check_provider(field_name: str, provider: object) -> None:
     """``provider`` is None or has what a credential provider needs (ConfigError)."""
     if provider is None:
         return
-    renewable = getattr(type(provider), "renewable", None)
-    if not callable(getattr(provider, "identity_for", None)) or renewable is None:
+    renewable = getattr(provider, "renewable", None)  # a property, or a plain attribute
+    if not callable(getattr(provider, "identity_for", None)) or not isinstance(renewable, bool):
         raise ConfigError(
             field_name,
             type(provider).__name__,
-            "Credentials, or a CredentialProvider (identity_for() and renewable)",
+            "Credentials, or a CredentialProvider (identity_for() and a bool renewable)",
         )
 
 

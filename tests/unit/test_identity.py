@@ -276,3 +276,26 @@ def test_refused_identities_ask_fresh_once_then_call_the_refusal_final() -> None
     # An expiry or a not-authorised DISCONNECT counts as a refusal of the identity.
     refused.refused("b")
     assert refused.classify("b", permanent, reason_code=0x86, renewable=True) == (permanent, True)
+
+
+def test_a_plain_class_is_a_provider_when_it_has_identity_for_and_a_bool_renewable() -> None:
+    class VaultTokens:
+        def __init__(self) -> None:
+            self.renewable = True  # an instance attribute, not a property
+
+        def identity_for(
+            self, hub: HubEndpoint, *, client_id: str, after_refusal: bool
+        ) -> Identity:
+            return Identity(password="from-the-vault")
+
+    chosen = identity_for_attempt(None, hub(credentials=VaultTokens()), client_id="d", now=NOW)
+    assert chosen.password == "from-the-vault"
+
+    class NoRenewable:
+        def identity_for(
+            self, hub: HubEndpoint, *, client_id: str, after_refusal: bool
+        ) -> Identity:
+            return Identity()
+
+    with pytest.raises(ConfigError, match="renewable"):
+        hub(credentials=NoRenewable())
