@@ -388,6 +388,10 @@ def test_allow_list_exact_names_wildcards_and_case() -> None:
     assert allowed.allows("a.b.backup.example.org")
     assert not allowed.allows("backup.example.org")
     assert not allowed.allows("secondary.hubs.example.com")
+    # A fully qualified name (DPS answers may end in a dot) is the same name.
+    assert allowed.allows("primary.hubs.example.com.")
+    assert allowed.allows("a.backup.example.org.")
+    assert not allowed.allows(".primary.hubs.example.com")
 
 
 def test_checks_run_in_order_signature_before_content() -> None:
