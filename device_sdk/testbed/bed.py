@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from device_sdk.concierge.document import DocumentHub
@@ -39,6 +38,7 @@ from device_sdk.identity.provider import CredentialProvider
 from device_sdk.testbed.broker import DEFAULT_LOG_TYPES, BrokerSpec, BrokerTls, MosquittoBroker
 from device_sdk.testbed.collector import Collector
 from device_sdk.testbed.dns_server import DnsServer
+from device_sdk.testbed.lifecycle import StartsInContext
 from device_sdk.testbed.pki import CertificateAuthority
 from device_sdk.testbed.ports import pick_free_ports
 
@@ -80,7 +80,7 @@ class TestbedHub:
     broker: MosquittoBroker
 
 
-class Testbed:
+class Testbed(StartsInContext):
     """Brokers, DNS and a CA on loopback for integration tests and drills.
 
     ``hubs`` names the hubs in priority order; hub *i* listens on 127.0.0.(*first_octet* + *i*).
@@ -233,17 +233,6 @@ class Testbed:
         self._stack.close()
         if self._own_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- what tests use ----------------------------------------------------------------------
 

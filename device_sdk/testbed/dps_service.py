@@ -48,11 +48,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from device_sdk.errors import ConfigError, TestbedError
 from device_sdk.identity.sas import decode_key, parse_sas_token, verify_sas_token
+from device_sdk.testbed.lifecycle import StartsInContext
 from device_sdk.testbed.pki import CertificateAuthority
 
 __all__ = ["DpsService", "Enrollment", "Registration"]
@@ -103,7 +103,7 @@ class _Operation:
     polls_left: int
 
 
-class DpsService:
+class DpsService(StartsInContext):
     """The DPS-like service on a background thread. ``start()``, ``stop()``, or ``with``.
 
     ``server_name`` is the name the server certificate carries (and devices dial);
@@ -171,17 +171,6 @@ class DpsService:
         server.shutdown()
         thread.join(timeout)
         server.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:

@@ -36,11 +36,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Literal, Self
 
 from device_sdk.config import HubEndpoint
 from device_sdk.errors import TestbedError
+from device_sdk.testbed.lifecycle import StartsInContext
 from device_sdk.testbed.ports import address_family
 
 __all__ = [
@@ -132,7 +132,7 @@ class _Ended(Exception):
     """The connection being served is over (closed by the device, timed out, stopping)."""
 
 
-class HostileHub:
+class HostileHub(StartsInContext):
     """A loopback MQTT peer that plays a script instead of speaking MQTT.
 
     ``script``: steps played after the device's CONNECT (or at once, with
@@ -199,17 +199,6 @@ class HostileHub:
                 raise TestbedError(f"hostile hub on port {self.port} did not stop in {timeout} s")
         if self._listener is not None:
             self._listener.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- what tests use ----------------------------------------------------------------------
 

@@ -79,12 +79,12 @@ import urllib.parse
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, NoReturn, Self, TypeVar
 
 from device_sdk.adapters.mqtt_rules import varint
 from device_sdk.errors import ConfigError, TestbedError
 from device_sdk.identity.sas import decode_key, parse_sas_token, verify_sas_token
+from device_sdk.testbed.lifecycle import StartsInContext
 from device_sdk.testbed.ports import address_family, bind_socket
 
 __all__ = [
@@ -372,7 +372,7 @@ class _Closed(Exception):
 # -- the front -----------------------------------------------------------------------------
 
 
-class IotHubFront:
+class IotHubFront(StartsInContext):
     """A TLS MQTT listener that authenticates like Azure IoT Hub and pipes to mosquitto.
 
     ``hub_host`` is the FQDN it answers as (the server certificate's SAN must name
@@ -467,16 +467,8 @@ class IotHubFront:
             raise TestbedError(f"IoT Hub front thread did not stop within {timeout:g} s")
         self._thread = self._loop = None
 
-    def __enter__(self) -> Self:
-        return self.start() if self._thread is None else self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _is_started(self) -> bool:
+        return self._thread is not None
 
     # -- operator controls (any thread) --------------------------------------------------
 

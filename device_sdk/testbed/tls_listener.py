@@ -54,11 +54,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from device_sdk.errors import TestbedError
 from device_sdk.testbed.hostile_hub import encode_packet
+from device_sdk.testbed.lifecycle import StartsInContext
 from device_sdk.testbed.ports import address_family
 
 __all__ = [
@@ -345,7 +345,7 @@ class ProbeConnection:
 # -- the listener -----------------------------------------------------------------------------
 
 
-class TlsProbeListener:
+class TlsProbeListener(StartsInContext):
     """A loopback TLS server that records each connection's handshake and CONNECT.
 
     ``cert_file``/``key_file``: its server certificate (issue one for the hub's
@@ -421,17 +421,6 @@ class TlsProbeListener:
         alive = [thread.name for thread in self._threads if thread.is_alive()]
         if alive:
             raise TestbedError(f"TLS probe listener threads {alive} did not stop in {timeout} s")
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- what tests use ----------------------------------------------------------------------
 
