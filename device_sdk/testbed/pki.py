@@ -135,29 +135,12 @@ class CertificateAuthority:
         usual call names only the hub's FQDN and no IP at all.
         """
         names = _subject_alt_names(dns_names, ip_addresses)
-        key = ec.generate_private_key(ec.SECP256R1())
-        not_before, not_after = _validity_window(validity)
         common_name = (list(dns_names) or list(ip_addresses))[0].rstrip(".")
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(self.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(min(not_after, self.certificate.not_valid_after_utc))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(cert_sign=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .add_extension(self._authority_key_identifier(), critical=False)
-        )
-        certificate = builder.sign(self._key, hashes.SHA256())
-        return ServerCertificate(
-            certificate=certificate,
-            cert_pem=certificate.public_bytes(serialization.Encoding.PEM),
-            key_pem=_private_key_pem(key),
+        return self._issue(
+            common_name,
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            validity,
+            x509.SubjectAlternativeName(names),
         )
 
     def issue_client_certificate(
@@ -171,6 +154,15 @@ class CertificateAuthority:
         """
         if not common_name or not common_name.isprintable():
             raise ConfigError("common_name", common_name, "printable text")
+        return self._issue(common_name, ExtendedKeyUsageOID.CLIENT_AUTH, validity)
+
+    def _issue(
+        self,
+        common_name: str,
+        usage: x509.ObjectIdentifier,
+        validity: dt.timedelta,
+        alt_names: x509.SubjectAlternativeName | None = None,
+    ) -> ServerCertificate:
         key = ec.generate_private_key(ec.SECP256R1())
         not_before, not_after = _validity_window(validity)
         builder = (
@@ -183,10 +175,12 @@ class CertificateAuthority:
             .not_valid_after(min(not_after, self.certificate.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(cert_sign=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .add_extension(self._authority_key_identifier(), critical=False)
         )
+        if alt_names is not None:
+            builder = builder.add_extension(alt_names, critical=False)
         certificate = builder.sign(self._key, hashes.SHA256())
         return ServerCertificate(
             certificate=certificate,
