@@ -21,6 +21,7 @@ from typing import Literal, Protocol
 from device_sdk.config import OutboxSettings, check_wait
 from device_sdk.core.message_id import MessageIdSource
 from device_sdk.errors import ClientClosed, DeviceSDKError, MessageDropped, OutboxFull
+from device_sdk.message import PublishProperties
 
 log = logging.getLogger("device_sdk")
 
@@ -123,6 +124,10 @@ class OutboundMessage:
     payload: bytes
     qos: int
     handle: PublishHandle | None = field(default=None, repr=False)
+    retain: bool = False
+    properties: PublishProperties | None = None  # MQTT 5 only; None: none set
+    expires_at: float | None = None  # wall clock (time.time()); None: never (publish(ttl=))
+    priority: int = 0  # higher drains first; order is kept within a priority
 
     @property
     def size(self) -> int:
