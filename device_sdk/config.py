@@ -336,6 +336,55 @@ class Credentials:
             raise ConfigError("credentials.password", hidden, f"at most {MAX_STRING_BYTES} bytes")
 
 
+def _check_presence(kind: str, topic: object, payload: object, qos: object, retain: object) -> None:
+    from device_sdk.core.topics import check_topic_name
+
+    check_topic_name(topic, field=f"{kind}.topic")
+    if not isinstance(payload, bytes) or len(payload) > 65_535:
+        raise ConfigError(f"{kind}.payload", "<payload>", "bytes, at most 65535")
+    if qos not in (0, 1) or isinstance(qos, bool):
+        raise ConfigError(f"{kind}.qos", qos, "0 or 1 (QoS 2 is not supported)")
+    _check_bool(f"{kind}.retain", retain)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Will:
+    """The Last Will the hub publishes when the device's link dies without a goodbye.
+
+    Sent in every CONNECT, on every hub, after every failover. ``delay_interval``
+    (MQTT 5) makes the hub wait that many seconds before publishing it, and not
+    publish it at all if the device is back within them: set it above a
+    failover's duration so a device that moved to another hub is not announced
+    offline by the one it left. Retained by default, as presence topics are.
+    """
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+    delay_interval: int = 0
+
+    def __post_init__(self) -> None:
+        _check_presence("will", self.topic, self.payload, self.qos, self.retain)
+        delay = self.delay_interval
+        if isinstance(delay, bool) or not isinstance(delay, int) or not 0 <= delay <= 0xFFFFFFFF:
+            raise ConfigError("will.delay_interval", delay, "whole seconds from 0 to 4294967295")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Birth:
+    """A message published right after every successful connect, before the outbox drains:
+    the "online" half of the presence pattern whose "offline" half is the :class:`Will`."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+    def __post_init__(self) -> None:
+        _check_presence("birth", self.topic, self.payload, self.qos, self.retain)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutboxSettings:
     """Where accepted messages wait for their PUBACK, and how much may wait.
@@ -429,6 +478,13 @@ class ClientConfig:
     concierge: ConciergeSettings | None = None
     # Take the hub list from DNS SRV records; None: the configured hubs.
     srv: SrvSettings | None = None
+    # Presence: the Last Will sent in every CONNECT, and the birth message after it.
+    will: Will | None = None
+    birth: Birth | None = None
+    # When an inbound QoS 1 message is acknowledged: "after_handler" (the PUBACK goes
+    # out once every handler returned, so a crash redelivers it: at least once) or
+    # "on_receipt" (as soon as it arrives: at most once for the application).
+    command_ack: Literal["after_handler", "on_receipt"] = "after_handler"
     # Ask Azure's Device Provisioning Service which hub the device belongs to (see
     # device_sdk.engine.hub_sources); None: the hub list alone decides.
     dps: DpsSettings | None = None
@@ -446,6 +502,8 @@ class ClientConfig:
         if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay <= 0.1:
             raise ConfigError("publish_batch_delay", delay, "seconds from 0 to 0.1")
         check_mqtt_string("message_id_property", self.message_id_property)
+        if self.command_ack not in ("after_handler", "on_receipt"):
+            raise ConfigError("command_ack", self.command_ack, "'after_handler' or 'on_receipt'")
         _check_bool("envelope", self.envelope)
         if self.concierge is not None and self.srv is not None:
             raise ConfigError("srv", self.srv.domain, "unset when a concierge names the hubs")
@@ -468,6 +526,8 @@ class ClientConfig:
             ("supervision", SupervisionPolicy, False),
             ("outbox", OutboxSettings, False),
             ("srv", SrvSettings, True),
+            ("will", Will, True),
+            ("birth", Birth, True),
         ):
             _check_instance(name, getattr(self, name), kind, none_ok=none_ok)
         if self.concierge is not None:
