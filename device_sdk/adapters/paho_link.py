@@ -63,7 +63,7 @@ from device_sdk.adapters.mqtt_rules import (
     refusal,
     varint,
 )
-from device_sdk.config import Credentials, HubEndpoint, TlsSettings
+from device_sdk.config import Credentials, HubEndpoint, TlsSettings, Will
 from device_sdk.core.outcomes import FailureKind, classify_connack, classify_disconnect
 from device_sdk.dedup import wrap_envelope
 from device_sdk.errors import (
@@ -120,6 +120,7 @@ class LinkSettings:
     message_id_property: str = "message-id"
     envelope: bool = False
     max_packet_size: int = 256 * 1024  # inbound limit, see ClientConfig.max_packet_size
+    will: Will | None = None  # sent in every CONNECT of this link
 
 
 class LinkListener(Protocol):
@@ -464,6 +465,7 @@ class PahoLink:
             **session,
         )
         self._sign_in(client, self._settings)
+        self._set_will(client)
         # The engine enforces the in-flight window; paho must never hold messages back.
         client.max_inflight_messages_set(self._settings.inflight_window)
         client.connect_timeout = self._settings.connect_timeout
@@ -472,6 +474,19 @@ class PahoLink:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         return client
+
+    def _set_will(self, client: paho.Client) -> None:
+        """The Last Will goes in every CONNECT; on MQTT 5 with its Will Delay Interval."""
+        will = self._settings.will
+        if will is None:
+            return
+        properties = None
+        if self._mqtt5 and will.delay_interval:
+            properties = _new_properties(PacketTypes.WILLMESSAGE)
+            properties.WillDelayInterval = will.delay_interval
+        client.will_set(
+            will.topic, will.payload, qos=will.qos, retain=will.retain, properties=properties
+        )
 
     @staticmethod
     def _sign_in(client: paho.Client, settings: LinkSettings) -> None:
@@ -749,6 +764,18 @@ class PahoLink:
         result, _mid = self._client.subscribe(topic, qos=qos)
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._report_closed(f"subscribe failed: {paho.error_string(result)}")
+
+    def announce(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Send a presence message (the birth) outside the outbox: no message id, no handle.
+
+        Its PUBACK, if any, matches no message in flight and is ignored. A hub that
+        announced Retain Available = 0 gets it unretained rather than drop the link.
+        """
+        result = self._client.publish(
+            topic, payload, qos=qos, retain=retain and self.retain_available
+        ).rc
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._report_closed(f"publish failed: {paho.error_string(result)}")
 
     def send_ping(self) -> None:
         if not self._client.send_pingreq():

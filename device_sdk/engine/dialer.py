@@ -44,6 +44,7 @@ def link_settings(config: ClientConfig) -> LinkSettings:
         message_id_property=config.message_id_property,
         envelope=config.envelope,
         max_packet_size=config.max_packet_size,
+        will=config.will,
     )
 
 

@@ -614,6 +614,9 @@ class Engine:
             self._commands.clear()  # subscriptions are restored below, from the registry
         for topic, qos in subscriptions:
             link.subscribe(topic, qos)
+        birth = self.config.birth
+        if birth is not None:  # "online", before the outbox drains on this link
+            link.announce(birth.topic, birth.payload, birth.qos, birth.retain)
         link.start_reporting(self._session)
 
     def _connected_now(self, link: PahoLink, now: float) -> None:
