@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 from device_sdk import events
 from device_sdk.client import DeviceClient
 from device_sdk.config import (
+    Birth,
     ClientConfig,
     Credentials,
     DnsSettings,
@@ -13,6 +14,7 @@ from device_sdk.config import (
     OutboxSettings,
     SrvSettings,
     TlsSettings,
+    Will,
 )
 from device_sdk.core.failover import FailoverPolicy
 from device_sdk.core.liveness import LivenessPolicy
@@ -63,6 +65,7 @@ from device_sdk.identity import (
     SasTokenProvider,
     derive_device_key,
 )
+from device_sdk.message import Message, PublishProperties
 from device_sdk.metrics import Metrics
 from device_sdk.outbox import MemoryOutbox, Outbox, PublishHandle
 
@@ -89,6 +92,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "AsyncDeviceClient",
+    "Birth",
     "CallableCredentials",
     "ClientClosed",
     "ClientConfig",
@@ -111,6 +115,7 @@ __all__ = [
     "LinkLost",
     "LivenessPolicy",
     "MemoryOutbox",
+    "Message",
     "MessageNotDeliverable",
     "MessageTooLarge",
     "Metrics",
@@ -129,6 +134,7 @@ __all__ = [
     "ProvisioningUnavailable",
     "PublishError",
     "PublishHandle",
+    "PublishProperties",
     "PublishRejected",
     "QosNotSupported",
     "RecoveryFailed",
@@ -145,6 +151,7 @@ __all__ = [
     "TlsError",
     "TlsSettings",
     "TransientRefusal",
+    "Will",
     "X509Files",
     "__version__",
     "derive_device_key",

@@ -136,6 +136,9 @@ VALID_ARGUMENTS: dict[type, dict[str, Any]] = {
     LivenessPolicy: {},
     SupervisionPolicy: {},
     ConciergeSettings: {"url": "https://concierge.example.com/hubs", "trust": TRUST},
+    device_sdk.Will: {"topic": "devices/d/status", "payload": b"offline"},
+    device_sdk.Birth: {"topic": "devices/d/status", "payload": b"online"},
+    device_sdk.PublishProperties: {},
 }
 
 
@@ -145,7 +148,7 @@ def init_fields(kind: type) -> list[str]:
 
 def test_every_public_value_type_is_walked() -> None:
     # A new public config value must join VALID_ARGUMENTS, and so this walk. (Metrics
-    # is a value the client hands out, never one an application builds; an Identity is
+    # and Message are values the client hands out, never ones an application builds; an Identity is
     # built by a credential provider on the engine thread and checked where it is used,
     # walked below.)
     public = {
@@ -153,7 +156,9 @@ def test_every_public_value_type_is_walked() -> None:
         for name in device_sdk.__all__
         if dataclasses.is_dataclass(getattr(device_sdk, name))
     }
-    assert public - {device_sdk.Metrics, device_sdk.Identity} <= set(VALID_ARGUMENTS)
+    assert public - {device_sdk.Metrics, device_sdk.Identity, device_sdk.Message} <= set(
+        VALID_ARGUMENTS
+    )
 
 
 @pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(device_sdk.Identity)])
