@@ -73,23 +73,68 @@ def check_topic_name(topic: object, *, field: str = "topic") -> None:
     check_mqtt_string(field, topic)
 
 
+SHARE_PREFIX = "$share/"
+
+
 def check_topic_filter(topic_filter: object, *, field: str = "topic filter") -> None:
-    """A subscription filter: '+' fills a whole level, '#' only as the whole last level."""
+    """A subscription filter: '+' fills a whole level, '#' only as the whole last level.
+
+    A shared subscription, ``$share/{group}/{filter}`` (MQTT 5 §4.8.2), needs a
+    group name without '/', '+' or '#', and a valid filter after it.
+    """
     if not isinstance(topic_filter, str) or not topic_filter:
         raise ConfigError(field, shown(topic_filter), "a non-empty string")
     check_mqtt_string(field, topic_filter)  # first: bounds the split below to 65535 bytes
+    if topic_filter.startswith(SHARE_PREFIX):
+        _check_shared(topic_filter, field)
+        topic_filter = subscribed_filter(topic_filter)
+    _check_levels(topic_filter, topic_filter, field)
+
+
+def _check_shared(topic_filter: str, field: str) -> None:
+    group, slash, inner = topic_filter[len(SHARE_PREFIX) :].partition("/")
+    if not group or "+" in group or "#" in group:
+        raise ConfigError(
+            field, shown(topic_filter), "'$share/{group}/{filter}' with a group name without + or #"
+        )
+    if not slash or not inner:
+        raise ConfigError(
+            field, shown(topic_filter), "'$share/{group}/{filter}' with a non-empty filter"
+        )
+
+
+def subscribed_filter(topic_filter: str) -> str:
+    """The filter a subscription matches topics against: a shared one's inner filter."""
+    if not topic_filter.startswith(SHARE_PREFIX):
+        return topic_filter
+    _group, _slash, inner = topic_filter[len(SHARE_PREFIX) :].partition("/")
+    return inner
+
+
+def _check_levels(topic_filter: str, whole: str, field: str) -> None:
     levels = topic_filter.split("/")
     for index, level in enumerate(levels):
         if "+" in level and level != "+":
-            raise ConfigError(field, shown(topic_filter), "'+' only as a whole level")
+            raise ConfigError(field, shown(whole), "'+' only as a whole level")
         if "#" in level and (level != "#" or index != len(levels) - 1):
-            raise ConfigError(field, shown(topic_filter), "'#' only as the whole last level")
+            raise ConfigError(field, shown(whole), "'#' only as the whole last level")
 
 
 def check_qos(qos: object) -> None:
-    """0 or 1 as an int (True is not a QoS); QoS 2 is not offered."""
+    """0 or 1 as an int (True is not a QoS).
+
+    QoS 2 is not supported, on purpose: Azure IoT Hub and AWS IoT Core do not
+    support it, and QoS 1 with the SDK's stable message ids and deduplication
+    downstream gives the same end result for telemetry (each message counted once).
+    """
     if not isinstance(qos, int) or isinstance(qos, bool) or qos not in (0, 1):
-        raise ConfigError("qos", qos, "the integer 0 or 1 (QoS 1 gives at-least-once delivery)")
+        raise ConfigError(
+            "qos",
+            qos,
+            "the integer 0 or 1; QoS 2 is not supported (Azure IoT Hub and AWS IoT Core do "
+            "not support it; QoS 1 with stable message ids and deduplication downstream "
+            "gives the same end result)",
+        )
 
 
 def shown(value: object) -> object:
@@ -115,7 +160,12 @@ def _kind(char: str) -> str:
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
-    """True when ``topic`` matches ``topic_filter`` (``$``-topics only match explicitly)."""
+    """True when ``topic`` matches ``topic_filter`` (``$``-topics only match explicitly).
+
+    A shared subscription ``$share/{group}/{filter}`` matches what its ``filter``
+    matches: the hub delivers the group's messages under their own topic names.
+    """
+    topic_filter = subscribed_filter(topic_filter)
     if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
         return False
     filter_levels = topic_filter.split("/")
