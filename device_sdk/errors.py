@@ -32,11 +32,13 @@ stays on ``__cause__`` for logs.
     ├── PublishError                a publish could not be accepted or completed
     │   ├── OutboxFull              the outbox is at its bound (reject policy); nothing was dropped
     │   ├── MessageDropped          the drop_oldest policy pushed this message out (counted)
+    │   ├── MessageExpired          its TTL passed before its PUBACK; it left the outbox (counted)
     │   ├── ClientClosed            the client was closed before the message was acknowledged
     │   ├── PublishRejected         the hub refused it in its PUBACK (MQTT 5 reason code >= 0x80)
     │   ├── MessageNotDeliverable   this hub can never take it; it left the outbox (counted)
     │   │   ├── MessageTooLarge     over the hub's Maximum Packet Size
     │   │   ├── QosNotSupported     above the hub's Maximum QoS
+    │   │   ├── RetainNotSupported  retained, and the hub announced Retain Available = 0
     │   │   └── PoisonMessage       MQTT 3.1.1: the hub dropped the link over it K times in a row
     │   └── OutboxStorageError      (also an OutboxError) storage refused the write: not accepted
     ├── OutboxError                 the outbox's storage failed
@@ -271,6 +273,27 @@ class MessageDropped(PublishError):
     """The ``drop_oldest`` policy pushed this message out to make room (counted in metrics)."""
 
 
+class MessageExpired(PublishError):
+    """The message's TTL (``publish(ttl=...)``) passed before the hub acknowledged it.
+
+    Stale telemetry is worth less than the fresh readings queued behind it, so
+    the message left the outbox unsent (counted by ``Outbox.expired()``). A
+    message already sent and awaiting its PUBACK is never expired under the
+    engine's feet; it is expired only if its link dies and it would be sent
+    again. ``message_id``, ``topic`` and ``overdue`` (seconds past its expiry
+    when it was removed) say which and by how much.
+    """
+
+    def __init__(self, *, message_id: str, topic: str, overdue: float) -> None:
+        super().__init__(
+            f"message {message_id} on {topic!r} expired {overdue:.3f} s ago, before its "
+            "PUBACK; it left the outbox unsent"
+        )
+        self.message_id = message_id
+        self.topic = topic
+        self.overdue = overdue
+
+
 class ClientClosed(PublishError):
     """The client was closed before the message was acknowledged."""
 
@@ -321,6 +344,14 @@ class MessageTooLarge(MessageNotDeliverable):
 
 class QosNotSupported(MessageNotDeliverable):
     """The message's QoS is above the Maximum QoS the hub announced in its CONNACK."""
+
+
+class RetainNotSupported(MessageNotDeliverable):
+    """The message is retained, and the hub announced Retain Available = 0 in its CONNACK.
+
+    Sending it anyway would make an MQTT 5 hub drop the link (MQTT 5 §3.3.1.3), again
+    on every link; sending it unretained would quietly break what the application asked.
+    """
 
 
 class PoisonMessage(MessageNotDeliverable):

@@ -6,24 +6,63 @@ the bounded in-memory implementation. A message leaves an outbox only when
 link dies, :meth:`Outbox.rewind` puts every unacknowledged message back in
 line, in its original order, so the next link sends them again first: that
 keeps order per topic across reconnects and failovers.
+
+Priority: a message carries a priority from :data:`ROUTINE` (0, the default)
+through :data:`URGENT` (1) up to :data:`HIGHEST_PRIORITY` (9). ``take_unsent``
+hands out higher priorities first (alarms drain before routine readings) and
+keeps acceptance order within a priority, so order per topic holds for
+messages of one priority; ``rewind`` puts unacknowledged messages back in line
+by the same rule.
+
+Expiry: a message put with ``ttl`` seconds carries ``expires_at`` (wall
+clock). Once that passes while it waits to be sent, it leaves the outbox
+unsent and its handle fails with :class:`~device_sdk.errors.MessageExpired`:
+:meth:`Outbox.expire` removes such messages and returns them, and
+``take_unsent`` never hands one out. A message already sent and awaiting its
+PUBACK is not expired: the hub may have it, and its PUBACK is what ends it. If
+its link dies, ``rewind`` puts it back in line, where the next ``expire`` or
+``take_unsent`` catches it. Why the wall clock: a TTL is about the age of a
+reading, and the durable outbox keeps messages across a reboot, which a
+monotonic clock does not survive.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
+import math
 import threading
+import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from device_sdk.config import OutboxSettings, check_wait
 from device_sdk.core.message_id import MessageIdSource
-from device_sdk.errors import ClientClosed, DeviceSDKError, MessageDropped, OutboxFull
+from device_sdk.errors import (
+    ClientClosed,
+    ConfigError,
+    DeviceSDKError,
+    MessageDropped,
+    MessageExpired,
+    OutboxFull,
+)
 from device_sdk.message import PublishProperties
 
 log = logging.getLogger("device_sdk")
+
+ROUTINE = 0  # the default priority: readings that can wait behind others
+URGENT = 1  # drains before every routine message (an alarm)
+HIGHEST_PRIORITY = 9  # priorities are the integers ROUTINE..HIGHEST_PRIORITY
+# MQTT's Message Expiry Interval is a four-byte count of seconds: a longer TTL
+# could not be carried to the hub, so it is refused rather than silently cut.
+MAX_TTL = 4_294_967_295.0
+# How many expired messages ``take_unsent`` keeps for the next ``expire()`` to
+# report; past that only ``expired()`` counts them (an engine that never calls
+# expire() must not hold every stale payload forever).
+_UNREPORTED_LIMIT = 1024
 
 # One lock for every handle: held for a few bytecodes at a time, it is cheaper than
 # a lock and an Event per message, which showed in the publish hot path.
@@ -133,6 +172,9 @@ class OutboundMessage:
     def size(self) -> int:
         return len(self.payload) + len(self.topic)
 
+    def expired_by(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
 
 class Outbox(Protocol):
     """The interface between ``publish()`` and the engine's drain.
@@ -141,11 +183,45 @@ class Outbox(Protocol):
     Implementations must be thread-safe between the two. ``ack`` and ``reject``
     both end a message's life in the outbox: ``ack`` when the hub took it,
     ``reject`` (failing its handle with ``error``) when the hub refused it.
+
+    ``put``'s keyword arguments (``retain``, ``properties``, ``ttl``,
+    ``priority``) and the methods ``expire`` and ``expired`` came later than
+    the rest. An application's own outbox written before them, with only
+    ``put(topic, payload, qos)``, stays usable: the engine calls that short
+    form whenever every extra is at its default, and skips expiry for an
+    outbox without ``expire``. Publishing with a TTL, a priority, retain or
+    properties through such an outbox is refused when it is called.
     """
 
-    def put(self, topic: str, payload: bytes, qos: int) -> OutboundMessage: ...
+    def put(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        *,
+        retain: bool = False,
+        properties: PublishProperties | None = None,
+        ttl: float | None = None,
+        priority: int = ROUTINE,
+    ) -> OutboundMessage:
+        """Accept a message. ``ttl``: seconds it may wait unsent (None: forever);
+        ``priority``: ROUTINE (0) .. HIGHEST_PRIORITY (9), higher drains first."""
+        ...
 
-    def take_unsent(self, limit: int) -> list[OutboundMessage]: ...
+    def take_unsent(self, limit: int) -> list[OutboundMessage]:
+        """Up to ``limit`` messages to send now: higher priority first, then in
+        acceptance order. Never one whose TTL has passed (those expire here)."""
+        ...
+
+    def expire(self, now: float) -> list[OutboundMessage]:
+        """Remove every message waiting to be sent whose ``expires_at <= now``
+        (wall clock), failing its handle with MessageExpired; messages in flight
+        stay. Returns them, and those ``take_unsent`` expired since the last call."""
+        ...
+
+    def expired(self) -> int:
+        """How many messages have expired since this outbox was opened."""
+        ...
 
     def ack(self, seq: int) -> None: ...
 
@@ -163,6 +239,142 @@ class Outbox(Protocol):
         ...
 
 
+def check_extras(
+    *, retain: bool, properties: PublishProperties | None, ttl: float | None, priority: int
+) -> None:
+    """Validate ``put``'s keyword arguments: ConfigError naming the value and what is allowed."""
+    if not isinstance(retain, bool):
+        raise ConfigError("retain", retain, "True or False")
+    if properties is not None and not isinstance(properties, PublishProperties):
+        raise ConfigError("properties", properties, "a PublishProperties or None")
+    if ttl is not None and (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, int | float)
+        or not math.isfinite(ttl)
+        or not 0 < ttl <= MAX_TTL
+    ):
+        raise ConfigError("ttl", ttl, f"None (never expires) or seconds, > 0 and <= {MAX_TTL:.0f}")
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not ROUTINE <= priority <= HIGHEST_PRIORITY
+    ):
+        raise ConfigError(
+            "priority",
+            priority,
+            f"an integer from {ROUTINE} (routine) through {URGENT} (urgent) to {HIGHEST_PRIORITY}",
+        )
+
+
+def fail_expired(messages: Iterable[OutboundMessage], now: float) -> None:
+    """Fail the handles of expired messages (outside any lock: handles run callbacks)."""
+    for message in messages:
+        if message.handle is not None:
+            overdue = now - (message.expires_at or now)
+            message.handle._resolve(
+                MessageExpired(message_id=message.message_id, topic=message.topic, overdue=overdue)
+            )
+
+
+class SendQueue:
+    """The engine's side of an outbox: what to send next, what is in flight, what expires.
+
+    Both outboxes keep their messages in a seq-ordered ``live`` mapping and use
+    this for the rest, under their own lock. Lines are one deque of seqs per
+    priority, so the common case (one priority) costs what a single deque did;
+    a seq whose message left ``live`` meanwhile (acked, dropped, expired) is
+    skipped when reached rather than searched for. Deadlines are a heap of
+    ``(expires_at, seq)`` for messages with a TTL only.
+    """
+
+    __slots__ = ("_deadlines", "_in_flight", "_lanes", "unreported")
+
+    def __init__(self) -> None:
+        self._lanes: list[tuple[int, deque[int]]] = []  # by priority, highest first
+        self._in_flight: set[int] = set()  # taken, not yet acked, rejected or rewound
+        self._deadlines: list[tuple[float, int]] = []
+        self.unreported: list[OutboundMessage] = []  # expired in take(), for expire()
+
+    def add(self, message: OutboundMessage, live: Mapping[int, OutboundMessage]) -> None:
+        """Put a newly stored message at the end of its priority's line."""
+        self._lane(message.priority).append(message.seq)
+        if message.expires_at is not None:
+            heapq.heappush(self._deadlines, (message.expires_at, message.seq))
+            # Acked messages leave stale deadlines behind; with long TTLs they
+            # would pile up, so the heap is rebuilt once they outnumber the live.
+            if len(self._deadlines) > 2 * len(live) + 64:
+                self._deadlines = [
+                    (m.expires_at, m.seq) for m in live.values() if m.expires_at is not None
+                ]
+                heapq.heapify(self._deadlines)
+
+    def _lane(self, priority: int) -> deque[int]:
+        for lane_priority, lane in self._lanes:
+            if lane_priority == priority:
+                return lane
+        lane = deque()
+        self._lanes.append((priority, lane))
+        self._lanes.sort(key=lambda entry: -entry[0])
+        return lane
+
+    def take(
+        self, limit: int, live: Mapping[int, OutboundMessage], now: float
+    ) -> tuple[list[OutboundMessage], list[OutboundMessage]]:
+        """Up to ``limit`` messages to send, by priority then seq; and those found expired.
+
+        The caller removes the expired ones from ``live``.
+        """
+        taken: list[OutboundMessage] = []
+        expired: list[OutboundMessage] = []
+        for _priority, lane in self._lanes:
+            while lane and len(taken) < limit:
+                message = live.get(lane.popleft())
+                if message is None:
+                    continue  # acked, dropped or expired meanwhile
+                if message.expires_at is not None and message.expires_at <= now:
+                    expired.append(message)
+                    continue
+                self._in_flight.add(message.seq)
+                taken.append(message)
+        if expired:
+            room = _UNREPORTED_LIMIT - len(self.unreported)
+            self.unreported += expired[: max(room, 0)]
+        return taken, expired
+
+    def settled(self, seq: int) -> None:
+        """The message left the outbox (acked, rejected): it is no longer in flight."""
+        self._in_flight.discard(seq)
+
+    def rewind(self, live: Mapping[int, OutboundMessage]) -> None:
+        """Nothing is in flight any more: every live message back in line, by priority then seq."""
+        self._in_flight.clear()
+        for _priority, lane in self._lanes:
+            lane.clear()
+        for message in live.values():  # seq order, so each line stays in seq order
+            self._lane(message.priority).append(message.seq)
+
+    def due(self, now: float, live: Mapping[int, OutboundMessage]) -> list[OutboundMessage]:
+        """Messages waiting to be sent whose deadline is ``<= now``; in-flight ones stay.
+
+        The caller removes them from ``live``; their line entries are skipped later.
+        """
+        due: list[OutboundMessage] = []
+        held: list[tuple[float, int]] = []
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            entry = heapq.heappop(deadlines)
+            message = live.get(entry[1])
+            if message is None:
+                continue
+            if entry[1] in self._in_flight:
+                held.append(entry)  # its PUBACK may still come; judged again after a rewind
+            else:
+                due.append(message)
+        for entry in held:
+            heapq.heappush(deadlines, entry)
+        return due
+
+
 class MemoryOutbox:
     """A bounded in-memory outbox. Lost on process exit; use it only where that is acceptable."""
 
@@ -172,22 +384,38 @@ class MemoryOutbox:
         max_messages: int,
         max_bytes: int,
         overflow: Literal["reject", "drop_oldest"] = "reject",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         # The bounds' rules live in OutboxSettings; a bad value is a ConfigError here too.
         OutboxSettings(max_messages=max_messages, max_bytes=max_bytes, overflow=overflow)
         self._max_messages = max_messages
         self._max_bytes = max_bytes
         self._overflow = overflow
+        self._clock = clock  # wall clock, for TTLs; injectable for tests
         self._dropped = 0
+        self._expired = 0
         self._lock = threading.Lock()
         self._pending: OrderedDict[int, OutboundMessage] = OrderedDict()
-        self._unsent: deque[int] = deque()
+        self._line = SendQueue()
         self._bytes = 0
         self._seq = itertools.count(1)
         self._ids = MessageIdSource()  # the same ids as the durable outbox's
         self._closed = False
 
-    def put(self, topic: str, payload: bytes, qos: int) -> OutboundMessage:
+    def put(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        *,
+        retain: bool = False,
+        properties: PublishProperties | None = None,
+        ttl: float | None = None,
+        priority: int = ROUTINE,
+    ) -> OutboundMessage:
+        """Accept a message (see :class:`Outbox`); OutboxFull at the bound under ``reject``."""
+        if retain or properties is not None or ttl is not None or priority:
+            check_extras(retain=retain, properties=properties, ttl=ttl, priority=priority)
         size = len(payload) + len(topic)
         if size > self._max_bytes:
             raise OutboxFull(
@@ -204,10 +432,14 @@ class MemoryOutbox:
                 payload=payload,
                 qos=qos,
                 handle=None,
+                retain=retain,
+                properties=properties,
+                expires_at=None if ttl is None else self._clock() + ttl,
+                priority=priority,
             )
             message.handle = PublishHandle(message.message_id)
             self._pending[message.seq] = message
-            self._unsent.append(message.seq)
+            self._line.add(message, self._pending)
             self._bytes += size
         for old in evicted:
             if old.handle is not None:
@@ -231,13 +463,31 @@ class MemoryOutbox:
         return evicted
 
     def take_unsent(self, limit: int) -> list[OutboundMessage]:
-        taken: list[OutboundMessage] = []
+        now = self._clock()
         with self._lock:
-            while self._unsent and len(taken) < limit:
-                message = self._pending.get(self._unsent.popleft())
-                if message is not None:
-                    taken.append(message)
+            taken, expired = self._line.take(limit, self._pending, now)
+            self._remove_expired(expired)
+        fail_expired(expired, now)
         return taken
+
+    def expire(self, now: float) -> list[OutboundMessage]:
+        with self._lock:
+            due = self._line.due(now, self._pending)
+            self._remove_expired(due)
+            reported, self._line.unreported = self._line.unreported + due, []
+        fail_expired(due, now)
+        return reported
+
+    def _remove_expired(self, messages: list[OutboundMessage]) -> None:
+        for message in messages:
+            del self._pending[message.seq]
+            self._bytes -= message.size
+        self._expired += len(messages)
+
+    def expired(self) -> int:
+        """Messages whose TTL passed before they were sent, since this outbox was opened."""
+        with self._lock:
+            return self._expired
 
     def ack(self, seq: int) -> None:
         self.reject(seq, None)
@@ -247,12 +497,13 @@ class MemoryOutbox:
             message = self._pending.pop(seq, None)
             if message is not None:
                 self._bytes -= message.size
+                self._line.settled(seq)
         if message is not None and message.handle is not None:
             message.handle._resolve(error)
 
     def rewind(self) -> None:
         with self._lock:
-            self._unsent = deque(self._pending)
+            self._line.rewind(self._pending)
 
     def depth(self) -> int:
         with self._lock:

@@ -10,6 +10,18 @@ telemetry. A new outbox is created 0600 whatever the umask, and a missing
 folder 0700; SQLite gives its ``-wal`` and ``-shm`` files the database file's
 mode. An existing outbox that others may read is made private at open (see
 ``_make_private`` for why it is tightened rather than only warned about).
+
+The schema is versioned with ``PRAGMA user_version``. Version 1 held topic,
+payload and QoS; version 2 adds retain, properties (``PublishProperties``
+JSON, NULL for none), expires_at (wall clock, NULL for never) and priority. A
+version-1 file left on a device by an earlier release is migrated in place
+when it is opened for writing, in one transaction (``migrate``): columns
+added with defaults that mean what version 1 meant, so nothing is lost and a
+crash half-way leaves version 1 as it was. A newer version than this code
+reads is refused as :class:`~device_sdk.errors.OutboxCorrupt`, untouched.
+No index besides the primary key: the file is read once, at open, in seq
+order, and every later ordering (priority, expiry) is done in memory, so an
+index would only add cost to every ``put()``.
 """
 
 from __future__ import annotations
@@ -29,13 +41,14 @@ from device_sdk.errors import (
     OutboxCorrupt,
     OutboxStorageError,
 )
+from device_sdk.outbox import HIGHEST_PRIORITY, ROUTINE
 
 log = logging.getLogger("device_sdk")
 
 Synchronous = Literal["FULL", "NORMAL"]
 
 APPLICATION_ID = 0x44534B4F  # "DSKO": PRAGMA application_id, set when the file is created
-SCHEMA_VERSION = 1  # PRAGMA user_version
+SCHEMA_VERSION = 2  # PRAGMA user_version; 1: before retain, properties, expiry, priority
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _HEADER_SIZE = 100
@@ -50,10 +63,18 @@ _SIDE_FILES = ("-wal", "-shm")  # SQLite's write-ahead log and its shared-memory
 # Named in every error about where the outbox lives: the two ways out.
 _PATH_VARIABLE = "DEVICE_SDK_OUTBOX_PATH"  # the profile key outbox.path, from the environment
 
+# What version 2 added to version 1's outbox table; the defaults are what version 1 meant.
+_ADDED_IN_2 = (
+    "ALTER TABLE outbox ADD COLUMN retain INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE outbox ADD COLUMN properties TEXT",
+    "ALTER TABLE outbox ADD COLUMN expires_at REAL",
+    "ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+)
 _SCHEMA = (
     "CREATE TABLE outbox ("
     " seq INTEGER PRIMARY KEY, message_id TEXT NOT NULL, topic TEXT NOT NULL,"
-    " payload BLOB NOT NULL, qos INTEGER NOT NULL)",
+    " payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL DEFAULT 0,"
+    " properties TEXT, expires_at REAL, priority INTEGER NOT NULL DEFAULT 0)",
     # The newest seq and id ever issued, so both keep increasing across a restart
     # even when every message had been acknowledged and deleted.
     "CREATE TABLE outbox_state ("
@@ -61,16 +82,23 @@ _SCHEMA = (
     " last_seq INTEGER NOT NULL, last_message_id TEXT NOT NULL)",
     "INSERT INTO outbox_state VALUES (1, 0, '')",
 )
-_COLUMNS = {
-    "outbox": ("seq", "message_id", "topic", "payload", "qos"),
-    "outbox_state": ("singleton", "last_seq", "last_message_id"),
-}
+_COLUMNS_1 = ("seq", "message_id", "topic", "payload", "qos")
+_COLUMNS_2 = (*_COLUMNS_1, "retain", "properties", "expires_at", "priority")
+_STATE_COLUMNS = ("singleton", "last_seq", "last_message_id")
 _ID_PATTERN = "[0-7]" + "[0-9A-HJKMNP-TV-Z]" * 25  # GLOB for a canonical message id
-_BAD_ROWS = (
+_BAD_ROWS_1 = (
     "SELECT count(*) FROM outbox WHERE typeof(seq) != 'integer'"
     f" OR typeof(message_id) != 'text' OR message_id NOT GLOB '{_ID_PATTERN}'"
     " OR typeof(topic) != 'text'"
     " OR typeof(payload) != 'blob' OR qos NOT IN (0, 1)"
+)
+# Priority's range is the outbox's (ROUTINE..HIGHEST_PRIORITY); properties' JSON
+# is checked when the rows are loaded.
+_BAD_ROWS_2 = (
+    _BAD_ROWS_1 + " OR typeof(retain) != 'integer' OR retain NOT IN (0, 1)"
+    " OR typeof(properties) NOT IN ('null', 'text')"
+    " OR typeof(expires_at) NOT IN ('null', 'real', 'integer')"
+    f" OR typeof(priority) != 'integer' OR priority NOT BETWEEN {ROUTINE} AND {HIGHEST_PRIORITY}"
 )
 _GOOD_STATE = (
     "SELECT count(*) FROM outbox_state WHERE singleton = 1 AND typeof(last_seq) = 'integer'"
@@ -91,7 +119,39 @@ def open_outbox_file(path: Path, synchronous: Synchronous) -> sqlite3.Connection
         _check_writable(path)
         _inspect_read_only(path)
         _make_private(path)  # before the writer opens: a new -wal takes the file's mode
-        return _connect_for_writing(path, synchronous)
+        db = _connect_for_writing(path, synchronous)
+        try:
+            migrate(db, path)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring a version-1 outbox to the current schema, in place, in one transaction.
+
+    Called with the writer's exclusive lock, so the version read here is the
+    one changed. Why in place and not by copying: the file may be most of a
+    small SD card, and the rows themselves do not change, only gain columns.
+    A crash before COMMIT leaves version 1 whole, to be migrated next time.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            db.execute("COMMIT")
+            return
+        if version != 1:  # the checks before opening let only 1 and 2 through
+            raise OutboxCorrupt(f"{path} has outbox schema {version}, which cannot be migrated")
+        for statement in _ADDED_IN_2:
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        rollback_quietly(db)
+        raise
+    log.info("outbox: migrated %s from schema 1 to %d", path, SCHEMA_VERSION)
 
 
 def _ways_out(folder: Path) -> str:
@@ -284,15 +344,18 @@ def _inspect_read_only(path: Path) -> None:
     uri = f"{path.resolve().as_uri()}?{'mode=ro' if has_log else 'immutable=1'}"
     db = sqlite3.connect(uri, uri=True, timeout=_LOCK_TIMEOUT)
     try:
-        _check_version(path, db.execute("PRAGMA user_version").fetchone()[0])
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        _check_version(path, version)
         verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
         if verdict != "ok":
             raise OutboxCorrupt(f"{path} is damaged ({verdict}); it was left untouched")
-        for table, columns in _COLUMNS.items():
+        columns = _COLUMNS_1 if version == 1 else _COLUMNS_2
+        for table, expected in (("outbox", columns), ("outbox_state", _STATE_COLUMNS)):
             found = tuple(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
-            if found != columns:
+            if found != expected:
                 raise OutboxCorrupt(f"{path} has no valid {table} table; it was left untouched")
-        bad = db.execute(_BAD_ROWS).fetchone()[0] + 1 - db.execute(_GOOD_STATE).fetchone()[0]
+        bad_rows = _BAD_ROWS_1 if version == 1 else _BAD_ROWS_2
+        bad = db.execute(bad_rows).fetchone()[0] + 1 - db.execute(_GOOD_STATE).fetchone()[0]
         if bad:
             raise OutboxCorrupt(f"{path} holds {bad} malformed rows; it was left untouched")
     finally:

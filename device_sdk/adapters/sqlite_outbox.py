@@ -49,7 +49,10 @@ fails later (disk full, file size limit, I/O error) makes that ``put()`` raise
 before is untouched.
 
 Pending messages are also kept in memory (bounded by ``max_bytes``), so the
-engine's drain never waits for the file.
+engine's drain never waits for the file. Priorities and expiry work there too
+(see :mod:`device_sdk.outbox`); each row stores its message's retain flag,
+properties, ``expires_at`` and priority, so they hold across a restart, and an
+expired message's row is deleted like an acknowledged one's, lazily.
 
 The files are private. A new outbox and its ``-wal`` and ``-shm`` files are
 created 0600 whatever the umask. An existing outbox that other users can read
@@ -79,8 +82,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -101,9 +104,18 @@ from device_sdk.errors import (
     ConfigError,
     DeviceSDKError,
     MessageDropped,
+    OutboxCorrupt,
     OutboxFull,
 )
-from device_sdk.outbox import OutboundMessage, PublishHandle
+from device_sdk.message import PublishProperties
+from device_sdk.outbox import (
+    ROUTINE,
+    OutboundMessage,
+    PublishHandle,
+    SendQueue,
+    check_extras,
+    fail_expired,
+)
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteOutbox"]
 
@@ -111,9 +123,17 @@ log = logging.getLogger("device_sdk")
 
 Overflow = Literal["reject", "drop_oldest"]
 
-_INSERT = "INSERT INTO outbox (seq, message_id, topic, payload, qos) VALUES "
-_INSERT_ONE = _INSERT + "(?, ?, ?, ?, ?)"
-_INSERT_ROWS = 100  # rows per INSERT: 500 parameters, under SQLite's old limit of 999
+_INSERT = (
+    "INSERT INTO outbox"
+    " (seq, message_id, topic, payload, qos, retain, properties, expires_at, priority) VALUES "
+)
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_ONE = _INSERT + _ROW
+_INSERT_ROWS = 100  # rows per INSERT: 900 parameters, under SQLite's old limit of 999
+_SELECT_ALL = (
+    "SELECT seq, message_id, topic, payload, qos, retain, properties, expires_at, priority"
+    " FROM outbox ORDER BY seq"
+)
 _DELETE_RANGE = "DELETE FROM outbox WHERE seq BETWEEN ? AND ?"
 _SAVE_STATE = "UPDATE outbox_state SET last_seq = ?, last_message_id = ? WHERE singleton = 1"
 
@@ -152,6 +172,7 @@ class SqliteOutbox:
         ids: MessageIdSource | None = None,
         ack_flush_interval: float = 1.0,
         ack_flush_batch: int = 256,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         _check_settings(max_messages, max_bytes, overflow, synchronous, ack_flush_batch)
         if not ack_flush_interval > 0:
@@ -163,13 +184,14 @@ class SqliteOutbox:
         self._flush_interval = ack_flush_interval
         self._flush_batch = ack_flush_batch
         self._ids = ids or MessageIdSource()
+        self._clock = clock  # wall clock, for TTLs; injectable for tests
         self._db = open_outbox_file(self.path, synchronous)
         self._lock = threading.Lock()
         self._batch_done = threading.Condition(self._lock)
         self._acks_waiting = threading.Condition(self._lock)
         self._live: OrderedDict[int, OutboundMessage] = OrderedDict()  # committed, not acked
         self._live_bytes = 0
-        self._unsent: deque[int] = deque()
+        self._line = SendQueue()  # what to send next, what is in flight, what expires
         self._queue: list[_Write] = []  # waiting for a leader to commit them
         # Accepted by put() but not yet committed (queued, or in the running commit):
         # counted against the bounds so concurrent puts cannot overshoot them.
@@ -185,6 +207,7 @@ class SqliteOutbox:
         self._closed = False
         self._db_closed = False
         self._dropped = 0
+        self._expired = 0
         self._last_stored: tuple[int, str] = (0, "")  # newest (seq, message_id) ever stored
         try:
             with open_errors(self.path):
@@ -199,15 +222,31 @@ class SqliteOutbox:
 
     # -- the Outbox interface --------------------------------------------------------------
 
-    def put(self, topic: str, payload: bytes, qos: int) -> OutboundMessage:
+    def put(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        *,
+        retain: bool = False,
+        properties: PublishProperties | None = None,
+        ttl: float | None = None,
+        priority: int = ROUTINE,
+    ) -> OutboundMessage:
         """Store a message; returns once it is committed at the configured sync level."""
+        if retain or properties is not None or ttl is not None or priority:
+            check_extras(retain=retain, properties=properties, ttl=ttl, priority=priority)
         size = len(payload) + len(topic)
         dropped: list[OutboundMessage] = []
         with self._lock:
             if self._closed:
                 raise ClientClosed("the outbox is closed; the message was not accepted")
             self._check_room(size)
-            write = _Write(self._new_message(topic, payload, qos))
+            message = self._new_message(topic, payload, qos)
+            if retain or properties is not None or ttl is not None or priority:
+                message.retain, message.properties, message.priority = retain, properties, priority
+                message.expires_at = None if ttl is None else self._clock() + ttl
+            write = _Write(message)
             self._queue.append(write)
             self._reserved += 1
             self._reserved_bytes += size
@@ -224,13 +263,36 @@ class SqliteOutbox:
         return write.message
 
     def take_unsent(self, limit: int) -> list[OutboundMessage]:
-        taken: list[OutboundMessage] = []
+        """Up to ``limit`` messages to send: by priority, then in order; never an expired one."""
+        now = self._clock()
         with self._lock:
-            while self._unsent and len(taken) < limit:
-                message = self._live.get(self._unsent.popleft())
-                if message is not None:  # acked or dropped meanwhile: skip it
-                    taken.append(message)
+            taken, expired = self._line.take(limit, self._live, now)
+            for message in expired:
+                self._forget(message)
+            self._expired += len(expired)
+        fail_expired(expired, now)
         return taken
+
+    def expire(self, now: float) -> list[OutboundMessage]:
+        """Remove the messages waiting to be sent whose TTL passed by ``now`` (wall clock).
+
+        Their handles fail with MessageExpired and their rows are deleted with
+        the next deletes. Returns them, with those ``take_unsent`` expired since
+        the last call. Messages in flight stay (see :mod:`device_sdk.outbox`).
+        """
+        with self._lock:
+            due = self._line.due(now, self._live)
+            for message in due:
+                self._forget(message)
+            self._expired += len(due)
+            reported, self._line.unreported = self._line.unreported + due, []
+        fail_expired(due, now)
+        return reported
+
+    def expired(self) -> int:
+        """How many messages expired before they were sent, since this outbox opened."""
+        with self._lock:
+            return self._expired
 
     def ack(self, seq: int) -> None:
         self.reject(seq, None)
@@ -238,22 +300,28 @@ class SqliteOutbox:
     def reject(self, seq: int, error: DeviceSDKError | None) -> None:
         """Like ``ack``, but the handle fails with ``error``: the hub refused the message."""
         with self._lock:
-            message = self._live.pop(seq, None)
+            message = self._live.get(seq)
             if message is None:
                 return
-            self._live_bytes -= message.size
-            self._deletes.append(seq)  # lazily: see the module docstring
-            if len(self._deletes) == 1:
-                self._deletes_since = time.monotonic()
-                self._acks_waiting.notify()  # the flusher's interval starts now
-            elif len(self._deletes) == self._flush_batch:
-                self._acks_waiting.notify()
+            self._forget(message)
+            self._line.settled(seq)
         if message.handle is not None:
             message.handle._resolve(error)
 
+    def _forget(self, message: OutboundMessage) -> None:
+        """Under the lock: the message leaves the books; its row's DELETE is queued."""
+        del self._live[message.seq]
+        self._live_bytes -= message.size
+        self._deletes.append(message.seq)  # lazily: see the module docstring
+        if len(self._deletes) == 1:
+            self._deletes_since = time.monotonic()
+            self._acks_waiting.notify()  # the flusher's interval starts now
+        elif len(self._deletes) == self._flush_batch:
+            self._acks_waiting.notify()
+
     def rewind(self) -> None:
         with self._lock:
-            self._unsent = deque(self._live)
+            self._line.rewind(self._live)
 
     def depth(self) -> int:
         with self._lock:
@@ -410,8 +478,7 @@ class SqliteOutbox:
         newest = (batch[-1].message.seq, batch[-1].message.message_id) if batch else None
         statements: list[tuple[str, tuple[object, ...]]]
         if len(batch) == 1 and not deletes:  # a lone publisher's commit: skip the general case
-            m = batch[0].message
-            statements = [(_INSERT_ONE, (m.seq, m.message_id, m.topic, m.payload, m.qos))]
+            statements = [(_INSERT_ONE, _row(batch[0].message))]
         else:
             statements = _insert_statements(list(_messages(batch)))
         if deletes:
@@ -444,7 +511,7 @@ class SqliteOutbox:
                 message = write.message
                 self._live[message.seq] = message
                 self._live_bytes += message.size
-                self._unsent.append(message.seq)
+                self._line.add(message, self._live)
             return []
         first_new = batch[0].message.seq if batch else None
         doomed = {message.seq for message in victims}
@@ -460,7 +527,7 @@ class SqliteOutbox:
             if message.seq not in doomed:
                 self._live[message.seq] = message
                 self._live_bytes += message.size
-                self._unsent.append(message.seq)
+                self._line.add(message, self._live)
         return dropped
 
     def _flush_acks(self) -> None:
@@ -493,22 +560,37 @@ class SqliteOutbox:
 
     def _recover(self) -> int:
         """Load what a previous run left, in order; returns the last seq ever issued."""
-        rows = self._db.execute(
-            "SELECT seq, message_id, topic, payload, qos FROM outbox ORDER BY seq"
-        ).fetchall()
-        for seq, message_id, topic, payload, qos in rows:
+        rows = self._db.execute(_SELECT_ALL).fetchall()
+        for seq, message_id, topic, payload, qos, retain, properties, expires_at, priority in rows:
             message = OutboundMessage(
-                seq=seq, message_id=message_id, topic=topic, payload=payload, qos=qos
+                seq=seq,
+                message_id=message_id,
+                topic=topic,
+                payload=payload,
+                qos=qos,
+                retain=bool(retain),
+                properties=None if properties is None else self._stored_properties(properties),
+                expires_at=expires_at,
+                priority=priority,
             )
             self._live[seq] = message
             self._live_bytes += message.size
-        self._unsent = deque(self._live)
+            self._line.add(message, self._live)
         state = self._db.execute("SELECT last_seq, last_message_id FROM outbox_state").fetchone()
         newest = max([(state[0], state[1]), *((row[0], row[1]) for row in rows[-1:])])
         self._last_stored = newest
         if newest[1]:
             self._ids.observe(newest[1])  # new ids sort after every id issued before
         return int(newest[0])
+
+    def _stored_properties(self, text: str) -> PublishProperties:
+        try:
+            return PublishProperties.from_json(text)
+        except ConfigError as exc:
+            raise OutboxCorrupt(
+                f"{self.path} holds a message with malformed properties ({exc}); "
+                "it was left untouched"
+            ) from exc
 
     def _close_db(self) -> None:
         with self._lock:
@@ -539,16 +621,29 @@ def _insert_statements(messages: list[OutboundMessage]) -> list[tuple[str, tuple
     statements: list[tuple[str, tuple[object, ...]]] = []
     for start in range(0, len(messages), _INSERT_ROWS):
         chunk = messages[start : start + _INSERT_ROWS]
-        parameters = tuple(
-            value for m in chunk for value in (m.seq, m.message_id, m.topic, m.payload, m.qos)
-        )
+        parameters = tuple(value for m in chunk for value in _row(m))
         statements.append((_insert_sql(len(chunk)), parameters))
     return statements
 
 
+def _row(m: OutboundMessage) -> tuple[object, ...]:
+    properties = None if m.properties is None else m.properties.to_json()
+    return (
+        m.seq,
+        m.message_id,
+        m.topic,
+        m.payload,
+        m.qos,
+        m.retain,
+        properties,
+        m.expires_at,
+        m.priority,
+    )
+
+
 @functools.lru_cache(maxsize=_INSERT_ROWS)
 def _insert_sql(rows: int) -> str:
-    return _INSERT + ", ".join(["(?, ?, ?, ?, ?)"] * rows)
+    return _INSERT + ", ".join([_ROW] * rows)
 
 
 def _runs(seqs: list[int]) -> list[tuple[int, int]]:
