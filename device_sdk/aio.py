@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Generic, TypeVar, TypeVarTuple
@@ -33,11 +35,12 @@ from device_sdk.adapters.resolver import Resolver
 from device_sdk.client import DeviceClient
 from device_sdk.config import ClientConfig, check_wait
 from device_sdk.core.topics import check_qos, check_topic_filter
-from device_sdk.errors import ClientClosed, DeviceSDKError
+from device_sdk.errors import ClientClosed, ConfigError, DeviceSDKError
 from device_sdk.events import Event
+from device_sdk.message import Message, PublishProperties
 from device_sdk.metrics import Metrics
 from device_sdk.outbox import MemoryOutbox, Outbox, PublishHandle
-from device_sdk.streams import DEFAULT_MAX_QUEUED, Fanout, Message, StreamBuffer, StreamEnded
+from device_sdk.streams import DEFAULT_MAX_QUEUED, Fanout, StreamBuffer, StreamEnded
 
 __all__ = ["AsyncDeviceClient", "AsyncStream", "Message"]
 
@@ -103,25 +106,63 @@ class AsyncDeviceClient:
         check_wait("timeout", timeout, none_ok=True)  # here, not on the connecting thread
         await _off_loop(f"{self._thread_prefix}-connect", lambda: self._client.connect(timeout))
 
-    def publish_nowait(self, topic: str, payload: bytes | str, qos: int = 1) -> PublishHandle:
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 1,
+        *,
+        retain: bool = False,
+        properties: PublishProperties | None = None,
+        ttl: float | None = None,
+        priority: int = 0,
+    ) -> PublishHandle:
         """Queue a message and return at once; :meth:`acknowledged` awaits its PUBACK.
 
         Like every publish, it is sent and resent across reconnects until the
         hub acknowledges it. With the durable outbox this returns after the
         SQLite commit, on the calling thread (:meth:`publish` commits off the loop).
+        ``retain``, ``properties``, ``ttl`` and ``priority`` are as for
+        :meth:`DeviceClient.publish <device_sdk.client.DeviceClient.publish>`.
         """
-        return self._client.publish(topic, payload, qos)
+        if retain is False and properties is None and ttl is None and priority == 0:
+            return self._client.publish(topic, payload, qos)
+        return self._client.publish(
+            topic, payload, qos, retain=retain, properties=properties, ttl=ttl, priority=priority
+        )
 
-    async def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 1,
+        *,
+        retain: bool = False,
+        properties: PublishProperties | None = None,
+        ttl: float | None = None,
+        priority: int = 0,
+    ) -> None:
         """Queue a message and return once the hub acknowledged it (QoS 1).
 
         Cancelling the wait does not withdraw the message: it stays in the
         outbox and is still delivered. Bound the wait with ``asyncio.timeout``.
         With the durable outbox the message is stored on a worker thread, so a
-        slow disk never blocks the event loop.
+        slow disk never blocks the event loop. The options are as for
+        :meth:`publish_nowait`; a message whose ``ttl`` passes first raises
+        MessageExpired here.
         """
+        put = functools.partial(
+            self.publish_nowait,
+            topic,
+            payload,
+            qos,
+            retain=retain,
+            properties=properties,
+            ttl=ttl,
+            priority=priority,
+        )
         if not self._store_off_loop or self._closed is not None:
-            handle = self.publish_nowait(topic, payload, qos)  # closed: raises ClientClosed
+            handle = put()  # closed: raises ClientClosed
         else:
             if self._store is None:
                 self._store = ThreadPoolExecutor(
@@ -129,9 +170,7 @@ class AsyncDeviceClient:
                 )
             loop = asyncio.get_running_loop()
             try:
-                handle = await loop.run_in_executor(
-                    self._store, self.publish_nowait, topic, payload, qos
-                )
+                handle = await loop.run_in_executor(self._store, put)
             except RuntimeError as exc:  # the executor shut down: close() began meanwhile
                 raise ClientClosed("the client closed; the message was not accepted") from exc
         await self.acknowledged(handle)
@@ -154,6 +193,58 @@ class AsyncDeviceClient:
         """
         self._check_subscription(topic_filter, qos)
         self._ensure_subscribed(topic_filter, qos)
+
+    async def unsubscribe(self, topic_filter: str) -> None:
+        """Stop ``topic_filter``'s subscription, now and after every reconnect.
+
+        Its :meth:`messages` iterators stay open and receive nothing more until
+        the filter is subscribed again. (It does not wait for the UNSUBACK.)
+        """
+        check_topic_filter(topic_filter)
+        self._client.unsubscribe(topic_filter)
+        self._subscribed.pop(topic_filter, None)
+
+    async def request(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        timeout: float,
+        response_topic: str | None = None,
+        properties: PublishProperties | None = None,
+        qos: int = 1,
+    ) -> Message:
+        """Publish a request and await its response (MQTT 5); see
+        :meth:`DeviceClient.request <device_sdk.client.DeviceClient.request>`.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds, ConfigError on MQTT 3.1.1.
+        """
+        check_wait("timeout", timeout, none_ok=False)
+
+        def send() -> tuple[bytes, ConcurrentFuture[Message]]:
+            return self._client._send_request(topic, payload, response_topic, properties, qos)
+
+        if self._store_off_loop and self._closed is None:  # a durable outbox may fsync
+            correlation, response = await _off_loop(f"{self._thread_prefix}-request", send)
+        else:
+            correlation, response = send()
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.wrap_future(response)
+        except TimeoutError:
+            raise TimeoutError(
+                f"no response to the request on {topic!r} within {timeout} s"
+            ) from None
+        finally:
+            self._client._engine.forget_response(correlation)
+
+    async def reply(self, message: Message, payload: bytes | str, qos: int = 1) -> None:
+        """Publish ``payload`` as the response to ``message`` (its Response Topic and
+        Correlation Data) and return on its PUBACK; ConfigError when it named none."""
+        if not isinstance(message, Message):
+            raise ConfigError("message", message, "a Message from messages()")
+        topic, properties = message.reply_properties()
+        await self.publish(topic, payload, qos, properties=properties)
 
     def messages(
         self,
@@ -267,15 +358,17 @@ class AsyncDeviceClient:
     def _ensure_subscribed(self, topic_filter: str, qos: int) -> None:
         if self._subscribed.get(topic_filter) == qos:
             return
-        self._client.subscribe(topic_filter, self._handler_for(topic_filter), qos)
+        self._client.subscribe(topic_filter, self._handler_for(topic_filter), qos, as_message=True)
         self._subscribed[topic_filter] = qos
 
-    def _handler_for(self, topic_filter: str) -> Callable[[str, bytes], None]:
+    def _handler_for(self, topic_filter: str) -> Callable[[Message], None]:
         fanout, every_message = self._fanout_for(topic_filter), self._all_messages
 
-        def deliver(topic: str, payload: bytes) -> None:
+        def deliver(message: Message) -> None:
             # On the engine's callback thread; the streams' sinks only call_soon_threadsafe.
-            message = Message(topic=topic, payload=payload, subscription=topic_filter)
+            # It returns once the message is handed over, so with command_ack =
+            # "after_handler" a QoS 1 message is acknowledged when it is queued for the
+            # iterators, not when the application has read it.
             fanout.send(message)
             every_message.send(message)
 

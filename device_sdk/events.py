@@ -186,6 +186,17 @@ class MessagesDropped(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MessagesExpired(Event):
+    """``count`` messages outlived their ``publish(ttl=...)`` and left the outbox unsent
+    (or unacknowledged); their handles raise MessageExpired."""
+
+    count: int
+
+    def describe(self) -> str:
+        return f"{self.count} message(s) expired (TTL passed) and left the outbox"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MessageRejected(Event):
     """``hub`` refused a message in its PUBACK; its handle raises PublishRejected."""
 

@@ -23,6 +23,7 @@ class Metrics:
     acknowledged: int = 0
     rejected: int = 0  # refused by the hub in a PUBACK (MQTT 5 reason code >= 0x80)
     undeliverable: int = 0  # a hub could never take them (too large, QoS, poison): left
+    expired: int = 0  # their TTL passed before a hub acknowledged them: left the outbox
     protocol_errors: int = 0  # links dropped because the hub broke MQTT
     callback_errors: int = 0  # application callbacks that raised (contained, logged)
     internal_faults: int = 0  # faults of device_sdk's own code on the engine thread

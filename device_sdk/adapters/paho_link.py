@@ -77,6 +77,7 @@ from device_sdk.errors import (
     TransientRefusal,
 )
 from device_sdk.identity.provider import Identity
+from device_sdk.message import Message, PublishProperties
 
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux only
 
@@ -152,18 +153,19 @@ class _HubViolation(Exception):
 
 
 class _PackedProperties:
-    """PUBLISH properties holding only the message-id user property, encoded once.
+    """PUBLISH properties ending with the message-id user property, encoded once.
 
     paho only ever calls ``pack()`` on a PUBLISH's properties (when sending and when
     resending with DUP). Building paho's own Properties object cost about 35 µs per
-    message, more than the rest of publishing; these bytes take about 2 µs.
+    message, more than the rest of publishing; these bytes take about 2 µs. A
+    message with options puts their encoded bytes (``options``) first.
     """
 
     __slots__ = ("_packed",)
 
-    def __init__(self, prefix: bytes, message_id: str) -> None:
+    def __init__(self, prefix: bytes, message_id: str, options: bytes = b"") -> None:
         value = message_id.encode("utf-8")
-        body = prefix + len(value).to_bytes(2, "big") + value
+        body = options + prefix + len(value).to_bytes(2, "big") + value
         self._packed = varint(len(body)) + body
 
     def pack(self) -> bytes:
@@ -177,6 +179,37 @@ def _utf8_pair_prefix(name: str) -> bytes:
     """Property id 0x26 (User Property) and its UTF-8 name: the part that never changes."""
     key = name.encode("utf-8")
     return b"\x26" + len(key).to_bytes(2, "big") + key
+
+
+def _encoded_options(
+    properties: PublishProperties | None, expires_at: float | None, now: float
+) -> bytes:
+    """The MQTT 5 property bytes of a message's options, without the length prefix.
+
+    Built with paho's own Properties (only for messages that have options; the
+    plain path never comes here). User properties keep their order and come last
+    in paho's encoding, so the SDK's message-id pair, appended after, follows them.
+    The Message Expiry Interval is the whole seconds left now, at least 1: the
+    hub forwards what is left, and a message past its expiry never gets here
+    (the outbox's expiry takes it out first).
+    """
+    packet = _new_properties(PacketTypes.PUBLISH)
+    if expires_at is not None:
+        packet.MessageExpiryInterval = max(1, int(expires_at - now))
+    if properties is not None:
+        if properties.payload_format_utf8:
+            packet.PayloadFormatIndicator = 1
+        if properties.content_type is not None:
+            packet.ContentType = properties.content_type
+        if properties.response_topic is not None:
+            packet.ResponseTopic = properties.response_topic
+        if properties.correlation_data is not None:
+            packet.CorrelationData = properties.correlation_data
+        if properties.user_properties:
+            packet.UserProperty = list(properties.user_properties)
+    packed: bytes = packet.pack()  # type: ignore[no-untyped-call]  # paho leaves it unannotated
+    length_bytes = next(i for i, byte in enumerate(packed) if byte < 0x80) + 1
+    return packed[length_bytes:]
 
 
 def _envelope_size(message_id: str, payload_size: int) -> int:
@@ -434,6 +467,8 @@ class PahoLink:
         # The exception the listener raised last, so service() can let it through as it
         # is instead of taking it for a hub's fault.
         self._listener_fault: Exception | None = None
+        # The received message whose on_message report runs now (see _hand_over).
+        self.receiving: Received | None = None
         self.session_present = False
         self.resumed = False  # True after reopen(): the same paho session, resent with DUP
         self.receive_maximum = 65535
@@ -473,6 +508,8 @@ class PahoLink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        # The engine sends every PUBACK itself (ack()): after the handlers, or on receipt.
+        client.manual_ack_set(True)
         return client
 
     def _set_will(self, client: paho.Client) -> None:
@@ -709,24 +746,54 @@ class PahoLink:
         if not reported:
             self._report(lambda listener: listener.on_protocol_error(reason))
 
-    def publish(self, topic: str, payload: bytes, qos: int, message_id: str) -> int:
+    @property
+    def carries_properties(self) -> bool:
+        """True on MQTT 5; MQTT 3.1.1 has no properties at all."""
+        return self._mqtt5
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        message_id: str,
+        *,
+        retain: bool = False,
+        properties: PublishProperties | None = None,
+        expires_at: float | None = None,
+    ) -> int:
         """Send one PUBLISH carrying ``message_id``; returns its packet id.
 
-        A failure to queue it is reported as a closed link, never raised.
+        ``properties`` and ``expires_at`` (wall clock; sent as the Message Expiry
+        Interval left) go out on MQTT 5 only: the session never hands a 3.1.1
+        link a message with properties. A failure to queue it is reported as a
+        closed link, never raised.
         """
-        properties = None
+        packed = None
         if self._mqtt5:
-            properties = _PackedProperties(self._id_property_prefix, message_id)
+            options = b""
+            if properties is not None or expires_at is not None:
+                options = _encoded_options(properties, expires_at, time.time())
+            packed = _PackedProperties(self._id_property_prefix, message_id, options)
         if self._settings.envelope:
             payload = wrap_envelope(message_id, payload)
         info = self._client.publish(
-            topic, payload, qos=qos, properties=cast(Properties, properties)
+            topic, payload, qos=qos, retain=retain, properties=cast(Properties, packed)
         )
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._report_closed(f"publish failed: {paho.error_string(info.rc)}")
         return info.mid
 
-    def publish_size(self, topic: str, payload: bytes, qos: int, message_id: str) -> int:
+    def publish_size(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        message_id: str,
+        *,
+        properties: PublishProperties | None = None,
+        expires_at: float | None = None,
+    ) -> int:
         """The exact size in bytes of the PUBLISH :meth:`publish` would send for this.
 
         Lets the session refuse a message over the hub's :attr:`maximum_packet_size`
@@ -734,7 +801,10 @@ class PahoLink:
         """
         body = 2 + len(topic.encode("utf-8")) + (2 if qos else 0)
         if self._mqtt5:
-            body += len(_PackedProperties(self._id_property_prefix, message_id).pack())
+            options = b""
+            if properties is not None or expires_at is not None:
+                options = _encoded_options(properties, expires_at, time.time())
+            body += len(_PackedProperties(self._id_property_prefix, message_id, options).pack())
         if self._settings.envelope:
             body += _envelope_size(message_id, len(payload))
         else:
@@ -764,6 +834,23 @@ class PahoLink:
         result, _mid = self._client.subscribe(topic, qos=qos)
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._report_closed(f"subscribe failed: {paho.error_string(result)}")
+
+    def unsubscribe(self, topic: str) -> None:
+        result, _mid = self._client.unsubscribe(topic)
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._report_closed(f"unsubscribe failed: {paho.error_string(result)}")
+
+    def ack(self, mid: int, qos: int) -> None:
+        """Acknowledge a received message (PUBACK) on this connection.
+
+        paho sends no PUBACK of its own (manual ack): the engine calls this once
+        the message's handlers returned, or at once, as the client asked.
+        """
+        if qos <= 0:
+            return
+        result = self._client.ack(mid, qos)
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._report_closed(f"PUBACK failed: {paho.error_string(result)}")
 
     def announce(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """Send a presence message (the birth) outside the outbox: no message id, no handle.
@@ -863,8 +950,18 @@ class PahoLink:
         # The topic's bytes were checked before paho decoded them (_publish_problem).
         if hasattr(msg.properties, "TopicAlias"):
             raise _HubViolation("PUBLISH with a Topic Alias (this client allows none)")
-        topic, payload, qos, retain = msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain)
-        self._report(lambda listener: listener.on_message(topic, payload, qos, retain))
+        received = Received(_received_message(msg), msg.mid)
+        self._report(lambda listener: self._hand_over(listener, received))
+
+    def _hand_over(self, listener: LinkListener, received: Received) -> None:
+        # The listener's on_message keeps its (topic, payload, qos, retain) shape; the
+        # whole message and its packet id wait in ``receiving`` while it runs.
+        message = received.message
+        self.receiving = received
+        try:
+            listener.on_message(message.topic, message.payload, message.qos, message.retain)
+        finally:
+            self.receiving = None
 
     def _pingresp(self) -> None:
         self._report(lambda listener: listener.on_pingresp())
@@ -890,6 +987,37 @@ class PahoLink:
             except Exception as exc:
                 self._listener_fault = exc  # the engine's own code: service() lets it through
                 raise
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A message the hub delivered and the packet id its PUBACK must carry."""
+
+    message: Message
+    mid: int
+
+
+def _received_message(msg: paho.MQTTMessage) -> Message:
+    """paho's message as the SDK's Message, its MQTT 5 properties kept as they came."""
+    props = msg.properties
+    expiry = getattr(props, "MessageExpiryInterval", None)
+    correlation = getattr(props, "CorrelationData", None)
+    return Message(
+        topic=msg.topic,
+        payload=bytes(msg.payload),
+        qos=msg.qos,
+        retain=bool(msg.retain),
+        properties=PublishProperties.received(
+            content_type=getattr(props, "ContentType", None),
+            response_topic=getattr(props, "ResponseTopic", None),
+            correlation_data=None if correlation is None else bytes(correlation),
+            user_properties=tuple(
+                (str(name), str(value)) for name, value in getattr(props, "UserProperty", ())
+            ),
+            payload_format_utf8=getattr(props, "PayloadFormatIndicator", 0) == 1,
+        ),
+        message_expiry=None if expiry is None else int(expiry),
+    )
 
 
 def _describe_fault(exc: Exception) -> str:

@@ -24,6 +24,7 @@ from device_sdk.errors import (
     MessageTooLarge,
     PublishRejected,
     QosNotSupported,
+    RetainNotSupported,
 )
 from device_sdk.metrics import MetricsRecorder
 from device_sdk.outbox import OutboundMessage, Outbox
@@ -154,7 +155,18 @@ class LinkSession:
                     return  # the link died under the publish; the next link sends it again
 
     def _send(self, message: OutboundMessage) -> bool:
-        mid = self.link.publish(message.topic, message.payload, message.qos, message.message_id)
+        if message.retain or message.properties is not None or message.expires_at is not None:
+            mid = self.link.publish(
+                message.topic,
+                message.payload,
+                message.qos,
+                message.message_id,
+                retain=message.retain,
+                properties=message.properties,
+                expires_at=message.expires_at,
+            )
+        else:  # the hot path: most telemetry has no options
+            mid = self.link.publish(message.topic, message.payload, message.qos, message.message_id)
         if self.end is not None:
             return False
         if message.qos == 0:
@@ -181,11 +193,26 @@ class LinkSession:
                 message_id=message.message_id,
                 topic=message.topic,
             )
+        if message.retain or message.properties is not None:
+            refusal = self._options_refused(message)
+            if refusal is not None:
+                return refusal
         limit = link.maximum_packet_size
-        # The exact size is computed only when the payload comes near the limit.
-        if limit is None or len(message.payload) + 4 * len(message.topic) + 256 < limit:
+        # The exact size is computed only when the payload comes near the limit, or
+        # when the message carries properties (rare, and their size is open-ended).
+        if limit is None or (
+            message.properties is None
+            and len(message.payload) + 4 * len(message.topic) + 256 < limit
+        ):
             return None
-        size = link.publish_size(message.topic, message.payload, message.qos, message.message_id)
+        size = link.publish_size(
+            message.topic,
+            message.payload,
+            message.qos,
+            message.message_id,
+            properties=message.properties,
+            expires_at=message.expires_at,
+        )
         if size <= limit:
             return None
         return MessageTooLarge(
@@ -195,6 +222,33 @@ class LinkSession:
             message_id=message.message_id,
             topic=message.topic,
         )
+
+    def _options_refused(self, message: OutboundMessage) -> MessageNotDeliverable | None:
+        """A retained message to a hub without Retain Available, or properties on 3.1.1.
+
+        Why refuse rather than send: an MQTT 5 hub that announced Retain Available
+        = 0 drops the link over a retained PUBLISH, on every link; and sending it
+        unretained (or without its properties) would quietly change what the
+        application asked for. Properties reach a 3.1.1 link only from a durable
+        outbox written under MQTT 5; publish() refuses them on 3.1.1.
+        """
+        link, hub = self.link, self.link.hub.name
+        if message.retain and not link.retain_available:
+            return RetainNotSupported(
+                f"{hub} announced Retain Available = 0 in its CONNACK; this message is retained",
+                hub=hub,
+                message_id=message.message_id,
+                topic=message.topic,
+            )
+        properties = message.properties
+        if properties is not None and not properties.empty and not link.carries_properties:
+            return MessageNotDeliverable(
+                f"{hub} speaks MQTT 3.1.1, which cannot carry this message's properties",
+                hub=hub,
+                message_id=message.message_id,
+                topic=message.topic,
+            )
+        return None
 
     def give_up(self, message: OutboundMessage, error: MessageNotDeliverable) -> None:
         """``message`` can never reach this hub: it leaves the outbox, counted and announced."""

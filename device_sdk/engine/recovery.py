@@ -33,6 +33,7 @@ the logic, so they stay here.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import random
 import selectors
@@ -41,6 +42,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import replace
 
 import tenacity
 
@@ -55,13 +58,14 @@ from device_sdk.core.retry import Backoff
 from device_sdk.core.supervision import FaultLog
 from device_sdk.core.topics import topic_matches
 from device_sdk.engine.dialer import Dialer, LinkFactory
-from device_sdk.engine.dispatch import CallbackDispatcher
+from device_sdk.engine.dispatch import AckWhenHandled, CallbackDispatcher, call_handler
 from device_sdk.engine.hub_sources import HubSources
 from device_sdk.engine.link_session import LinkEnd, LinkSession, PoisonWatch, SessionServices
 from device_sdk.engine.renewal import RefusedIdentities, RenewalPlan
 from device_sdk.engine.side_tasks import SideTasks
 from device_sdk.engine.supervision import handle_faults_reported_to
 from device_sdk.errors import (
+    ConfigError,
     ConnectError,
     ConnectRefused,
     ConnectTimeout,
@@ -77,6 +81,7 @@ from device_sdk.errors import (
     Redirected,
     TlsError,
 )
+from device_sdk.message import Message, PublishProperties
 from device_sdk.metrics import Metrics, MetricsRecorder
 from device_sdk.outbox import MemoryOutbox, OutboundMessage, Outbox, PublishHandle
 
@@ -84,6 +89,7 @@ log = logging.getLogger("device_sdk")
 
 EventCallback = Callable[[events.Event], None]
 MessageHandler = Callable[[str, bytes], None]
+MessageCallback = Callable[[Message], None]  # what the engine calls: the faces adapt
 
 # How many attempt causes a NotConnected or RecoveryFailed carries: the latest ones.
 _KEPT_ATTEMPT_ERRORS = 32
@@ -94,6 +100,10 @@ _LONGEST_WAIT = 86_400.0
 # The engine wakes at least this often while connected, so paho's own
 # housekeeping (keepalive bookkeeping) runs even on a silent link.
 _MAX_IDLE_WAIT = 1.0
+
+# How often expired messages (publish(ttl=...)) are taken out of the outbox, connected
+# or not: a handle fails within about this long after its message's expiry.
+_EXPIRY_SWEEP_INTERVAL = 1.0
 
 
 class Engine:
@@ -125,7 +135,12 @@ class Engine:
         self._backoff = Backoff.start()
         self._metrics = MetricsRecorder()
         self._listeners: list[EventCallback] = []
-        self._subscriptions: dict[str, tuple[int, MessageHandler]] = {}
+        self._subscriptions: dict[str, tuple[int, MessageCallback]] = {}
+        # Filters unsubscribed while no link could carry the UNSUBSCRIBE: a resumed
+        # session on the hub still holds them, so they are unsubscribed on connect.
+        self._forgotten: set[str] = set()
+        # Requests waiting for their response, by correlation data (request()).
+        self._requests: dict[bytes, Future[Message]] = {}
         self._lock = threading.Lock()
         self._commands: deque[Callable[[PahoLink], None]] = deque()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -133,6 +148,7 @@ class Engine:
         self._wake_pending = False
         self._puts = 0  # publish() calls so far (approximate under races: only compared)
         self._puts_seen = 0  # ... as of the engine's last wait
+        self._next_sweep = 0.0  # when the outbox is next asked for expired messages
         self._batching = False  # see _batch_while_streaming
         self._io_mask = 0  # what the selector watches on the link's socket
         self._closing = threading.Event()
@@ -227,10 +243,31 @@ class Engine:
                 self._is_finished = finished
             self._status.notify_all()
 
-    def publish(self, topic: str, payload: bytes, qos: int) -> PublishHandle:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        *,
+        retain: bool = False,
+        properties: PublishProperties | None = None,
+        ttl: float | None = None,
+        priority: int = 0,
+    ) -> PublishHandle:
         if self._fatal is not None:
             raise self._fatal  # the retry policy gave up: nothing would ever send it
-        message = self._outbox.put(topic, payload, qos)
+        if retain or properties is not None or ttl is not None or priority:
+            message = self._put_with_options(
+                topic,
+                payload,
+                qos,
+                retain=retain,
+                properties=properties,
+                ttl=ttl,
+                priority=priority,
+            )
+        else:  # the short form: an application's own Outbox written before the options works
+            message = self._outbox.put(topic, payload, qos)
         self._metrics.add(published=1)
         self._puts += 1
         if self._watch_drops:
@@ -238,6 +275,54 @@ class Engine:
         self._wake()
         assert message.handle is not None
         return message.handle
+
+    def _put_with_options(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        *,
+        retain: bool,
+        properties: PublishProperties | None,
+        ttl: float | None,
+        priority: int,
+    ) -> OutboundMessage:
+        try:
+            return self._outbox.put(
+                topic,
+                payload,
+                qos,
+                retain=retain,
+                properties=properties,
+                ttl=ttl,
+                priority=priority,
+            )
+        except TypeError as exc:
+            if _takes_options(self._outbox):
+                raise  # not a signature mismatch: a fault of the outbox, passed on as it is
+            raise ConfigError(
+                "outbox",
+                type(self._outbox).__name__,
+                "an Outbox whose put() takes retain=, properties=, ttl= and priority= "
+                "(this one takes only topic, payload and qos)",
+            ) from exc
+
+    def _sweep_expired(self, now: float) -> None:
+        """Take the messages whose TTL passed out of the outbox, at most once a second.
+
+        Why here and while backing off too: a device offline for an hour must not
+        keep stale readings (nor their waiting handles) until it reconnects. The
+        outbox fails their handles with MessageExpired; this counts and announces.
+        """
+        self._next_sweep = now + _EXPIRY_SWEEP_INTERVAL
+        expire = getattr(self._outbox, "expire", None)  # an application's older Outbox has none
+        if expire is None:
+            return
+        expired = expire(time.time())
+        if expired:
+            self._metrics.add(expired=len(expired))
+            self._emit(events.MessagesExpired(at=now, count=len(expired)))
+            self._emit(events.QueueDepth(at=now, depth=self._outbox.depth()))
 
     def _report_drops(self) -> None:
         with self._lock:
@@ -249,10 +334,45 @@ class Engine:
         if new > 0:
             self._emit(events.MessagesDropped(at=time.monotonic(), count=new))
 
-    def subscribe(self, topic: str, handler: MessageHandler, qos: int) -> None:
+    def subscribe(self, topic: str, handler: MessageCallback, qos: int) -> None:
         with self._lock:
             self._subscriptions[topic] = (qos, handler)
+            self._forgotten.discard(topic)
         self._command(lambda link: link.subscribe(topic, qos))
+
+    def subscribe_once(self, topic: str, handler: MessageCallback) -> None:
+        """Subscribe at QoS 1 unless ``topic`` is subscribed already (request()'s responses)."""
+        with self._lock:
+            if topic in self._subscriptions:
+                return
+        self.subscribe(topic, handler, 1)
+
+    def unsubscribe(self, topic: str) -> None:
+        """Forget ``topic``'s subscription: sent now when connected, never restored."""
+        with self._lock:
+            known = self._subscriptions.pop(topic, None) is not None
+            if known:
+                self._forgotten.add(topic)
+        if known:
+            self._command(lambda link: self._unsubscribe_now(link, topic))
+
+    def _unsubscribe_now(self, link: PahoLink, topic: str) -> None:
+        with self._lock:
+            if topic not in self._forgotten:
+                return  # subscribed again meanwhile: that SUBSCRIBE is already sent
+            self._forgotten.discard(topic)
+        link.unsubscribe(topic)
+
+    def expect_response(self, correlation_data: bytes) -> Future[Message]:
+        """A future the first message carrying ``correlation_data`` resolves (request())."""
+        future: Future[Message] = Future()
+        with self._lock:
+            self._requests[correlation_data] = future
+        return future
+
+    def forget_response(self, correlation_data: bytes) -> None:
+        with self._lock:
+            self._requests.pop(correlation_data, None)
 
     def add_listener(self, callback: EventCallback) -> None:
         with self._lock:
@@ -471,9 +591,14 @@ class Engine:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
+            now = time.monotonic()
+            if now >= self._next_sweep:
+                self._sweep_expired(now)  # TTLs run out during an outage too
             # Event.wait refuses more than threading.TIMEOUT_MAX (OverflowError): a policy
-            # may allow years. Waking once a day to wait again costs nothing.
-            if not self._interrupt.wait(min(remaining, _LONGEST_WAIT)):
+            # may allow years. Waking once a day to wait again costs nothing; waking for
+            # the expiry sweep once a second costs little more.
+            wait = min(remaining, _LONGEST_WAIT, max(0.0, self._next_sweep - now))
+            if not self._interrupt.wait(wait):
                 continue
             if self._closing.is_set():
                 return
@@ -612,6 +737,10 @@ class Engine:
         with self._lock:
             subscriptions = [(topic, qos) for topic, (qos, _h) in self._subscriptions.items()]
             self._commands.clear()  # subscriptions are restored below, from the registry
+            forgotten, self._forgotten = self._forgotten, set()
+        if link.session_present:  # the hub kept the session, and the filters in it
+            for topic in sorted(forgotten):
+                link.unsubscribe(topic)
         for topic, qos in subscriptions:
             link.subscribe(topic, qos)
         birth = self.config.birth
@@ -743,6 +872,8 @@ class Engine:
         streaming = published and bool(session.inflight)  # new messages while others fly
         session.drain()
         now = time.monotonic()
+        if now >= self._next_sweep:
+            self._sweep_expired(now)
         next_check = session.check_liveness(now)
         if session.end is not None or next_check is None:
             return
@@ -863,13 +994,56 @@ class Engine:
         )
 
     def _deliver(self, topic: str, payload: bytes) -> None:
-        """Hand a received message to every matching handler, on the callback thread."""
+        """Hand a received message to every matching handler, on the callback thread.
+
+        Its PUBACK (QoS 1) is sent at once with ``command_ack = "on_receipt"``, or
+        when no handler matched; else once every handler returned (see
+        :class:`~device_sdk.engine.dispatch.AckWhenHandled`).
+        """
+        session = self._session
+        received = session.link.receiving if session is not None else None
+        if session is None or received is None:  # not from a link: nothing to acknowledge
+            message, mid = Message(topic=topic, payload=payload, qos=0), 0
+        else:
+            message, mid = received.message, received.mid
+        self._settle_request(message)
         with self._lock:
             handlers = [
-                h for flt, (_q, h) in self._subscriptions.items() if topic_matches(flt, topic)
+                (flt, h)
+                for flt, (_q, h) in self._subscriptions.items()
+                if topic_matches(flt, topic)
             ]
-        for handler in handlers:
-            self._dispatcher.submit(lambda h=handler: h(topic, payload))  # type: ignore[misc]
+        ack = None
+        if message.qos > 0 and session is not None:
+            if handlers and self.config.command_ack == "after_handler":
+                ack = AckWhenHandled(len(handlers), lambda: self._post_ack(session, mid, message))
+            else:
+                session.link.ack(mid, message.qos)
+        for flt, handler in handlers:
+            delivered = replace(message, subscription=flt)
+            # Dropped (the handlers are far behind): not acknowledged on this link, so a
+            # resumed session delivers it again rather than lose it.
+            self._dispatcher.submit(call_handler(handler, delivered, ack))
+
+    def _settle_request(self, message: Message) -> None:
+        correlation = message.properties.correlation_data
+        if correlation is None:
+            return
+        with self._lock:
+            future = self._requests.pop(correlation, None)
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    def _post_ack(self, session: LinkSession, mid: int, message: Message) -> None:
+        """From the last handler's thread: acknowledge on the engine thread, on its link."""
+        self._post(lambda: self._send_ack(session, mid, message.qos))
+
+    def _send_ack(self, session: LinkSession, mid: int, qos: int) -> None:
+        # Only on the connection the message came on: a packet id means nothing on
+        # another, and the hub delivers an unacknowledged message again on a resumed
+        # session anyway. (A resumed link is the same PahoLink but a new LinkSession.)
+        if self._session is session and session.end is None:
+            session.link.ack(mid, qos)
 
     # -- what the machine asks for between attempts ------------------------------------------
 
@@ -939,6 +1113,18 @@ def _failure_kind(error: ConnectError) -> FailureKind:
     if isinstance(error, ConnectTimeout):
         return FailureKind.UNRESPONSIVE
     return FailureKind.TRANSIENT
+
+
+def _takes_options(outbox: Outbox) -> bool:
+    """True when ``outbox.put`` accepts the publish options as keywords."""
+    try:
+        parameters = inspect.signature(outbox.put).parameters
+    except (TypeError, ValueError):
+        return True  # cannot tell: assume it does, so its own TypeError is passed on
+    names = {"retain", "properties", "ttl", "priority"}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return True
+    return names <= parameters.keys()
 
 
 def close_outbox(outbox: Outbox, error: DeviceSDKError) -> None:
