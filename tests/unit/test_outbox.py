@@ -63,3 +63,25 @@ def test_wait_times_out_while_unacked() -> None:
     assert handle is not None
     with pytest.raises(TimeoutError):
         handle.wait(0.01)
+
+
+def test_deadlines_of_acknowledged_messages_do_not_pile_up() -> None:
+    """Long TTLs on a busy outbox: acked messages' deadlines are pruned, not kept for a day."""
+    outbox = make(max_messages=10, max_bytes=10_000)
+    for _ in range(5000):
+        message = outbox.put("t", b"x", 1, ttl=86_400)
+        assert outbox.take_unsent(1) == [message]
+        outbox.ack(message.seq)
+    assert len(outbox._line._deadlines) <= 2 * outbox.depth() + 65
+
+
+def test_an_engine_that_never_calls_expire_does_not_keep_every_stale_payload() -> None:
+    now = [1000.0]
+    outbox = MemoryOutbox(max_messages=5000, max_bytes=1_000_000, clock=lambda: now[0])
+    for _ in range(3000):
+        outbox.put("t", b"x", 1, ttl=1)
+    now[0] += 2
+    assert outbox.take_unsent(10) == []
+    assert outbox.expired() == 3000  # every one counted ...
+    assert len(outbox.expire(now[0])) == 1024  # ... but only so many kept for the report
+    assert outbox.expire(now[0]) == []

@@ -35,12 +35,14 @@ from device_sdk.errors import (
     ClientClosed,
     ConfigError,
     MessageDropped,
+    MessageExpired,
     OutboxCorrupt,
     OutboxFull,
     OutboxStorageError,
     PublishRejected,
 )
-from device_sdk.outbox import MemoryOutbox, OutboundMessage, Outbox
+from device_sdk.message import PublishProperties
+from device_sdk.outbox import URGENT, MemoryOutbox, OutboundMessage, Outbox
 
 Factory = Callable[..., Outbox]  # make(max_messages=, max_bytes=, overflow=)
 KINDS = ("memory", "sqlite-FULL", "sqlite-NORMAL")
@@ -53,15 +55,18 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
     opened: list[Outbox] = []
 
     def factory(
-        max_messages: int = 100, max_bytes: int = 10_000, overflow: Any = "reject"
+        max_messages: int = 100,
+        max_bytes: int = 10_000,
+        overflow: Any = "reject",
+        clock: Callable[[], float] = time.time,
     ) -> Outbox:
         limits = {"max_messages": max_messages, "max_bytes": max_bytes, "overflow": overflow}
         outbox: Outbox
         if kind == "memory":
-            outbox = MemoryOutbox(**limits)
+            outbox = MemoryOutbox(**limits, clock=clock)
         else:
             path = tmp_path / f"outbox-{len(opened)}.db"
-            outbox = SqliteOutbox(path, synchronous=kind.split("-")[1], **limits)  # type: ignore[arg-type]
+            outbox = SqliteOutbox(path, synchronous=kind.split("-")[1], clock=clock, **limits)  # type: ignore[arg-type]
         opened.append(outbox)
         return outbox
 
@@ -282,6 +287,145 @@ def test_concurrent_publishers_and_a_draining_engine_lose_and_reorder_nothing(
     assert len(accepted) == publishers * per_publisher
 
 
+# -- the contract: priority and expiry ------------------------------------------------------
+
+
+class Clock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_put_keeps_retain_properties_expiry_and_priority(make: Factory) -> None:
+    clock = Clock()
+    outbox = make(clock=clock)
+    properties = PublishProperties(content_type="text/plain", user_properties=(("k", "v"),))
+    message = outbox.put("t", b"x", 1, retain=True, properties=properties, ttl=30, priority=URGENT)
+    plain = outbox.put("t", b"y", 0)
+    assert (message.retain, message.properties, message.priority) == (True, properties, 1)
+    assert message.expires_at == clock.now + 30
+    assert (plain.retain, plain.properties, plain.expires_at, plain.priority) == (
+        False,
+        None,
+        None,
+        0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "value"),
+    [
+        ("ttl", 0),
+        ("ttl", -1.0),
+        ("ttl", float("inf")),
+        ("ttl", float("nan")),
+        ("ttl", True),
+        ("ttl", "60"),
+        ("ttl", 2.0**32),
+        ("priority", -1),
+        ("priority", 10),
+        ("priority", 1.0),
+        ("priority", True),
+        ("retain", 1),
+        ("properties", {"content_type": "x"}),
+    ],
+)
+def test_bad_extras_are_config_errors_and_accept_nothing(
+    make: Factory, extra: str, value: object
+) -> None:
+    outbox = make()
+    with pytest.raises(ConfigError, match=extra):
+        outbox.put("t", b"x", 1, **{extra: value})  # type: ignore[arg-type]
+    assert outbox.depth() == 0
+
+
+def test_higher_priority_drains_first_and_order_holds_within_a_priority(make: Factory) -> None:
+    outbox = make()
+    for name, priority in [("r0", 0), ("a0", 5), ("u0", 1), ("r1", 0), ("a1", 5), ("u1", 1)]:
+        outbox.put("t", name.encode(), 1, priority=priority)
+    assert payloads(outbox.take_unsent(3)) == [b"a0", b"a1", b"u0"]
+    outbox.put("t", b"a2", 1, priority=5)  # an alarm put while routine ones wait: next out
+    assert payloads(outbox.take_unsent(10)) == [b"a2", b"u1", b"r0", b"r1"]
+
+
+def test_rewind_puts_unacked_back_by_priority_then_order(make: Factory) -> None:
+    outbox = make()
+    for name, priority in [("r0", 0), ("u0", 1), ("r1", 0), ("u1", 1), ("r2", 0)]:
+        outbox.put("t", name.encode(), 1, priority=priority)
+    taken = outbox.take_unsent(3)
+    assert payloads(taken) == [b"u0", b"u1", b"r0"]
+    outbox.ack(taken[1].seq)
+    outbox.put("t", b"u2", 1, priority=URGENT)
+    outbox.rewind()  # the link died with u0 and r0 in flight
+    assert payloads(outbox.take_unsent(10)) == [b"u0", b"u2", b"r0", b"r1", b"r2"]
+    ids = [m.message_id for m in sorted(taken, key=lambda m: m.seq)]
+    assert ids == sorted(ids)  # ids still sort in acceptance order, whatever the priority
+
+
+def test_expire_removes_due_messages_fails_their_handles_and_returns_them(
+    make: Factory,
+) -> None:
+    clock = Clock()
+    outbox = make(max_messages=3, clock=clock)
+    stale = outbox.put("t/stale", b"old", 1, ttl=10)
+    later = outbox.put("t", b"later", 1, ttl=60)
+    forever = outbox.put("t", b"forever", 1)
+    assert outbox.expire(clock.now + 9.9) == []
+    assert outbox.expire(clock.now + 12.5) == [stale]
+    assert outbox.depth() == 2 and outbox.expired() == 1
+    assert stale.handle is not None
+    with pytest.raises(MessageExpired, match=rf"{stale.message_id} on 't/stale' expired 2\.500 s"):
+        stale.handle.wait(0)
+    error = stale.handle.error
+    assert isinstance(error, MessageExpired) and error.topic == "t/stale"
+    assert error.overdue == pytest.approx(2.5)
+    assert later.handle is not None and not later.handle.done()
+    outbox.put("t", b"fits", 1)  # the expired message's room is free again
+    assert payloads(outbox.take_unsent(10)) == [b"later", b"forever", b"fits"]
+    assert outbox.expire(clock.now + 10**6) == []  # later is in flight now
+    assert forever.handle is not None and not forever.handle.done()
+
+
+def test_an_in_flight_message_expires_only_once_rewound(make: Factory) -> None:
+    clock = Clock()
+    outbox = make(clock=clock)
+    sent = outbox.put("t", b"a", 1, ttl=5)
+    assert outbox.take_unsent(10) == [sent]
+    clock.now += 60
+    assert outbox.expire(clock.now) == []  # awaiting its PUBACK: the hub may have it
+    assert outbox.depth() == 1
+    outbox.ack(sent.seq)  # ... and it did
+    assert sent.handle is not None and sent.handle.acknowledged
+
+    lost = outbox.put("t", b"b", 1, ttl=5)
+    assert outbox.take_unsent(10) == [lost]
+    clock.now += 60
+    outbox.rewind()  # the link died before its PUBACK
+    assert outbox.expire(clock.now) == [lost]
+    assert outbox.depth() == 0 and outbox.expired() == 1
+
+
+def test_take_unsent_never_hands_out_an_expired_message(make: Factory) -> None:
+    clock = Clock()
+    outbox = make(clock=clock)
+    first = outbox.put("t", b"stale", 1, ttl=1, priority=URGENT)
+    fresh = outbox.put("t", b"fresh", 1, ttl=100)
+    clock.now += 1  # expires_at <= now: expired
+    assert outbox.take_unsent(1) == [fresh]  # the stale one left, and did not use the slot
+    assert outbox.depth() == 1 and outbox.expired() == 1
+    assert first.handle is not None and isinstance(first.handle.error, MessageExpired)
+    assert outbox.expire(clock.now) == [first]  # reported once, by the next expire()
+    assert outbox.expire(clock.now) == []
+    outbox.rewind()
+    clock.now += 1000
+    assert outbox.take_unsent(10) == []  # rewound, then expired in the take
+    assert outbox.depth() == 0 and outbox.expired() == 2
+
+
 # -- SQLite: settings, reopening, the ack flush ---------------------------------------------
 
 
@@ -332,6 +476,38 @@ def test_reopen_returns_the_unacked_in_order_with_their_ids(tmp_path: Path) -> N
         assert outbox.depth() == 4
         newer = outbox.put("t/0", b"new", 1)
         assert newer.seq > sent[-1].seq and newer.message_id > sent[-1].message_id
+
+
+def test_retain_properties_priority_and_expiry_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    clock = Clock()
+    properties = PublishProperties(
+        content_type="application/json",
+        response_topic="reply/here",
+        correlation_data=b"\x00\xffid",
+        user_properties=(("a", "1"), ("a", "2")),
+        payload_format_utf8=True,
+    )
+    with opened(path, clock=clock) as outbox:
+        plain = outbox.put("t", b"plain", 1)
+        rich = outbox.put("t", b"rich", 1, retain=True, properties=properties, ttl=30, priority=7)
+        doomed = outbox.put("t", b"doomed", 1, ttl=5)
+        urgent = outbox.put("t", b"urgent", 0, priority=URGENT)
+    with opened(path, clock=clock) as outbox:
+        recovered = outbox.take_unsent(10)
+        fields = [(m.retain, m.properties, m.expires_at, m.priority) for m in recovered]
+        assert fields == [
+            (True, properties, clock.now + 30, 7),
+            (False, None, None, 1),
+            (False, None, None, 0),
+            (False, None, clock.now + 5, 0),
+        ]
+        assert [m.seq for m in recovered] == [rich.seq, urgent.seq, plain.seq, doomed.seq]
+        outbox.rewind()
+        clock.now += 10  # the device was off longer than doomed's TTL
+        assert [m.seq for m in outbox.expire(clock.now)] == [doomed.seq]
+    with opened(path, clock=clock) as outbox:  # its row went with the close's deletes
+        assert [m.seq for m in outbox.take_unsent(10)] == [rich.seq, urgent.seq, plain.seq]
 
 
 def test_ids_and_seqs_keep_increasing_across_a_restart_even_when_empty(tmp_path: Path) -> None:
