@@ -62,6 +62,34 @@ class PublishProperties:
         if not isinstance(self.payload_format_utf8, bool):
             raise ConfigError("properties.payload_format_utf8", self.payload_format_utf8, "a bool")
 
+    @classmethod
+    def received(
+        cls,
+        *,
+        content_type: str | None = None,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        user_properties: tuple[tuple[str, str], ...] = (),
+        payload_format_utf8: bool = False,
+    ) -> PublishProperties:
+        """The properties a hub delivered, kept as they came, unchecked.
+
+        What an application hands over is checked; what a hub sent is shown as it
+        is. A value an application could not send (a control character in a user
+        property) must not make the message undeliverable: refusing it would drop
+        the link, and a resumed session would deliver it again, forever.
+        """
+        properties = object.__new__(cls)
+        for name, value in (
+            ("content_type", content_type),
+            ("response_topic", response_topic),
+            ("correlation_data", correlation_data),
+            ("user_properties", user_properties),
+            ("payload_format_utf8", payload_format_utf8),
+        ):
+            object.__setattr__(properties, name, value)
+        return properties
+
     @property
     def empty(self) -> bool:
         return self == _EMPTY
@@ -112,7 +140,9 @@ class Message:
     """A message a subscription received.
 
     ``properties`` are the MQTT 5 properties the hub delivered (empty on 3.1.1);
-    ``message_expiry`` is the Message Expiry Interval it carried, if any.
+    ``message_expiry`` is the Message Expiry Interval it carried, if any;
+    ``subscription`` the filter it was delivered for (a message that matches
+    several subscriptions is delivered once for each).
     """
 
     topic: str
@@ -121,3 +151,19 @@ class Message:
     retain: bool = False
     properties: PublishProperties = _EMPTY
     message_expiry: int | None = None
+    subscription: str | None = None
+
+    def reply_properties(self) -> tuple[str, PublishProperties]:
+        """Where a reply to this request goes, and the properties it carries.
+
+        The Response Topic and the Correlation Data this message came with
+        (MQTT 5 request/response); ConfigError when it named no Response Topic.
+        """
+        response_topic = self.properties.response_topic
+        if response_topic is None:
+            raise ConfigError(
+                "message.properties.response_topic",
+                None,
+                f"a Response Topic to reply to (the message on {self.topic!r} carried none)",
+            )
+        return response_topic, PublishProperties(correlation_data=self.properties.correlation_data)

@@ -12,10 +12,13 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 log = logging.getLogger("device_sdk")
 
 _STOP = object()
+
+T = TypeVar("T")
 
 # A callback that never returns must not grow memory for months: past this many
 # waiting calls, new ones are dropped, counted and logged.
@@ -38,9 +41,11 @@ class CallbackDispatcher:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, callback: Callable[[], None]) -> None:
+    def submit(self, callback: Callable[[], None]) -> bool:
+        """Queue ``callback``; False when it was dropped (the queue is full)."""
         try:
             self._queue.put_nowait(callback)
+            return True
         except queue.Full:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
@@ -49,6 +54,7 @@ class CallbackDispatcher:
                     "(an event or message handler is blocked or too slow)",
                     self.dropped,
                 )
+            return False
 
     def close(self, timeout: float) -> None:
         """Run what is queued, then stop; waits at most ``timeout`` seconds."""
@@ -65,3 +71,41 @@ class CallbackDispatcher:
                 log.exception("application callback raised; the client carries on")
                 if self._on_fault is not None:
                     self._on_fault(exc)
+
+
+class AckWhenHandled:
+    """Acknowledges one received message once every handler it was given to has returned.
+
+    Why: a command acknowledged before its handler ran is lost if the device
+    dies meanwhile; acknowledged after, the hub delivers it again on the
+    resumed session. A handler that raised counts as returned, so a command
+    that always fails is not delivered again and again. ``send`` runs on the
+    thread of the last handler; it only posts the PUBACK to the engine thread.
+    """
+
+    def __init__(self, handlers: int, send: Callable[[], None]) -> None:
+        self._left = handlers
+        self._send = send
+        self._lock = threading.Lock()
+
+    def handler_returned(self) -> None:
+        with self._lock:
+            self._left -= 1
+            done = self._left == 0
+        if done:
+            self._send()
+
+
+def call_handler(
+    handler: Callable[[T], None], message: T, ack: AckWhenHandled | None
+) -> Callable[[], None]:
+    """The dispatcher's call of one message handler; ``ack`` learns when it returned."""
+
+    def call() -> None:
+        try:
+            handler(message)
+        finally:
+            if ack is not None:
+                ack.handler_returned()
+
+    return call
