@@ -257,7 +257,7 @@ class DeviceClient:
             raise ConfigError("properties", properties, "a PublishProperties or None")
         self._engine.subscribe_once(response_topic, _ignore_response)
         correlation = secrets.token_bytes(16)
-        future = self._engine.expect_response(correlation)
+        future = self._engine.expect_response(correlation, response_topic)
         sent = replace(
             properties or PublishProperties(),
             response_topic=response_topic,

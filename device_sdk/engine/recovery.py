@@ -139,8 +139,9 @@ class Engine:
         # Filters unsubscribed while no link could carry the UNSUBSCRIBE: a resumed
         # session on the hub still holds them, so they are unsubscribed on connect.
         self._forgotten: set[str] = set()
-        # Requests waiting for their response, by correlation data (request()).
-        self._requests: dict[bytes, Future[Message]] = {}
+        # Requests waiting for their response, by correlation data (request()), with
+        # the topic the response must come on.
+        self._requests: dict[bytes, tuple[str, Future[Message]]] = {}
         self._lock = threading.Lock()
         self._commands: deque[Callable[[PahoLink], None]] = deque()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -363,11 +364,13 @@ class Engine:
             self._forgotten.discard(topic)
         link.unsubscribe(topic)
 
-    def expect_response(self, correlation_data: bytes) -> Future[Message]:
-        """A future the first message carrying ``correlation_data`` resolves (request())."""
+    def expect_response(self, correlation_data: bytes, response_topic: str) -> Future[Message]:
+        """A future the first message on ``response_topic`` carrying ``correlation_data``
+        resolves (request()). The topic matters: a device subscribed to its own request
+        topic receives the request itself, with the same correlation data."""
         future: Future[Message] = Future()
         with self._lock:
-            self._requests[correlation_data] = future
+            self._requests[correlation_data] = (response_topic, future)
         return future
 
     def forget_response(self, correlation_data: bytes) -> None:
@@ -1030,9 +1033,12 @@ class Engine:
         if correlation is None:
             return
         with self._lock:
-            future = self._requests.pop(correlation, None)
-        if future is not None and not future.done():
-            future.set_result(message)
+            waiting = self._requests.get(correlation)
+            if waiting is None or waiting[0] != message.topic:
+                return
+            del self._requests[correlation]
+        if not waiting[1].done():
+            waiting[1].set_result(message)
 
     def _post_ack(self, session: LinkSession, mid: int, message: Message) -> None:
         """From the last handler's thread: acknowledge on the engine thread, on its link."""

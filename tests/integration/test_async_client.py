@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 
-from device_sdk import AsyncDeviceClient, ClientClosed, DeviceClient, events
+from device_sdk import (
+    AsyncDeviceClient,
+    ClientClosed,
+    ConfigError,
+    DeviceClient,
+    Message,
+    PublishProperties,
+    events,
+)
 from device_sdk.adapters.sqlite_outbox import SqliteOutbox
 from device_sdk.aio import AsyncStream
 from device_sdk.outbox import OutboundMessage
@@ -299,3 +307,63 @@ def test_sync_events_iterator_sees_the_failover(testbed: Testbed) -> None:
     assert events.FailedOver in kinds
     assert any(isinstance(e, events.FirstAck) for e in rest)
     assert list(client.events()) == []  # closed: a new iterator ends at once
+
+
+@pytest.mark.asyncio
+async def test_messages_are_messages_with_their_properties(testbed: Testbed) -> None:
+    async with AsyncDeviceClient(testbed.client_config("async-props")) as client:
+        stream = client.messages("props/#")
+        sent = PublishProperties(content_type="text/plain", user_properties=(("k", "v"),))
+        await client.publish("props/1", b"hi", properties=sent)
+        async with asyncio.timeout(5):
+            message = await anext(stream)
+    assert isinstance(message, Message)
+    assert (message.topic, message.payload, message.qos) == ("props/1", b"hi", 1)
+    assert message.subscription == "props/#"
+    assert message.properties.content_type == "text/plain"
+    assert ("k", "v") in message.properties.user_properties
+
+
+@pytest.mark.asyncio
+async def test_an_unsubscribed_filter_delivers_nothing_more(testbed: Testbed) -> None:
+    async with AsyncDeviceClient(testbed.client_config("async-unsub")) as client:
+        everything = client.messages()
+        await client.subscribe("unsub/a")
+        await client.subscribe("unsub/b")
+        await client.publish("unsub/a", b"a0")  # after both SUBSCRIBEs, on the same link
+        async with asyncio.timeout(5):
+            assert (await anext(everything)).payload == b"a0"
+            await client.unsubscribe("unsub/a")
+            # Our own publishes follow the UNSUBSCRIBE on the same link, in order.
+            await client.publish("unsub/a", b"a1")
+            await client.publish("unsub/b", b"b1")
+            assert (await anext(everything)).payload == b"b1"
+
+
+@pytest.mark.asyncio
+async def test_request_and_reply_on_the_async_face(testbed: Testbed) -> None:
+    async with AsyncDeviceClient(testbed.client_config("async-rr")) as client:
+        requests = client.messages("svc/upper")
+
+        async def serve_one() -> None:
+            request = await anext(requests)
+            await client.reply(request, request.payload.upper())
+
+        server = asyncio.create_task(serve_one())
+        async with asyncio.timeout(10):
+            # Subscribed before the request, on the same link: the first request is heard.
+            answer = await client.request("svc/upper", b"shout", timeout=5.0)
+            await server
+        assert answer.payload == b"SHOUT"
+        assert answer.topic == "async-rr/responses"
+        with pytest.raises(TimeoutError, match="no response"):
+            await client.request("svc/nobody", b"?", timeout=0.3)
+
+
+@pytest.mark.asyncio
+async def test_async_request_on_mqtt_3_1_1_is_a_config_error(testbed: Testbed) -> None:
+    config = testbed.client_config("async-old", mqtt_version="3.1.1")
+    async with AsyncDeviceClient(config) as client:
+        with pytest.raises(ConfigError) as caught:
+            await client.request("svc/echo", b"?", timeout=1.0)
+    assert caught.value.field == "mqtt_version"
