@@ -3,6 +3,7 @@ shared subscriptions, the properties a handler sees, and request/response on MQT
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -14,8 +15,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from device_sdk import ConfigError, DeviceClient, Message, PublishProperties, events
-from device_sdk.testbed import Testbed
+from device_sdk import ConfigError, DeviceClient, HubEndpoint, Message, PublishProperties, events
+from device_sdk.testbed import FaultProxy, Testbed
+from device_sdk.testbed.proxy import ProxySpec
 from tests.integration.support import EventLog
 
 pytestmark = pytest.mark.integration
@@ -257,3 +259,48 @@ def test_request_needs_mqtt_5_and_reply_needs_a_response_topic(testbed: Testbed)
         with pytest.raises(ConfigError) as no_topic:
             device.reply(Message(topic="cmd", payload=b"", qos=1), b"")
         assert no_topic.value.field == "message.properties.response_topic"
+
+
+def test_a_filter_unsubscribed_offline_leaves_the_resumed_session_on_the_hub(
+    testbed: Testbed, backend: Backend
+) -> None:
+    """The hub keeps a resumed session's subscriptions: the SDK unsubscribes there too."""
+    broker = testbed.hub("primary").broker
+    proxy = FaultProxy(ProxySpec(target_host=broker.host, target_port=broker.port))
+    proxy.start()
+    log = EventLog()
+    received: queue.Queue[Message] = queue.Queue()
+    base = testbed.client_config("resumer", hubs=["primary"], session_expiry=300)
+    hub = HubEndpoint(name="primary", fqdn="127.0.0.1", port=proxy.port, tls=None)
+    try:
+        with DeviceClient(dataclasses.replace(base, hubs=(hub,)), on_event=log) as device:
+            device.subscribe("off/a", received.put, as_message=True)
+            device.subscribe("off/b", received.put, as_message=True)
+            until_received(lambda: backend.publish("off/b", b"b0"), received)
+            proxy.reset()  # the link dies; the hub keeps the session
+            log.wait_for(events.Disconnected, 5.0)
+            device.unsubscribe("off/a")  # nothing to send it on now
+            proxy.restore()
+            connected = log.wait_for(events.Connected, 10.0, session_present=True)
+            assert connected.session_present  # type: ignore[attr-defined]
+            device.publish("off/sync", b"").wait(5.0)  # after the UNSUBSCRIBE, on that link
+    finally:
+        proxy.stop()
+    # The session outlives the device: whoever resumes it gets what it subscribes to.
+    heir = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id="resumer", protocol=MQTTProtocolVersion.MQTTv5
+    )
+    heard: queue.Queue[bytes] = queue.Queue()
+    joined = threading.Event()
+    heir.on_message = lambda _c, _u, message: heard.put(message.payload)
+    heir.on_connect = lambda *_a: joined.set()
+    heir.connect(broker.host, broker.port, keepalive=10, clean_start=False)
+    heir.loop_start()
+    try:
+        assert joined.wait(5.0)
+        backend.publish("off/a", b"a1")
+        backend.publish("off/b", b"b1")
+        assert heard.get(timeout=5.0) == b"b1"  # a1 was not kept for the session
+    finally:
+        heir.disconnect()
+        heir.loop_stop()
