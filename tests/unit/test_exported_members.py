@@ -19,7 +19,7 @@ PUBLIC = {
     "CallableCredentials", "CredentialError", "CredentialExpired", "CredentialProvider",
     "Identity", "ProvisioningError", "ProvisioningFailed", "ProvisioningRefused",
     "ProvisioningUnavailable", "SasTokenProvider", "X509Files", "derive_device_key",
-    "Birth", "Will", "Message", "PublishProperties",
+    "Birth", "Will", "Message", "PublishProperties", "MessageExpired", "RetainNotSupported",
 }  # fmt: skip
 
 
