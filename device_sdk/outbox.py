@@ -287,17 +287,19 @@ class SendQueue:
     ``(expires_at, seq)`` for messages with a TTL only.
     """
 
-    __slots__ = ("_deadlines", "_in_flight", "_lanes", "unreported")
+    __slots__ = ("_by_priority", "_deadlines", "_in_flight", "_lanes", "unreported")
 
     def __init__(self) -> None:
         self._lanes: list[tuple[int, deque[int]]] = []  # by priority, highest first
+        self._by_priority: dict[int, deque[int]] = {}  # the same lanes, to append to
         self._in_flight: set[int] = set()  # taken, not yet acked, rejected or rewound
         self._deadlines: list[tuple[float, int]] = []
         self.unreported: list[OutboundMessage] = []  # expired in take(), for expire()
 
     def add(self, message: OutboundMessage, live: Mapping[int, OutboundMessage]) -> None:
         """Put a newly stored message at the end of its priority's line."""
-        self._lane(message.priority).append(message.seq)
+        lane = self._by_priority.get(message.priority)
+        (lane if lane is not None else self._lane(message.priority)).append(message.seq)
         if message.expires_at is not None:
             heapq.heappush(self._deadlines, (message.expires_at, message.seq))
             # Acked messages leave stale deadlines behind; with long TTLs they
@@ -309,12 +311,11 @@ class SendQueue:
                 heapq.heapify(self._deadlines)
 
     def _lane(self, priority: int) -> deque[int]:
-        for lane_priority, lane in self._lanes:
-            if lane_priority == priority:
-                return lane
-        lane = deque()
-        self._lanes.append((priority, lane))
-        self._lanes.sort(key=lambda entry: -entry[0])
+        lane = self._by_priority.get(priority)
+        if lane is None:
+            lane = self._by_priority[priority] = deque()
+            self._lanes.append((priority, lane))
+            self._lanes.sort(key=lambda entry: -entry[0])
         return lane
 
     def take(
@@ -431,12 +432,10 @@ class MemoryOutbox:
                 topic=topic,
                 payload=payload,
                 qos=qos,
-                handle=None,
-                retain=retain,
-                properties=properties,
-                expires_at=None if ttl is None else self._clock() + ttl,
-                priority=priority,
             )
+            if retain or properties is not None or ttl is not None or priority:
+                message.retain, message.properties, message.priority = retain, properties, priority
+                message.expires_at = None if ttl is None else self._clock() + ttl
             message.handle = PublishHandle(message.message_id)
             self._pending[message.seq] = message
             self._line.add(message, self._pending)
@@ -494,10 +493,10 @@ class MemoryOutbox:
 
     def reject(self, seq: int, error: DeviceSDKError | None) -> None:
         with self._lock:
+            self._line.settled(seq)
             message = self._pending.pop(seq, None)
             if message is not None:
                 self._bytes -= message.size
-                self._line.settled(seq)
         if message is not None and message.handle is not None:
             message.handle._resolve(error)
 

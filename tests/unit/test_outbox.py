@@ -73,6 +73,7 @@ def test_deadlines_of_acknowledged_messages_do_not_pile_up() -> None:
         assert outbox.take_unsent(1) == [message]
         outbox.ack(message.seq)
     assert len(outbox._line._deadlines) <= 2 * outbox.depth() + 65
+    assert not outbox._line._in_flight  # acked: no longer in flight
 
 
 def test_an_engine_that_never_calls_expire_does_not_keep_every_stale_payload() -> None:

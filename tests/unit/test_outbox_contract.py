@@ -223,6 +223,7 @@ def test_a_dropped_message_in_flight_acks_as_a_no_op(make: Factory) -> None:
     outbox.put("t", b"b", 1)
     outbox.ack(first.seq)  # its PUBACK still arrives
     assert outbox.depth() == 1
+    assert not outbox._line._in_flight  # type: ignore[attr-defined]  # and it is not in flight
     assert payloads(outbox.take_unsent(5)) == [b"b"]
 
 
@@ -629,6 +630,35 @@ def put_concurrently(outbox: SqliteOutbox, threads: int, each: int) -> list[Outb
     for worker in workers:
         worker.join()
     return accepted
+
+
+def test_a_shared_commit_stores_each_message_s_extras(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = SlowStorage(monkeypatch, delay=0.005)
+    properties = PublishProperties(content_type="c")
+    path = tmp_path / "o.db"
+    with opened(path) as outbox:
+
+        def publish(n: int) -> None:
+            for i in range(4):
+                outbox.put(f"t/{n}", b"%d" % i, 1, retain=bool(n % 2), priority=n, ttl=1000 + n)
+                outbox.put(f"t/{n}", b"plain", 1, properties=properties if n else None)
+
+        threads = [threading.Thread(target=publish, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        sent = {m.seq: m for m in outbox.take_unsent(100)}
+    assert max(storage.batches) > 1  # some commits held several messages
+    with opened(path) as outbox:
+        recovered = outbox.take_unsent(100)
+    assert [(m.seq, m.retain, m.properties, m.expires_at, m.priority) for m in recovered] == [
+        (m.seq, m.retain, m.properties, m.expires_at, m.priority)
+        for m in sorted(sent.values(), key=lambda m: (-m.priority, m.seq))
+    ]
+    assert len(recovered) == 48
 
 
 def test_concurrent_puts_never_overshoot_the_reject_bound(
