@@ -255,6 +255,8 @@ class AsyncDeviceClient:
     ) -> AsyncStream[Message]:
         """Iterate over messages delivered for ``topic_filter`` (None: every subscription).
 
+        Each is a :class:`~device_sdk.message.Message`: topic, payload, QoS,
+        retain, the MQTT 5 properties, and the ``subscription`` it came for.
         With a filter, the iterator is attached before subscribing, so not even
         a retained message is missed; the subscription outlives the iterator.
         Overlapping subscriptions deliver a message once per matching filter,
