@@ -190,7 +190,7 @@ class Outbox(Protocol):
     ``put(topic, payload, qos)``, stays usable: the engine calls that short
     form whenever every extra is at its default, and skips expiry for an
     outbox without ``expire``. Publishing with a TTL, a priority, retain or
-    properties through such an outbox is refused when it is called.
+    properties through such an outbox cannot work: its ``put`` does not take them.
     """
 
     def put(
@@ -377,7 +377,10 @@ class SendQueue:
 
 
 class MemoryOutbox:
-    """A bounded in-memory outbox. Lost on process exit; use it only where that is acceptable."""
+    """A bounded in-memory outbox. Lost on process exit; use it only where that is acceptable.
+
+    ``clock`` is the wall clock TTLs are measured on (``time.time``; a test may pass its own).
+    """
 
     def __init__(
         self,

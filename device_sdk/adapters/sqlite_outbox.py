@@ -163,8 +163,9 @@ class SqliteOutbox:
     handles with :class:`~device_sdk.errors.MessageDropped` and counts them in
     :meth:`dropped`. ``ids`` issues message ids (seeded from the file on open);
     acknowledged rows are deleted once ``ack_flush_batch`` of them are pending
-    or ``ack_flush_interval`` seconds after the first. Close it (or the client
-    that owns it) to stop its flush thread and close the file.
+    or ``ack_flush_interval`` seconds after the first. ``clock`` is the wall
+    clock TTLs are measured on. Close it (or the client that owns it) to stop
+    its flush thread and close the file.
     """
 
     def __init__(
