@@ -24,6 +24,11 @@ its link dies, ``rewind`` puts it back in line, where the next ``expire`` or
 ``take_unsent`` catches it. Why the wall clock: a TTL is about the age of a
 reading, and the durable outbox keeps messages across a reboot, which a
 monotonic clock does not survive.
+
+Why one module of over 500 lines: the handle, the message, the interface and
+the parts both outboxes are built from (:class:`SendQueue`, ``check_extras``)
+are one vocabulary that the durable outbox imports whole; :class:`SendQueue`
+is pure (no I/O, no clock of its own) and could move to ``core/`` unchanged.
 """
 
 from __future__ import annotations
