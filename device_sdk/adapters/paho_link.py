@@ -131,7 +131,7 @@ class LinkListener(Protocol):
 
     def on_refused(self, mid: int, reason_code: int, reason: str) -> None: ...
 
-    def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None: ...
+    def on_message(self, received: Received) -> None: ...
 
     def on_pingresp(self) -> None: ...
 
@@ -467,8 +467,6 @@ class PahoLink:
         # The exception the listener raised last, so service() can let it through as it
         # is instead of taking it for a hub's fault.
         self._listener_fault: Exception | None = None
-        # The received message whose on_message report runs now (see _hand_over).
-        self.receiving: Received | None = None
         self.session_present = False
         self.resumed = False  # True after reopen(): the same paho session, resent with DUP
         self.receive_maximum = 65535
@@ -951,17 +949,7 @@ class PahoLink:
         if hasattr(msg.properties, "TopicAlias"):
             raise _HubViolation("PUBLISH with a Topic Alias (this client allows none)")
         received = Received(_received_message(msg), msg.mid)
-        self._report(lambda listener: self._hand_over(listener, received))
-
-    def _hand_over(self, listener: LinkListener, received: Received) -> None:
-        # The listener's on_message keeps its (topic, payload, qos, retain) shape; the
-        # whole message and its packet id wait in ``receiving`` while it runs.
-        message = received.message
-        self.receiving = received
-        try:
-            listener.on_message(message.topic, message.payload, message.qos, message.retain)
-        finally:
-            self.receiving = None
+        self._report(lambda listener: listener.on_message(received))
 
     def _pingresp(self) -> None:
         self._report(lambda listener: listener.on_pingresp())

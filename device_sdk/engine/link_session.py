@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from device_sdk import events
-from device_sdk.adapters.paho_link import PahoLink
+from device_sdk.adapters.paho_link import PahoLink, Received
 from device_sdk.config import ClientConfig
 from device_sdk.core import failover as fsm
 from device_sdk.core.liveness import Dead, LinkWatchdog, SendPing
@@ -34,7 +34,7 @@ from device_sdk.outbox import OutboundMessage, Outbox
 QUOTA_EXCEEDED = 0x97
 
 Emit = Callable[[events.Event], None]
-Deliver = Callable[[str, bytes], None]
+Deliver = Callable[[Received], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,9 +360,9 @@ class LinkSession:
             events.FirstAck(at=now, hub=self.link.hub.name, recovery_seconds=recovery)
         )
 
-    def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def on_message(self, received: Received) -> None:
         self._watchdog.on_received(time.monotonic())
-        self._services.deliver(topic, payload)
+        self._services.deliver(received)
 
     def on_pingresp(self) -> None:
         self._watchdog.on_pingresp(time.monotonic())

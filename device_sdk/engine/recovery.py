@@ -49,7 +49,7 @@ import tenacity
 
 from device_sdk import events
 from device_sdk.adapters.cancel import CancelToken
-from device_sdk.adapters.paho_link import PahoLink
+from device_sdk.adapters.paho_link import PahoLink, Received
 from device_sdk.adapters.resolver import FreshResolver, Resolver
 from device_sdk.config import ClientConfig, HubEndpoint, OutboxSettings
 from device_sdk.core import failover as fsm
@@ -996,7 +996,7 @@ class Engine:
             topic=message.topic,
         )
 
-    def _deliver(self, topic: str, payload: bytes) -> None:
+    def _deliver(self, received: Received) -> None:
         """Hand a received message to every matching handler, on the callback thread.
 
         Its PUBACK (QoS 1) is sent at once with ``command_ack = "on_receipt"``, or
@@ -1004,11 +1004,8 @@ class Engine:
         :class:`~device_sdk.engine.dispatch.AckWhenHandled`).
         """
         session = self._session
-        received = session.link.receiving if session is not None else None
-        if session is None or received is None:  # not from a link: nothing to acknowledge
-            message, mid = Message(topic=topic, payload=payload, qos=0), 0
-        else:
-            message, mid = received.message, received.mid
+        message, mid = received.message, received.mid
+        topic = message.topic
         self._settle_request(message)
         with self._lock:
             handlers = [

@@ -25,7 +25,7 @@ from paho.mqtt.properties import Properties
 
 from device_sdk import DeviceClient, HubEndpoint, RetryPolicy, TlsSettings
 from device_sdk.adapters.cancel import Cancelled, CancelToken
-from device_sdk.adapters.paho_link import LinkSettings, PahoLink
+from device_sdk.adapters.paho_link import LinkSettings, PahoLink, Received
 from device_sdk.core.outcomes import FailureKind
 from device_sdk.errors import (
     ConnectError,
@@ -59,8 +59,8 @@ class Recorder:
     def on_refused(self, mid: int, reason_code: int, reason: str) -> None:
         self.reports.append(("refused", mid, reason_code))
 
-    def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        self.reports.append(("message", topic, payload))
+    def on_message(self, received: Received) -> None:
+        self.reports.append(("message", received.message.topic, received.message.payload))
 
     def on_pingresp(self) -> None:
         self.reports.append(("pingresp",))
@@ -353,7 +353,7 @@ class FaultyListener(Recorder):
     def on_ack(self, mid: int) -> None:
         raise self.fault
 
-    def on_message(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+    def on_message(self, received: Received) -> None:
         raise self.fault
 
 
