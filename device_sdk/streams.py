@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Generic, Protocol, TypeVar
 
@@ -37,15 +36,6 @@ T = TypeVar("T")
 T_contra = TypeVar("T_contra", contravariant=True)
 
 DEFAULT_MAX_QUEUED = 1000
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Message:
-    """One message a hub delivered, and the subscription filter it was delivered for."""
-
-    topic: str
-    payload: bytes
-    subscription: str
 
 
 class StreamEnded(Exception):
