@@ -6,8 +6,11 @@ broken IPv6 route on a cellular modem, a withdrawn load-balancer address) costs
 a whole connect timeout before the next one is tried, and that on every
 attempt of an outage. As RFC 8305 recommends, connects start 250 ms apart, a
 failure starts the next one at once, and the first to complete wins. Only TCP
-is raced: the dialer then opens the real link (TLS, CONNECT) to the winner
-first and to the others after it, so nothing about TLS or MQTT changes.
+is raced. The winner's connected socket is handed to the caller, which opens
+the real link (TLS, CONNECT) on it: one attempt is one TCP connection to the
+hub. Why that matters: closing the winner and dialling it again doubled the
+connections a hub saw, made TLS brokers log a failed handshake for every
+connect, and broke servers that accept one connection only.
 """
 
 from __future__ import annotations
@@ -30,10 +33,19 @@ CONNECTION_ATTEMPT_DELAY = 0.25
 
 @dataclass(frozen=True, slots=True)
 class Race:
-    """The first address that accepted a TCP connection, and why the others did not."""
+    """The first address that accepted a TCP connection, its socket, and why the others did not.
+
+    ``sock`` is the winner's connected, non-blocking socket: the caller owns it
+    and must close it (:meth:`close` does) if it does not use it.
+    """
 
     winner: str | None
     failures: dict[str, OSError]  # every address that lost by failing or running out of time
+    sock: socket.socket | None = None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
 
 
 def race_connects(
@@ -46,9 +58,9 @@ def race_connects(
 ) -> Race:
     """Race TCP connects to ``addresses`` (in their order, ``stagger`` apart) for ``timeout``.
 
-    Every socket opened here is closed before it returns; the winner is dialled
-    again by the caller. Bounded: at most one connect per address, and no wait
-    past ``timeout``. ``cancel`` ends the race at once with
+    Every socket opened here is closed before it returns, except the winner's,
+    which the race hands over in :attr:`Race.sock`. Bounded: at most one connect
+    per address, and no wait past ``timeout``. ``cancel`` ends the race at once with
     :class:`~device_sdk.adapters.cancel.Cancelled`.
     """
     cancel.check("the connect race")
@@ -82,9 +94,10 @@ def race_connects(
                     address = racing.pop(done)
                     selector.unregister(done)
                     code = done.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    done.close()
                     if code == 0:
-                        return Race(winner=address, failures=failures)
+                        done.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        return Race(winner=address, failures=failures, sock=done)
+                    done.close()
                     failures[address] = OSError(code, os.strerror(code))
                     next_start = time.monotonic()  # a failure starts the next one at once
         finally:

@@ -306,6 +306,7 @@ class _DialingClient(paho.Client):
         self._sdk_deadline = 0.0
         self._sdk_cancel = NEVER
         self._sdk_tls_context: ssl.SSLContext | None = None
+        self._sdk_connected: socket.socket | None = None  # handed over by the connect race
         self._sdk_mqtt5 = kwargs.get("protocol") == MQTTProtocolVersion.MQTTv5
         self._sdk_max_packet_size = max_packet_size
         self._sdk_largest_body = largest_body(max_packet_size)
@@ -317,11 +318,18 @@ class _DialingClient(paho.Client):
         self.suppress_exceptions = False
 
     def prepare_dial(
-        self, *, deadline: float, cancel: CancelToken, tls_context: ssl.SSLContext | None
+        self,
+        *,
+        deadline: float,
+        cancel: CancelToken,
+        tls_context: ssl.SSLContext | None,
+        connected: socket.socket | None = None,
     ) -> None:
-        """What the next dial waits until, what cuts it short, and the TLS context to use."""
+        """What the next dial waits until, what cuts it short, the TLS context to use,
+        and a TCP connection to the address already open (the connect race's winner)."""
         self._sdk_deadline, self._sdk_cancel = deadline, cancel
         self._sdk_tls_context = tls_context
+        self._sdk_connected = connected
         if tls_context is not None and self._ssl_context is None:
             self.tls_set_context(tls_context)  # turns paho's TLS path on, once
 
@@ -333,7 +341,11 @@ class _DialingClient(paho.Client):
         # paho would pass its host (the FQDN) to create_connection and let the OS
         # resolve and cache it. The SDK resolved it fresh a moment ago: dial that, and
         # let close() cut the connect short.
-        sock = connect_tcp(self._sdk_dial_address, self._port, self._sdk_deadline, self._sdk_cancel)
+        sock, self._sdk_connected = self._sdk_connected, None
+        if sock is None:
+            sock = connect_tcp(
+                self._sdk_dial_address, self._port, self._sdk_deadline, self._sdk_cancel
+            )
         return _ReadAheadSocket(sock)
 
     def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
@@ -536,13 +548,21 @@ class PahoLink:
 
     # -- opening ---------------------------------------------------------------------------
 
-    def open(self, deadline: float, cancel: CancelToken = NEVER) -> None:
+    def open(
+        self,
+        deadline: float,
+        cancel: CancelToken = NEVER,
+        *,
+        connected: socket.socket | None = None,
+    ) -> None:
         """Dial, handshake TLS, send CONNECT and wait for CONNACK until ``deadline``.
 
         Raises a :class:`ConnectError` subclass; never a paho, ssl or socket error.
         ``cancel`` cuts every wait short (:class:`~device_sdk.adapters.cancel.Cancelled`).
+        ``connected`` is a TCP connection to :attr:`address` already open (the
+        connect race's winner): the link takes it over instead of dialling again.
         """
-        self._establish(self._dial, deadline, cancel)
+        self._establish(self._dial, deadline, cancel, connected)
 
     def reopen(
         self,
@@ -551,6 +571,7 @@ class PahoLink:
         cancel: CancelToken = NEVER,
         *,
         identity: Identity | None = None,
+        connected: socket.socket | None = None,
     ) -> None:
         """Connect the same paho session again, possibly at a new address of the same hub.
 
@@ -568,19 +589,31 @@ class PahoLink:
         self._connack = None
         self._closed_reported = False
         self.resumed = True
-        self._establish(self._redial, deadline, cancel)
+        self._establish(self._redial, deadline, cancel, connected)
 
-    def _establish(self, dial: Callable[[], None], deadline: float, cancel: CancelToken) -> None:
+    def _establish(
+        self,
+        dial: Callable[[], None],
+        deadline: float,
+        cancel: CancelToken,
+        connected: socket.socket | None,
+    ) -> None:
         self._listener = None
         try:
             cancel.check(f"connecting to {self.hub.name}")
             tls_context = self._fresh_tls_context()
-            self._client.prepare_dial(deadline=deadline, cancel=cancel, tls_context=tls_context)
+            self._client.prepare_dial(
+                deadline=deadline, cancel=cancel, tls_context=tls_context, connected=connected
+            )
             self._translating_dial_errors(dial)
             self._await_connack(deadline, cancel)
         except ConnectError:
             self.abort()
             raise
+        finally:
+            if connected is not None and self._client._sdk_connected is connected:
+                self._client._sdk_connected = None  # never dialled on: it is closed here
+                connected.close()
         code, self.session_present, reference = self._connack or (0, False, None)
         self._raise_for_connack(code, reference)
 

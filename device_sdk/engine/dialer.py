@@ -14,6 +14,7 @@ the retry policy do those.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -119,28 +120,43 @@ class Dialer:
         resume: PahoLink | None,
         settings: LinkSettings,
     ) -> PahoLink:
-        """Try every resolved address in turn; a CONNACK refusal ends the attempt at once."""
+        """Try every resolved address in turn; a CONNACK refusal ends the attempt at once.
+
+        With several addresses the connect race goes first, and its winner's TCP
+        connection is the one the link opens on: one attempt, one connection.
+        """
+        connected: socket.socket | None = None
         if len(addresses) > 1:
-            addresses = self._first_to_answer(hub, addresses)
+            addresses, connected = self._first_to_answer(hub, addresses)
         last_error: ConnectError | None = None
-        for address in addresses:
-            deadline = time.monotonic() + self._connect_timeout
-            try:
-                return self._dial(hub, address, deadline, resume, settings)
-            except Cancelled:
-                raise  # closing: not a failure of this address, and no next one
-            except ConnectError as exc:
-                self._emit(
-                    events.DialFailed(at=time.monotonic(), hub=hub.name, address=address, error=exc)
-                )
-                if isinstance(exc, ConnectRefused):
-                    raise  # the hub itself answered: another address of it will say the same
-                last_error = exc
+        try:
+            for address in addresses:
+                deadline = time.monotonic() + self._connect_timeout
+                handed, connected = connected, None  # only the winner's, and only once
+                try:
+                    return self._dial(hub, address, deadline, resume, settings, connected=handed)
+                except Cancelled:
+                    raise  # closing: not a failure of this address, and no next one
+                except ConnectError as exc:
+                    self._emit(
+                        events.DialFailed(
+                            at=time.monotonic(), hub=hub.name, address=address, error=exc
+                        )
+                    )
+                    if isinstance(exc, ConnectRefused):
+                        raise  # the hub itself answered: another address of it says the same
+                    last_error = exc
+        finally:
+            if connected is not None:
+                connected.close()
         assert last_error is not None
         raise last_error
 
-    def _first_to_answer(self, hub: HubEndpoint, addresses: tuple[str, ...]) -> tuple[str, ...]:
-        """``addresses`` with the first to accept TCP in front; raises when none did.
+    def _first_to_answer(
+        self, hub: HubEndpoint, addresses: tuple[str, ...]
+    ) -> tuple[tuple[str, ...], socket.socket]:
+        """``addresses`` with the first to accept TCP in front, and that connection;
+        raises when none did.
 
         Why race first: dialled in turn, an address whose packets vanish costs a
         whole connect timeout before the next is tried. When no address answers
@@ -150,8 +166,9 @@ class Dialer:
         race = race_connects(
             addresses, hub.port, timeout=self._connect_timeout, cancel=self._cancel
         )
-        if race.winner is not None:
-            return (race.winner, *(a for a in addresses if a != race.winner))
+        if race.winner is not None and race.sock is not None:
+            ordered = (race.winner, *(a for a in addresses if a != race.winner))
+            return ordered, race.sock
         error: DialError | None = None
         for address in addresses:
             error = DialError(
@@ -172,10 +189,21 @@ class Dialer:
         deadline: float,
         resume: PahoLink | None,
         settings: LinkSettings,
+        *,
+        connected: socket.socket | None = None,
     ) -> PahoLink:
         if resume is not None:
-            resume.reopen(address, deadline, cancel=self._cancel, identity=settings.identity)
+            resume.reopen(
+                address,
+                deadline,
+                cancel=self._cancel,
+                identity=settings.identity,
+                connected=connected,
+            )
             return resume
         link = self._link_factory(hub, address, settings)
-        link.open(deadline, cancel=self._cancel)
+        if connected is None:
+            link.open(deadline, cancel=self._cancel)
+        else:
+            link.open(deadline, cancel=self._cancel, connected=connected)
         return link

@@ -62,7 +62,11 @@ def test_a_silent_address_loses_the_race_after_one_stagger() -> None:
         started = time.monotonic()
         race = race_connects((BLACKHOLE, "127.0.0.2"), port, timeout=5.0)
         took = time.monotonic() - started
-        assert _open_fds() == fds  # every raced socket is closed
+        # Every raced socket is closed but the winner's, which is handed over connected.
+        assert _open_fds() == fds + 1
+        assert race.sock is not None and race.sock.getpeername()[0] == "127.0.0.2"
+        race.close()
+        assert _open_fds() == fds
     assert race.winner == "127.0.0.2"
     assert CONNECTION_ATTEMPT_DELAY <= took < 2.0, took
 
@@ -72,6 +76,7 @@ def test_a_refusing_address_starts_the_next_at_once() -> None:
         started = time.monotonic()
         race = race_connects(("127.0.0.3", "127.0.0.2"), port, timeout=5.0)  # nobody on .3
         took = time.monotonic() - started
+        race.close()
     assert race.winner == "127.0.0.2"
     assert isinstance(race.failures["127.0.0.3"], ConnectionRefusedError)
     assert took < CONNECTION_ATTEMPT_DELAY, took
@@ -130,3 +135,19 @@ def test_a_hub_whose_addresses_all_stay_silent_fails_once_per_timeout(testbed: T
     assert isinstance(first, DialError) and first.hub == "primary"
     failed = {e.address for e in log.of(events.DialFailed)[:2]}  # type: ignore[attr-defined]
     assert failed == {BLACKHOLE, "127.0.0.10"}  # both reported after one connect timeout
+
+
+def test_one_attempt_opens_one_tcp_connection_at_the_hub(testbed: Testbed) -> None:
+    # Two addresses make the dialer race them. The winner's connection is the one the
+    # link opens on: the hub sees one connection, not a throwaway probe and then the
+    # real one (which doubled its connections and broke single-accept servers).
+    assert testbed.dns is not None
+    primary = testbed.hub("primary")
+    testbed.dns.set_address(primary.fqdn, ["127.0.0.9", primary.address], ttl=1)  # .9: refused
+    config = testbed.client_config("one-connection", hubs=["primary"])
+    before = len(primary.broker.connection_attempts())
+    with DeviceClient(config) as client:
+        client.publish("eyeballs/one", "1").wait(5)
+        assert client.metrics().attempts == 1
+    seen = primary.broker.connection_attempts()[before:]
+    assert len(seen) == 1, seen
