@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import selectors
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,12 +112,13 @@ class FreshResolver:
             return Resolution(fqdn, _LOCALHOST, 0)
         end = self._end(deadline)
         servers = self._nameservers()
+        aaaa = _Background(lambda: self._lookup(host, "AAAA", servers, end))
+        if self._settings.ipv6:
+            aaaa.start()  # asked at the same time as A: a lookup costs one round trip
         v4, v4_error = self._lookup(host, "A", servers, end)
         if isinstance(v4_error, NameNotFound):
-            raise v4_error  # no point asking AAAA of a name that does not exist
-        v6, v6_error = (
-            self._lookup(host, "AAAA", servers, end) if self._settings.ipv6 else ((), None)
-        )
+            raise v4_error  # the name does not exist: the AAAA answer cannot change that
+        v6, v6_error = aaaa.result(end) if self._settings.ipv6 else ((), None)
         addresses = _interleave(_addresses(v6), _addresses(v4))
         queried = 2 if self._settings.ipv6 else 1
         if addresses:
@@ -187,6 +189,42 @@ class FreshResolver:
         # dnspython's own error, for logs (its constructor is unannotated).
         cause = dns.resolver.NoNameservers(request=query, errors=errors)  # type: ignore[no-untyped-call]
         return (), _failure(f"every nameserver failed for {host} {rdtype}: {cause}", cause)
+
+
+_Lookup = tuple[tuple[dns.rdata.Rdata, ...], ResolveError | None]
+
+
+class _Background:
+    """One lookup on a short-lived thread, so A and AAAA are asked at the same time.
+
+    Whatever the lookup raises (``Cancelled`` when the client closes) is kept and
+    raised again by :meth:`result` in the caller's thread: never lost with the
+    thread. The lookup is bounded by the same ``end`` as the caller's.
+    """
+
+    def __init__(self, lookup: Callable[[], _Lookup]) -> None:
+        self._lookup = lookup
+        self._outcome: _Lookup | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="device-sdk-dns", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._outcome = self._lookup()
+        except BaseException as exc:  # raised again in the caller's thread
+            self._error = exc
+
+    def result(self, end: float) -> _Lookup:
+        # The lookup itself ends by ``end``; the margin covers the thread's own exit.
+        self._thread.join(max(0.0, end - time.monotonic()) + 1.0)
+        if self._error is not None:
+            raise self._error
+        if self._outcome is None:
+            return (), ResolveTimeout("the AAAA lookup did not finish in time")
+        return self._outcome
 
 
 def _judge(

@@ -63,10 +63,13 @@ def test_ip_literals_and_localhost_need_no_dns(dns: DnsServer) -> None:
     assert not dns.queries()
 
 
-def test_nxdomain_is_name_not_found_and_skips_aaaa(dns: DnsServer) -> None:
+def test_nxdomain_is_name_not_found_and_no_second_wait(dns: DnsServer) -> None:
+    # A and AAAA go out together; the A answer's NXDOMAIN decides at once.
+    started = time.monotonic()
     with pytest.raises(NameNotFound, match="NXDOMAIN"):
         resolver_for(dns).resolve_fresh("missing.device-sdk.test")
-    assert [q.rdtype for q in dns.queries()] == ["A"]
+    assert time.monotonic() - started < 0.25
+    assert sorted(q.rdtype for q in dns.queries()) in (["A"], ["A", "AAAA"])
 
 
 def test_name_without_addresses_is_no_address(dns: DnsServer) -> None:
@@ -141,3 +144,24 @@ def test_a_fake_resolver_needs_only_resolve_fresh(dns: DnsServer) -> None:
     dns.set_address(NAME, ["127.0.0.2"])
     real = resolve_within(resolver_for(dns), NAME, time.monotonic() + 1)
     assert real.addresses == ("127.0.0.2",)
+
+
+def test_a_and_aaaa_are_asked_at_the_same_time(dns: DnsServer) -> None:
+    # A silent nameserver makes the order visible: asked one after the other, AAAA
+    # would go out only once the A lookup had used up the lifetime (so never).
+    dns.set_address("slow.example.test", ["192.0.2.1", "2001:db8::1"], ttl=1)
+    dns.drop("slow.example.test")
+    resolver = FreshResolver(
+        DnsSettings(nameservers=(dns.host,), port=dns.port, timeout=0.2, lifetime=0.6)
+    )
+    started = time.monotonic()
+    with pytest.raises(ResolveTimeout):
+        resolver.resolve_fresh("slow.example.test")
+    took = time.monotonic() - started
+    first_a = min(q.time for q in dns.queries("slow.example.test", "A"))
+    first_aaaa = min(q.time for q in dns.queries("slow.example.test", "AAAA"))
+    assert abs(first_aaaa - first_a) < 0.1
+    assert took < 1.0, took  # one lifetime, not two
+    dns.clear_fault("slow.example.test")
+    found = resolver.resolve_fresh("slow.example.test")
+    assert found.addresses == ("2001:db8::1", "192.0.2.1") and found.queried == 2
