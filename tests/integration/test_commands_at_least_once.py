@@ -100,6 +100,9 @@ def kill_inside_the_handler(bed: Testbed, *, command_ack: str) -> None:
         read_until(lines, "ready")
         command(bed, b"cmd-1")
         read_until(lines, "got cmd-1")  # the handler runs, and hangs
+        # Let the engine loop go round: an on-receipt PUBACK, queued as the message
+        # arrived, is on the wire by then; an after-handler one must still not be.
+        time.sleep(0.5)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
 
