@@ -34,24 +34,34 @@ class SideTasks:
             if current is not None and current.is_alive():
                 return False
             thread = threading.Thread(
-                target=self._run, args=(work, done), name=f"{self._name}-{kind}", daemon=True
+                target=self._run, args=(kind, work, done), name=f"{self._name}-{kind}", daemon=True
             )
             self._running[kind] = thread
         thread.start()
         return True
 
-    def _run(self, work: Callable[[], T], done: Callable[[T], None]) -> None:
+    def _run(self, kind: str, work: Callable[[], T], done: Callable[[T], None]) -> None:
+        report: Callable[[], None]
         try:
             result = work()
         except Exception as exc:
             # Never an end unseen: the fault is raised again on the engine thread, inside
             # its supervision boundary, where it is logged, counted and emitted.
-            def fault(error: Exception = exc) -> None:
+            def report(error: Exception = exc) -> None:
                 raise error
 
-            self._post(fault)
-            return
-        self._post(lambda: done(result))
+        else:
+
+            def report() -> None:
+                done(result)
+
+        # This kind is free again before its result is posted: ``done`` may start the
+        # next one at once (a DPS run after a failed one), and must not find this
+        # thread still alive and be refused.
+        with self._lock:
+            if self._running.get(kind) is threading.current_thread():
+                del self._running[kind]
+        self._post(report)
 
     def join(self, timeout: float) -> None:
         """Wait (bounded) for every task still running."""
