@@ -16,32 +16,18 @@ import json
 import sys
 import threading
 
-from device_sdk import ClientConfig, DeviceClient, DnsSettings, HubEndpoint
-from device_sdk.testbed import FAST_FAILOVER, FAST_LIVENESS, FAST_RETRY
+from device_sdk import ClientConfig, DeviceClient
+from tests.integration.programs.testbed_device import testbed_config
 
 # How long a blocking handler hangs at most: the test kills the process well before.
 _HANG_SECONDS = 60.0
 
 
 def config_from(spec: dict[str, object]) -> ClientConfig:
-    hubs = tuple(
-        HubEndpoint(name=h["name"], fqdn=h["fqdn"], port=h["port"], tls=None)  # type: ignore[index]
-        for h in spec["hubs"]  # type: ignore[attr-defined]
-    )
-    return ClientConfig(
-        client_id=str(spec["client_id"]),
-        hubs=hubs,
-        dns=DnsSettings(
-            nameservers=(str(spec["dns_host"]),),
-            port=int(spec["dns_port"]),  # type: ignore[call-overload]
-            timeout=0.5,
-            lifetime=1.0,
-        ),
-        retry=FAST_RETRY,
-        failover=FAST_FAILOVER,
-        liveness=FAST_LIVENESS,
-        session_expiry=int(spec["session_expiry"]),  # type: ignore[call-overload]
-        command_ack=spec["command_ack"],  # type: ignore[arg-type]
+    return testbed_config(
+        spec,
+        session_expiry=int(spec["session_expiry"]),
+        command_ack=spec["command_ack"],
     )
 
 

@@ -16,32 +16,15 @@ import time
 from device_sdk import (
     ClientConfig,
     DeviceClient,
-    DnsSettings,
-    HubEndpoint,
     NotConnected,
     OutboxSettings,
 )
-from device_sdk.testbed import FAST_FAILOVER, FAST_LIVENESS, FAST_RETRY
+from tests.integration.programs.testbed_device import testbed_config
 
 
 def config_from(spec: dict[str, object]) -> ClientConfig:
-    hubs = tuple(
-        HubEndpoint(name=h["name"], fqdn=h["fqdn"], port=h["port"], tls=None)  # type: ignore[index]
-        for h in spec["hubs"]  # type: ignore[attr-defined]
-    )
-    return ClientConfig(
-        client_id=str(spec["client_id"]),
-        hubs=hubs,
-        dns=DnsSettings(
-            nameservers=(str(spec["dns_host"]),),
-            port=int(spec["dns_port"]),  # type: ignore[call-overload]
-            timeout=0.5,
-            lifetime=1.0,
-        ),
-        retry=FAST_RETRY,
-        failover=FAST_FAILOVER,
-        liveness=FAST_LIVENESS,
-        outbox=OutboxSettings(path=str(spec["outbox"]), synchronous="NORMAL"),
+    return testbed_config(
+        spec, outbox=OutboxSettings(path=str(spec["outbox"]), synchronous="NORMAL")
     )
 
 
