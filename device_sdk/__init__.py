@@ -70,6 +70,7 @@ from device_sdk.identity import (
 from device_sdk.message import Message, PublishProperties
 from device_sdk.metrics import Metrics
 from device_sdk.outbox import MemoryOutbox, Outbox, PublishHandle
+from device_sdk.transports import ProxySettings, Transport
 
 if TYPE_CHECKING:
     from device_sdk.aio import AsyncDeviceClient
@@ -135,6 +136,7 @@ __all__ = [
     "ProvisioningFailed",
     "ProvisioningRefused",
     "ProvisioningUnavailable",
+    "ProxySettings",
     "PublishError",
     "PublishHandle",
     "PublishProperties",
@@ -155,6 +157,7 @@ __all__ = [
     "TlsError",
     "TlsSettings",
     "TransientRefusal",
+    "Transport",
     "Will",
     "X509Files",
     "__version__",

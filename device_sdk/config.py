@@ -22,6 +22,7 @@ from device_sdk.core.retry import RetryPolicy
 from device_sdk.core.supervision import SupervisionPolicy
 from device_sdk.core.topics import MAX_STRING_BYTES, check_mqtt_string, shown
 from device_sdk.errors import ConfigError
+from device_sdk.transports import ProxySettings, Transport
 
 if TYPE_CHECKING:  # the concierge and identity packages build on this module
     from device_sdk.concierge.settings import ConciergeSettings
@@ -223,6 +224,10 @@ class HubEndpoint:
     :class:`Credentials`), ``client_id``, and a ``username`` template filled
     with ``{fqdn}``, ``{hub}`` and ``{client_id}`` when the provider gives no
     user name. Unset, the client's are used.
+
+    ``transports``: the ways in, in order of preference (see
+    :mod:`device_sdk.transports`); they race like addresses. Empty: one way,
+    ``mqtts`` (or ``mqtt`` without TLS) on ``port``.
     """
 
     name: str
@@ -232,6 +237,7 @@ class HubEndpoint:
     credentials: CredentialProvider | None = None
     client_id: str | None = None
     username: str | None = None
+    transports: tuple[Transport, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _HUB_NAME.fullmatch(self.name):
@@ -246,6 +252,29 @@ class HubEndpoint:
             _check_client_id(f"hubs[{self.name}].client_id", self.client_id)
         if self.username is not None:
             check_mqtt_string(f"hubs[{self.name}].username", self.username, allow_empty=True)
+        self._check_transports()
+
+    def _check_transports(self) -> None:
+        where = f"hubs[{self.name}].transports"
+        if not isinstance(self.transports, tuple):
+            raise ConfigError(where, shown(self.transports), "a tuple of Transport values")
+        for way in self.transports:
+            _check_instance(where, way, Transport, none_ok=False)
+            if way.secure != (self.tls is not None):
+                allowed = "mqtts or wss (the hub has TLS settings)"
+                if self.tls is None:
+                    allowed = "mqtt or ws (the hub has tls=None)"
+                raise ConfigError(where, way.label, allowed)
+        labels = [way.label for way in self.transports]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(where, labels, "ways in that differ from each other")
+
+    @property
+    def ways_in(self) -> tuple[Transport, ...]:
+        """The transports to race, in order: the configured ones, or the one on ``port``."""
+        if self.transports:
+            return self.transports
+        return (Transport(scheme="mqtts" if self.tls is not None else "mqtt", port=self.port),)
 
     @property
     def authority(self) -> str:
@@ -488,6 +517,9 @@ class ClientConfig:
     # Ask Azure's Device Provisioning Service which hub the device belongs to (see
     # device_sdk.engine.hub_sources); None: the hub list alone decides.
     dps: DpsSettings | None = None
+    # An HTTP CONNECT proxy for MQTT and the HTTPS side calls (concierge, DPS); None:
+    # direct. ProxySettings.from_environment() takes it from HTTPS_PROXY/NO_PROXY.
+    proxy: ProxySettings | None = None
 
     def __post_init__(self) -> None:
         _check_client_id("client_id", self.client_id)
@@ -528,6 +560,7 @@ class ClientConfig:
             ("srv", SrvSettings, True),
             ("will", Will, True),
             ("birth", Birth, True),
+            ("proxy", ProxySettings, True),
         ):
             _check_instance(name, getattr(self, name), kind, none_ok=none_ok)
         if self.concierge is not None:

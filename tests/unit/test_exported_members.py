@@ -20,6 +20,7 @@ PUBLIC = {
     "Identity", "ProvisioningError", "ProvisioningFailed", "ProvisioningRefused",
     "ProvisioningUnavailable", "SasTokenProvider", "X509Files", "derive_device_key",
     "Birth", "Will", "Message", "PublishProperties", "MessageExpired", "RetainNotSupported",
+    "ProxySettings", "Transport",
 }  # fmt: skip
 
 
