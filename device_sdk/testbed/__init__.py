@@ -24,6 +24,7 @@ from device_sdk.testbed.iothub_front import IotHubFront
 from device_sdk.testbed.pki import CertificateAuthority, ServerCertificate
 from device_sdk.testbed.proxy import FaultProxy
 from device_sdk.testbed.tls_listener import TlsProbeListener
+from device_sdk.testbed.websocket_bridge import WebSocketBridge, find_websockify
 
 __all__ = [
     "DOMAIN",
@@ -47,5 +48,7 @@ __all__ = [
     "Testbed",
     "TestbedHub",
     "TlsProbeListener",
+    "WebSocketBridge",
     "find_mosquitto",
+    "find_websockify",
 ]
