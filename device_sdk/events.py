@@ -63,9 +63,11 @@ class DialFailed(Event):
     hub: str
     address: str
     error: DeviceSDKError
+    transport: str = ""  # the way in, e.g. "wss:443/mqtt"
 
     def describe(self) -> str:
-        return f"dial {self.hub} at {self.address} failed: {self.error}"
+        over = f" over {self.transport}" if self.transport else ""
+        return f"dial {self.hub} at {self.address}{over} failed: {self.error}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,9 +91,11 @@ class Connected(Event):
     address: str
     session_present: bool
     outage_seconds: float | None  # from losing the previous link to this CONNACK
+    transport: str = ""  # the way in, e.g. "mqtts:8883" or "wss:443/mqtt"
 
     def describe(self) -> str:
-        text = f"connected to {self.hub} at {self.address}"
+        over = f" over {self.transport}" if self.transport else ""
+        text = f"connected to {self.hub} at {self.address}{over}"
         if self.outage_seconds is not None:
             text += f" ({self.outage_seconds * 1000:.1f} ms after the link was lost)"
         return text
@@ -293,6 +297,20 @@ class CredentialsRenewed(Event):
 
     def describe(self) -> str:
         return f"credentials renewed on {self.hub} at {self.address}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportReturned(Event):
+    """The hub's first way in answered again; a link on it replaced the fallback one,
+    make before break, and nothing in flight was lost."""
+
+    hub: str
+    address: str
+    from_transport: str
+    to_transport: str
+
+    def describe(self) -> str:
+        return f"back on {self.to_transport} to {self.hub} (from {self.from_transport})"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

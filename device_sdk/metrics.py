@@ -28,11 +28,16 @@ class Metrics:
     callback_errors: int = 0  # application callbacks that raised (contained, logged)
     internal_faults: int = 0  # faults of device_sdk's own code on the engine thread
     credential_renewals: int = 0  # links replaced, make before break, with a fresh identity
+    # Connects on a way in other than the hub's first (8883 blocked: wss:443 took over).
+    transport_fallbacks: int = 0
+    # Links replaced, make before break, to return to the hub's first way in.
+    transport_returns: int = 0
     # "running", "failed" (terminal: EngineFailed or the retry policy gave up) or "closed".
     engine_state: str = "running"
     queue_depth: int = 0
     dropped: int = 0
     current_hub: str | None = None
+    current_transport: str | None = None  # the way in of the current link: "wss:443/mqtt"
     # From losing a link to the first PUBACK on the next one, for the last outage.
     last_recovery_seconds: float | None = None
     # From losing a link to the CONNACK of the next one, for the last outage.

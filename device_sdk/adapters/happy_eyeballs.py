@@ -25,7 +25,16 @@ from dataclasses import dataclass
 from device_sdk.adapters.cancel import NEVER, CancelToken
 from device_sdk.adapters.dialing import start_connect
 
-__all__ = ["CONNECTION_ATTEMPT_DELAY", "Race", "race_connects"]
+__all__ = [
+    "CONNECTION_ATTEMPT_DELAY",
+    "Endpoint",
+    "EndpointRace",
+    "Race",
+    "race_connects",
+    "race_endpoints",
+]
+
+Endpoint = tuple[str, int]  # an IP literal and a port: one way into one address of a hub
 
 # RFC 8305, section 5: the recommended delay between starting connection attempts.
 CONNECTION_ATTEMPT_DELAY = 0.25
@@ -63,24 +72,54 @@ def race_connects(
     per address, and no wait past ``timeout``. ``cancel`` ends the race at once with
     :class:`~device_sdk.adapters.cancel.Cancelled`.
     """
+    race = race_endpoints(
+        tuple((address, port) for address in addresses),
+        timeout=timeout,
+        stagger=stagger,
+        cancel=cancel,
+    )
+    winner = race.winner[0] if race.winner is not None else None
+    failures = {address: error for (address, _port), error in race.failures.items()}
+    return Race(winner=winner, failures=failures, sock=race.sock)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRace:
+    """:class:`Race` over endpoints: the winning (address, port), its socket, the others' errors."""
+
+    winner: Endpoint | None
+    failures: dict[Endpoint, OSError]
+    sock: socket.socket | None = None
+
+
+def race_endpoints(
+    endpoints: tuple[Endpoint, ...],
+    *,
+    timeout: float,
+    stagger: float = CONNECTION_ATTEMPT_DELAY,
+    cancel: CancelToken = NEVER,
+) -> EndpointRace:
+    """The race of :func:`race_connects` over (address, port) pairs: a hub's addresses on
+    each of its ways in (8883, then 443), so a blocked port costs one stagger, not a
+    connect timeout."""
     cancel.check("the connect race")
     deadline = time.monotonic() + timeout
-    waiting = list(addresses)
-    failures: dict[str, OSError] = {}
-    racing: dict[socket.socket, str] = {}
+    waiting = list(endpoints)
+    failures: dict[Endpoint, OSError] = {}
+    racing: dict[socket.socket, Endpoint] = {}
     next_start = 0.0
     with selectors.DefaultSelector() as selector:
         selector.register(cancel, selectors.EVENT_READ)
         try:
             while (waiting or racing) and (now := time.monotonic()) < deadline:
                 if waiting and (not racing or now >= next_start):
-                    address = waiting.pop(0)
+                    endpoint = waiting.pop(0)
                     try:
-                        sock = start_connect(address, port)
+                        sock = start_connect(*endpoint)
                     except OSError as exc:  # unreachable at once: the next one starts now
-                        failures[address] = exc
+                        failures[endpoint] = exc
                         continue
-                    racing[sock] = address
+                    racing[sock] = endpoint
                     selector.register(sock, selectors.EVENT_WRITE)
                     next_start = now + stagger
                     continue
@@ -91,18 +130,18 @@ def race_connects(
                         continue
                     done = key.fileobj
                     assert isinstance(done, socket.socket)
-                    address = racing.pop(done)
+                    endpoint = racing.pop(done)
                     selector.unregister(done)
                     code = done.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     if code == 0:
                         done.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                        return Race(winner=address, failures=failures, sock=done)
+                        return EndpointRace(winner=endpoint, failures=failures, sock=done)
                     done.close()
-                    failures[address] = OSError(code, os.strerror(code))
+                    failures[endpoint] = OSError(code, os.strerror(code))
                     next_start = time.monotonic()  # a failure starts the next one at once
         finally:
             for sock in racing:
                 sock.close()
-    for address in (*racing.values(), *waiting):
-        failures[address] = TimeoutError(errno.ETIMEDOUT, f"no answer within {timeout:g} s")
-    return Race(winner=None, failures=failures)
+    for endpoint in (*racing.values(), *waiting):
+        failures[endpoint] = TimeoutError(errno.ETIMEDOUT, f"no answer within {timeout:g} s")
+    return EndpointRace(winner=None, failures=failures)

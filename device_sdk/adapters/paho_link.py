@@ -51,7 +51,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device_sdk.adapters.cancel import NEVER, CancelToken
-from device_sdk.adapters.dialing import connect_tcp, tls_handshake
+from device_sdk.adapters.dialing import connect_tcp, tls_handshake, wait_ready
 from device_sdk.adapters.mqtt_rules import (
     BEFORE_CONNACK,
     BODY_RULES,
@@ -78,6 +78,7 @@ from device_sdk.errors import (
 )
 from device_sdk.identity.provider import Identity
 from device_sdk.message import Message, PublishProperties
+from device_sdk.transports import Transport
 
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux only
 
@@ -98,10 +99,30 @@ PAHO_PRIVATE_HOOKS = {
     "_out_message_mutex": "held by the PUBACK fast path as paho holds it",
     "_port": "the hub's port, dialled at the resolved address",
     "_ssl_context": "None until paho's TLS path is switched on (once, by tls_set_context)",
+    "_create_socket": "open the WebSocket handshake under the dial's deadline and cancel",
+    "_websocket_path": "the path of the WebSocket handshake (set by ws_set_options)",
+    "_websocket_extra_headers": "the hub's extra headers for the WebSocket handshake",
+    "_transport": "tcp or websockets, as chosen when the client was built",
+    "_host": "the hub's FQDN: the WebSocket handshake's Host header",
+    "_ssl": "True once paho's TLS path is switched on",
 }
 PAHO_PRIVATE_ATTRIBUTES = frozenset(
-    {"_in_packet", "_out_messages", "_out_message_mutex", "_port", "_ssl_context"}
+    {
+        "_in_packet",
+        "_out_messages",
+        "_out_message_mutex",
+        "_port",
+        "_ssl_context",
+        "_websocket_path",
+        "_websocket_extra_headers",
+        "_transport",
+        "_host",
+        "_ssl",
+    }
 )
+# The largest WebSocket handshake answer read: a hub (or a middlebox) that sends more
+# is not answering the handshake.
+_WEBSOCKET_ANSWER_LIMIT = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,6 +143,8 @@ class LinkSettings:
     envelope: bool = False
     max_packet_size: int = 256 * 1024  # inbound limit, see ClientConfig.max_packet_size
     will: Will | None = None  # sent in every CONNECT of this link
+    # The way in (mqtts:8883, wss:443, ...); None: the hub's first (HubEndpoint.ways_in).
+    transport: Transport | None = None
 
 
 class LinkListener(Protocol):
@@ -222,11 +245,17 @@ def _new_properties(packet_type: int) -> Properties:
     return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
 
 
-def make_ssl_context(tls: TlsSettings, identity: Identity | None = None) -> ssl.SSLContext:
+def make_ssl_context(
+    tls: TlsSettings,
+    identity: Identity | None = None,
+    *,
+    alpn_protocols: tuple[str, ...] | None = None,
+) -> ssl.SSLContext:
     """A verifying client context: CERT_REQUIRED and check_hostname, always.
 
     The client certificate is the identity's when it names one (re-read at every
     attempt, so a rotated file needs no restart), else the TLS settings'.
+    ``alpn_protocols`` replaces the settings' list (a way in that offers its own).
     """
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
     context.minimum_version = (
@@ -236,8 +265,9 @@ def make_ssl_context(tls: TlsSettings, identity: Identity | None = None) -> ssl.
         context.load_cert_chain(identity.cert_file, identity.key_file)
     elif tls.client_cert_file is not None:
         context.load_cert_chain(tls.client_cert_file, tls.client_key_file)
-    if tls.alpn_protocols:
-        context.set_alpn_protocols(list(tls.alpn_protocols))
+    alpn = tls.alpn_protocols if alpn_protocols is None else alpn_protocols
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
     return context
 
 
@@ -276,6 +306,67 @@ class _ReadAheadSocket(socket.socket):
     def close(self) -> None:
         self._buffer, self._at = b"", 0  # what an aborted link had read ahead is never served
         super().close()
+
+
+class _WebSocket(paho._WebsocketWrapper):
+    """paho's WebSocket transport, telling select() what it cannot see.
+
+    paho frames and unframes MQTT over WebSockets; the socket underneath reads
+    ahead (plain) or holds decrypted bytes (TLS). paho's own ``pending()`` asks
+    only a TLS socket; this asks whichever is underneath.
+    """
+
+    def pending(self) -> int:
+        inner = self._socket
+        return inner.pending() if isinstance(inner, _ReadAheadSocket | ssl.SSLSocket) else 0
+
+
+class _HandshakeSocket:
+    """The socket under paho's WebSocket handshake, bounded by the dial's deadline and cancel.
+
+    paho reads the handshake's answer a byte at a time, blocking, until an empty
+    line; a hub that never answers, or streams header lines forever, would hold
+    the dial. Here every read waits at most until the deadline, ``close()`` cuts
+    it short, and an answer longer than a handshake's is refused.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float, cancel: CancelToken) -> None:
+        self.sock, self._deadline, self._cancel = sock, deadline, cancel
+        self._received = 0
+
+    def recv(self, bufsize: int) -> bytes:
+        self._received += bufsize
+        if self._received > _WEBSOCKET_ANSWER_LIMIT:
+            raise ConnectionError(
+                f"no WebSocket handshake answer within {_WEBSOCKET_ANSWER_LIMIT} bytes"
+            )
+        return self._io(lambda: self.sock.recv(bufsize), write=False)
+
+    def send(self, data: bytes) -> int:
+        self.sock.setblocking(True)  # the request is small; the deadline bounds it
+        self.sock.settimeout(max(0.001, self._deadline - time.monotonic()))
+        try:
+            self.sock.sendall(data)
+        finally:
+            self.sock.setblocking(False)
+        return len(data)
+
+    def _io(self, step: Callable[[], bytes], *, write: bool) -> bytes:
+        for _round in range(_WEBSOCKET_ANSWER_LIMIT):
+            if isinstance(self.sock, _ReadAheadSocket | ssl.SSLSocket) and self.sock.pending():
+                return step()
+            wait_ready(
+                self.sock,
+                write=write,
+                deadline=self._deadline,
+                cancel=self._cancel,
+                what="WebSocket handshake",
+            )
+            try:
+                return step()
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                continue
+        raise TimeoutError("WebSocket handshake took too many rounds")
 
 
 # Handed to on_publish for every successful PUBACK that takes the fast path (read only).
@@ -347,6 +438,36 @@ class _DialingClient(paho.Client):
                 self._sdk_dial_address, self._port, self._sdk_deadline, self._sdk_cancel
             )
         return _ReadAheadSocket(sock)
+
+    def _create_socket(self) -> Any:
+        # paho's own version runs the WebSocket handshake blocking for its connect
+        # timeout, deaf to close(); here it runs under the dial's deadline and cancel.
+        sock = self._create_socket_connection()
+        if self._ssl:
+            sock = self._ssl_wrap_socket(sock)
+        if self._transport != "websockets":
+            return sock
+        bounded = _HandshakeSocket(sock, self._sdk_deadline, self._sdk_cancel)
+        try:
+            websocket = _WebSocket(
+                socket=cast(socket.socket, bounded),  # it has what the handshake uses
+                host=self._host,
+                port=self._port,
+                is_ssl=self._ssl,
+                path=self._websocket_path,
+                extra_headers=self._websocket_extra_headers,
+            )
+        except (OSError, ValueError):
+            sock.close()
+            raise
+        except Exception as exc:  # paho's parser of the answer trips on what it never expected
+            sock.close()
+            raise ConnectionError(f"the WebSocket handshake answer was malformed: {exc!r}") from exc
+        except BaseException:
+            sock.close()
+            raise
+        websocket._socket = sock  # the handshake is over: reads need no guard from here
+        return websocket
 
     def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
         # SNI and verification use the FQDN, never the IP we dialled; the context (made
@@ -469,6 +590,8 @@ class PahoLink:
     def __init__(self, hub: HubEndpoint, address: str, settings: LinkSettings) -> None:
         self.hub = hub
         self.address = address
+        # The way in: its scheme and port, and for WebSockets the path and headers.
+        self.transport = settings.transport or hub.ways_in[0]
         self._settings = settings
         self._listener: LinkListener | None = None
         # Until the engine has taken the link on (start_reporting), what paho reports is
@@ -507,8 +630,11 @@ class PahoLink:
             client_id=self._settings.client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if self._mqtt5 else MQTTProtocolVersion.MQTTv311,
             reconnect_on_failure=False,
+            transport="websockets" if self.transport.websocket else "tcp",
             **session,
         )
+        if self.transport.websocket:
+            client.ws_set_options(path=self.transport.path, headers=dict(self.transport.headers))
         self._sign_in(client, self._settings)
         self._set_will(client)
         # The engine enforces the in-flight window; paho must never hold messages back.
@@ -620,10 +746,12 @@ class PahoLink:
     def _fresh_tls_context(self) -> ssl.SSLContext | None:
         """The hub's TLS context, its files read now: they may have been rotated (or have
         gone missing) since the config was loaded."""
-        if self.hub.tls is None:
+        if self.hub.tls is None or not self.transport.secure:
             return None
         try:
-            return make_ssl_context(self.hub.tls, self._settings.identity)
+            return make_ssl_context(
+                self.hub.tls, self._settings.identity, alpn_protocols=self.transport.alpn_protocols
+            )
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             raise TlsError(
                 f"TLS files for {self.hub.name} could not be loaded: {exc}",
@@ -640,8 +768,9 @@ class PahoLink:
 
     def _dial(self) -> None:
         keepalive = max(1, round(self._settings.keepalive))
+        port = self.transport.port
         if not self._mqtt5:
-            self._client.connect(self.hub.fqdn, self.hub.port, keepalive=keepalive)
+            self._client.connect(self.hub.fqdn, port, keepalive=keepalive)
             return
         properties = _new_properties(PacketTypes.CONNECT)
         if self._settings.session_expiry:
@@ -651,7 +780,7 @@ class PahoLink:
         properties.MaximumPacketSize = self._settings.max_packet_size
         self._client.connect(
             self.hub.fqdn,
-            self.hub.port,
+            port,
             keepalive=keepalive,
             clean_start=self._settings.session_expiry == 0,
             properties=properties,
@@ -661,7 +790,7 @@ class PahoLink:
         self._client.reconnect()
 
     def _translating_dial_errors(self, dial: Callable[[], None]) -> None:
-        where = f"{self.hub.name} at {self.address}:{self.hub.port}"
+        where = f"{self.hub.name} at {self.address} over {self.transport.label}"
         try:
             dial()
         except ssl.SSLCertVerificationError as exc:
@@ -748,7 +877,7 @@ class PahoLink:
         the ack deadline dropped it.
         """
         sock = self._client.socket()
-        if isinstance(sock, _ReadAheadSocket | ssl.SSLSocket):
+        if isinstance(sock, _ReadAheadSocket | ssl.SSLSocket | _WebSocket):
             return sock.pending() > 0
         return False
 

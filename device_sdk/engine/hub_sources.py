@@ -58,6 +58,7 @@ from device_sdk.errors import (
 from device_sdk.metrics import MetricsRecorder
 from device_sdk.provisioning.assignment import Assignment
 from device_sdk.provisioning.source import DpsSource, hub_for, provisioning_delay
+from device_sdk.transports import ProxySettings
 
 log = logging.getLogger("device_sdk")
 
@@ -114,7 +115,7 @@ class HubSources:
             # hubs (a test may fake that one): its nameservers, within the deadline.
             resolver = FreshResolver(config.dns, cancel=cancel)
             self._concierge = ConciergeSource(
-                config.concierge, config.hubs, resolver=resolver, cancel=cancel
+                config.concierge, config.hubs, resolver=resolver, cancel=cancel, proxy=config.proxy
             )
         self._next_concierge_at = 0.0
         self._next_probe_at = 0.0
@@ -122,7 +123,8 @@ class HubSources:
         self._dps: _DpsState | None = None
         if config.dps is not None:
             dps_resolver = FreshResolver(config.dns, cancel=cancel)
-            self._dps = _DpsState(DpsSource(config.dps, resolver=dps_resolver, cancel=cancel))
+            dps = DpsSource(config.dps, resolver=dps_resolver, cancel=cancel, proxy=config.proxy)
+            self._dps = _DpsState(dps)
 
     def endpoint(self, name: str) -> HubEndpoint:
         return self._hubs[name]
@@ -347,7 +349,7 @@ class HubSources:
         timeout = self._config.liveness.connect_timeout
         self._side.start(
             "probe",
-            _probing(hub, self._resolver, timeout, self._cancel),
+            _probing(hub, self._resolver, timeout, self._cancel, self._config.proxy),
             lambda healthy: self._probe_result(hub.name, healthy),
         )
 
@@ -358,11 +360,15 @@ class HubSources:
 
 
 def _probing(
-    hub: HubEndpoint, resolver: Resolver, timeout: float, cancel: CancelToken
+    hub: HubEndpoint,
+    resolver: Resolver,
+    timeout: float,
+    cancel: CancelToken,
+    proxy: ProxySettings | None,
 ) -> Callable[[], bool]:
     def probe() -> bool:
         try:
-            return hub_answers(hub, resolver, timeout, cancel)
+            return hub_answers(hub, resolver, timeout, cancel, proxy=proxy)
         except ConnectError:  # Cancelled: the client is closing, and the answer is moot
             return False
 

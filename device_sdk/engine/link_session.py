@@ -50,6 +50,7 @@ class LinkEnd:
     protocol_error: bool = False  # the hub broke MQTT: reported as ProtocolError
     renew: bool = False  # the identity is due for renewal: make a new link, then close this one
     refused: bool = False  # the hub's DISCONNECT said not authorised (or banned)
+    way_back: bool = False  # with renew: the hub's first way in opened; move back to it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

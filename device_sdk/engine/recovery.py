@@ -64,6 +64,7 @@ from device_sdk.engine.link_session import LinkEnd, LinkSession, PoisonWatch, Se
 from device_sdk.engine.renewal import RefusedIdentities, RenewalPlan
 from device_sdk.engine.side_tasks import SideTasks
 from device_sdk.engine.supervision import handle_faults_reported_to
+from device_sdk.engine.way_back import WayBack
 from device_sdk.errors import (
     ConfigError,
     ConnectError,
@@ -84,6 +85,7 @@ from device_sdk.errors import (
 from device_sdk.message import Message, PublishProperties
 from device_sdk.metrics import Metrics, MetricsRecorder
 from device_sdk.outbox import MemoryOutbox, OutboundMessage, Outbox, PublishHandle
+from device_sdk.transports import Transport
 
 log = logging.getLogger("device_sdk")
 
@@ -201,6 +203,14 @@ class Engine:
             metrics=self._metrics,
             emit=self._emit,
             cancel=self._cancel,
+        )
+        self._way_back = WayBack(
+            config,
+            side=self._side,
+            resolver=self._resolver,
+            rng=self._rng,
+            cancel=self._cancel,
+            on_open=self._first_way_open,
         )
         self._services = SessionServices(
             config=config,
@@ -479,7 +489,7 @@ class Engine:
         if end.migrate is not None:
             return self._migrate(link, end.migrate)
         if end.renew:
-            return self._renew(link)
+            return self._renew(link, way_back=end.way_back)
         return None, self._after_link(link, end)
 
     def _survive(self, error: Exception, link: PahoLink | None) -> fsm.Attempt:
@@ -709,8 +719,11 @@ class Engine:
 
     # -- engine thread: serving one link ----------------------------------------------------
 
-    def _on_connected(self, link: PahoLink, *, renewal: bool = False) -> None:
+    def _on_connected(
+        self, link: PahoLink, *, renewal: bool = False, way_back: bool = False
+    ) -> None:
         now = time.monotonic()
+        self._on_way(link, now)
         if not renewal:  # a renewal is not a new connection: the machine stays where it is
             self._machine.handle(fsm.Connected(hub=link.hub.name), now)
             self._backoff = self._backoff.link_up(now)
@@ -726,7 +739,9 @@ class Engine:
             outage_started=self._outage_started,
             now=now,
         )
-        if renewal:
+        if way_back:
+            pass  # the caller announces it
+        elif renewal:
             self._metrics.add(credential_renewals=1)
             identity = self._dialer.last_identity
             expires = identity.expires_at if identity is not None else None
@@ -764,8 +779,25 @@ class Engine:
                 address=link.address,
                 session_present=link.session_present,
                 outage_seconds=outage,
+                transport=link.transport.label,
             )
         )
+
+    def _on_way(self, link: PahoLink, now: float) -> None:
+        """Name the link's way in; on a fallback one, count it and probe the first."""
+        hub = self._sources.endpoint(link.hub.name) if link.hub.name in self._machine.hubs else None
+        self._way_back.connected(hub or link.hub, link.transport, now)
+        self._metrics.set(current_transport=link.transport.label)
+        if link.transport != link.hub.ways_in[0]:
+            self._metrics.add(transport_fallbacks=1)
+
+    def _first_way_open(self, hub: str, way: Transport) -> None:
+        """The way-back probe found the hub's first way in open: move the link back to it."""
+        session = self._session
+        if session is None or session.end is not None or session.link.hub.name != hub:
+            return
+        self._dialer.forget_preference(hub)
+        session.end = LinkEnd(reason=f"returning to {way.label}", renew=True, way_back=True)
 
     def _serve(self, link: PahoLink) -> LinkEnd | None:
         """Serve ``link`` until it ends (returned) or the client closes (None)."""
@@ -812,13 +844,17 @@ class Engine:
         self._on_connected(new)
         return new, None
 
-    def _renew(self, old: PahoLink) -> tuple[PahoLink | None, fsm.Attempt | None]:
+    def _renew(
+        self, old: PahoLink, *, way_back: bool = False
+    ) -> tuple[PahoLink | None, fsm.Attempt | None]:
         """Make before break: a new link to the same hub with a fresh identity, then
         close the old one. Its in-flight messages go back in line, ahead of the rest.
 
         Not a failure and not a failover: no backoff, nothing fed to the machine.
         If the new link cannot be opened, the old one serves on (its identity is
         still valid) and the renewal is tried again later, before the expiry.
+        ``way_back``: the same, to return to the hub's first way in (the dialer
+        races the ways in their configured order again).
         """
         hub = self._sources.endpoint(old.hub.name) if old.hub.name in self._machine.hubs else None
         session = self._session
@@ -827,19 +863,34 @@ class Engine:
         if hub is None:
             self._renewal.clear()  # the hub was withdrawn: the machine moves us soon anyway
             return old, None
-        self._emit(events.RenewingCredentials(at=time.monotonic(), hub=hub.name))
+        if not way_back:
+            self._emit(events.RenewingCredentials(at=time.monotonic(), hub=hub.name))
         try:
             new = self._dialer.open(hub)
         except ConnectError as exc:
             if self._closing.is_set():
                 return old, None
             now = time.monotonic()
-            self._renewal.postpone(now)
+            if way_back:
+                self._way_back.connected(hub, old.transport, now)  # probe again later
+            else:
+                self._renewal.postpone(now)
             self._emit(events.AttemptFailed(at=now, hub=hub.name, address=exc.address, error=exc))
             return old, None
         old.disconnect()  # its in-flight messages go back in line, ahead of the rest
         self._resumable = None
-        self._on_connected(new, renewal=True)
+        self._on_connected(new, renewal=True, way_back=way_back)
+        if way_back and new.transport != old.transport:
+            self._metrics.add(transport_returns=1)
+            self._emit(
+                events.TransportReturned(
+                    at=time.monotonic(),
+                    hub=hub.name,
+                    address=new.address,
+                    from_transport=old.transport.label,
+                    to_transport=new.transport.label,
+                )
+            )
         return new, None
 
     def _migration_failed(
@@ -898,7 +949,9 @@ class Engine:
                 writable = bool(ready & selectors.EVENT_WRITE)
         if session.end is None:
             link.service(readable=readable, writable=writable)
-        self._sources.tick(time.monotonic())
+        now = time.monotonic()
+        self._sources.tick(now)
+        self._way_back.tick(now)
 
     def _check_identity(self, session: LinkSession, now: float) -> None:
         """Announce an identity's coming expiry; end the link for renewal when it is due."""
@@ -940,7 +993,7 @@ class Engine:
 
     def _sleep_until(self, next_check: float, now: float) -> float:
         """How long the loop may wait: until the watchdog, a probe or a concierge poll is due."""
-        due = min(self._sources.next_due(), self._renewal.next_due())
+        due = min(self._sources.next_due(), self._renewal.next_due(), self._way_back.next_due())
         wake_at = min(next_check, due, now + _MAX_IDLE_WAIT)
         return max(0.0, wake_at - now)
 

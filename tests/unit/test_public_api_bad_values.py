@@ -139,6 +139,8 @@ VALID_ARGUMENTS: dict[type, dict[str, Any]] = {
     device_sdk.Will: {"topic": "devices/d/status", "payload": b"offline"},
     device_sdk.Birth: {"topic": "devices/d/status", "payload": b"online"},
     device_sdk.PublishProperties: {},
+    device_sdk.Transport: {"scheme": "wss", "port": 443},
+    device_sdk.ProxySettings: {"host": "proxy.example.com", "port": 3128},
 }
 
 
