@@ -15,6 +15,10 @@ stays on ``__cause__`` for logs.
     │   │   ├── ResolverFailure     SERVFAIL / REFUSED / malformed answer
     │   │   └── ResolveTimeout      no nameserver answered in time
     │   ├── DialError               TCP connect refused, unreachable or timed out
+    │   │   └── ProxyError          the HTTP CONNECT proxy gave no tunnel (unreachable too)
+    │   │       ├── ProxyRefused        it answered non-2xx (``status``; 407: authentication)
+    │   │       ├── ProxyTimeout        no complete answer before the deadline
+    │   │       └── ProxyProtocolError  garbage, oversized headers, or closed before answering
     │   ├── TlsError                handshake failed or the certificate did not verify
     │   ├── ConnectTimeout          no CONNACK within the connect deadline
     │   ├── HandshakeProtocolError  the hub broke MQTT before or in its CONNACK
@@ -126,6 +130,48 @@ class ResolveTimeout(ResolveError):
 
 class DialError(ConnectError):
     """The TCP connection could not be opened (refused, unreachable, timed out)."""
+
+
+class ProxyError(DialError):
+    """The HTTP CONNECT proxy did not open a tunnel to the target.
+
+    A dial failure like any other: the attempt fails and the device fails over.
+    ``proxy`` is the proxy's ``host:port`` and ``target`` the ``host:port`` asked
+    for; ``address`` the proxy address dialled. Never carries the proxy password.
+    """
+
+    def __init__(
+        self, message: str, *, proxy: str, target: str, hub: str = "", address: str | None = None
+    ) -> None:
+        super().__init__(message, hub=hub, address=address)
+        self.proxy = proxy
+        self.target = target
+
+
+class ProxyRefused(ProxyError):
+    """The proxy answered the CONNECT with a non-2xx ``status`` (407: authentication)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        proxy: str,
+        target: str,
+        status: int,
+        hub: str = "",
+        address: str | None = None,
+    ) -> None:
+        super().__init__(message, proxy=proxy, target=target, hub=hub, address=address)
+        self.status = status
+
+
+class ProxyTimeout(ProxyError):
+    """The proxy took no connection, or gave no complete answer, before the deadline."""
+
+
+class ProxyProtocolError(ProxyError):
+    """The proxy answered something that is not HTTP, headers past the size bound, or
+    closed the connection before its answer was complete."""
 
 
 class TlsError(ConnectError):

@@ -17,7 +17,7 @@ Everything that goes wrong ends as a :class:`~device_sdk.errors.ProvisioningErro
 ==========================================  ======================================
 401, 403, 404; status ``disabled``          :class:`ProvisioningRefused`
 429 (:class:`ProvisioningThrottled`), 5xx,  :class:`ProvisioningUnavailable`
-timeouts, socket, DNS and TLS errors
+timeouts, socket, DNS, TLS, proxy errors
 status ``failed``; malformed, oversized or  :class:`ProvisioningFailed`
 incomplete answers; a hub that is not a
 DNS name; any other HTTP status
@@ -45,6 +45,7 @@ from device_sdk.adapters.dialing import (
     connect_tcp,
     tls_handshake,
 )
+from device_sdk.adapters.http_connect import dial_via_proxy
 from device_sdk.adapters.resolver import FreshResolver, Resolver, resolve_within
 from device_sdk.config import DnsSettings, is_ip_literal
 from device_sdk.errors import (
@@ -60,6 +61,7 @@ from device_sdk.identity.provider import check_private_file
 from device_sdk.identity.sas import decode_key, sas_token
 from device_sdk.provisioning.assignment import Assignment, check_assignment
 from device_sdk.provisioning.settings import DpsSettings
+from device_sdk.transports import ProxySettings
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -101,12 +103,15 @@ def register(
     deadline: float,
     cancel: CancelToken = NEVER,
     resolver: Resolver | None = None,
+    proxy: ProxySettings | None = None,
 ) -> Assignment:
     """Register with DPS and poll until it assigns a hub, by ``deadline`` (monotonic).
 
-    Raises ProvisioningError (see the module's table), or Cancelled.
+    ``proxy`` (unless it bypasses the DPS host) carries every request through an
+    HTTP CONNECT tunnel; TLS still verifies DPS's own name. Raises
+    ProvisioningError (see the module's table), or Cancelled.
     """
-    run = _Run(settings, deadline=deadline, cancel=cancel, resolver=resolver)
+    run = _Run(settings, deadline=deadline, cancel=cancel, resolver=resolver, proxy=proxy)
     try:
         return run.register()
     except (ProvisioningError, Cancelled):
@@ -233,8 +238,11 @@ class _Run:
         deadline: float,
         cancel: CancelToken,
         resolver: Resolver | None,
+        proxy: ProxySettings | None = None,
     ) -> None:
         self._settings = settings
+        bypassed = proxy is not None and proxy.bypasses(settings.endpoint)
+        self._proxy = None if bypassed else proxy
         self._deadline = deadline
         self._cancel = cancel
         self._resolver = (
@@ -348,6 +356,16 @@ class _Run:
 
     def _connect(self) -> DeadlineSocket:
         host = self._settings.endpoint
+        if self._proxy is not None:  # a ProxyError (a ConnectError) names the proxy
+            raw = dial_via_proxy(
+                self._proxy,
+                self._resolver,
+                host,
+                self._settings.port,
+                deadline=self._deadline,
+                cancel=self._cancel,
+            )
+            return self._bounded(raw)
         last_error: OSError = OSError(f"no address for {host}")
         for address in self._addresses(host):
             try:
@@ -357,11 +375,14 @@ class _Run:
             except OSError as exc:  # refused, unreachable: the next address
                 last_error = exc
                 continue
-            sock = DeadlineSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
-            sock.setblocking(False)
-            sock.deadline, sock.cancel = self._deadline, self._cancel
-            return sock
+            return self._bounded(raw)
         raise last_error
+
+    def _bounded(self, raw: socket.socket) -> DeadlineSocket:
+        sock = DeadlineSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+        sock.setblocking(False)
+        sock.deadline, sock.cancel = self._deadline, self._cancel
+        return sock
 
     def _addresses(self, host: str) -> tuple[str, ...]:
         # Resolved fresh by the SDK's resolver within the deadline; never the OS's.

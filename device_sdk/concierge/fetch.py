@@ -41,10 +41,12 @@ from device_sdk.adapters.dialing import (
     remaining,
     tls_handshake,
 )
+from device_sdk.adapters.http_connect import dial_via_proxy
 from device_sdk.adapters.resolver import FreshResolver, Resolver, resolve_within
 from device_sdk.concierge.document import MAX_ENVELOPE_BYTES
 from device_sdk.config import DnsSettings, is_ip_literal
 from device_sdk.errors import ConciergeUnavailable, ConfigError, ConnectError
+from device_sdk.transports import ProxySettings
 
 __all__ = ["ConciergeFetcher"]
 
@@ -59,8 +61,10 @@ class ConciergeFetcher:
     body accepted. ``ca_file`` replaces the system trust store for the concierge's
     certificate. ``allow_plain_http`` must be set for an ``http://`` URL.
     ``resolver`` resolves the host (default: a :class:`FreshResolver` for
-    resolv.conf). ``cancel`` cuts any wait short (the client is closing). The
-    fetcher holds no connection between calls and is safe to share between threads.
+    resolv.conf). ``cancel`` cuts any wait short (the client is closing). ``proxy``
+    (unless it bypasses the host) carries the fetch through an HTTP CONNECT
+    tunnel; TLS still verifies the concierge's own name. The fetcher holds no
+    connection between calls and is safe to share between threads.
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class ConciergeFetcher:
         allow_plain_http: bool = False,
         resolver: Resolver | None = None,
         cancel: CancelToken = NEVER,
+        proxy: ProxySettings | None = None,
     ) -> None:
         self.url = url
         self._cancel = cancel
@@ -84,6 +89,7 @@ class ConciergeFetcher:
         self._timeout = float(timeout)
         self._max_bytes = max_bytes
         self._resolver = resolver if resolver is not None else FreshResolver(DnsSettings())
+        self._proxy = proxy if proxy is not None and not proxy.bypasses(self._host) else None
         self._context = _tls_context(ca_file) if tls else None
         default_port = 443 if tls else 80
         host = f"[{self._host}]" if ":" in self._host else self._host
@@ -169,6 +175,16 @@ class ConciergeFetcher:
         return tls_sock
 
     def _connect(self, deadline: float) -> DeadlineSocket:
+        if self._proxy is not None:  # a ProxyError (a ConnectError) names the proxy
+            raw = dial_via_proxy(
+                self._proxy,
+                self._resolver,
+                self._host,
+                self._port,
+                deadline=deadline,
+                cancel=self._cancel,
+            )
+            return self._bounded(raw, deadline)
         last_error: OSError = OSError(f"no address for {self._host}")
         for host in self._hosts(deadline):
             try:
@@ -178,11 +194,14 @@ class ConciergeFetcher:
             except OSError as exc:  # refused, unreachable: the next address
                 last_error = exc
                 continue
-            sock = DeadlineSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
-            sock.setblocking(False)  # until the handshake is done; reads set their timeout
-            sock.deadline, sock.cancel = deadline, self._cancel
-            return sock
+            return self._bounded(raw, deadline)
         raise last_error
+
+    def _bounded(self, raw: socket.socket, deadline: float) -> DeadlineSocket:
+        sock = DeadlineSocket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+        sock.setblocking(False)  # until the handshake is done; reads set their timeout
+        sock.deadline, sock.cancel = deadline, self._cancel
+        return sock
 
     def _hosts(self, deadline: float) -> tuple[str, ...]:
         """The addresses to dial: IP literals only, so the OS resolver is never asked

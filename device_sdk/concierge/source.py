@@ -31,6 +31,7 @@ from device_sdk.concierge.settings import ConciergeSettings
 from device_sdk.concierge.trust import verify
 from device_sdk.config import HubEndpoint
 from device_sdk.errors import ConfigError, HubNotAllowed, InvalidHubSet
+from device_sdk.transports import ProxySettings
 
 __all__ = ["ConciergeAnswer", "ConciergeSource", "check_hub_set", "map_document"]
 
@@ -50,7 +51,7 @@ class ConciergeSource:
     """Asks the concierge once per :meth:`ask`; thread-safe; remembers the last sequence.
 
     ``resolver`` resolves the concierge's host within the fetch's deadline; the
-    client passes a fresh resolver for its own ``dns`` settings.
+    client passes a fresh resolver for its own ``dns`` settings, and its ``proxy``.
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class ConciergeSource:
         *,
         resolver: Resolver | None = None,
         cancel: CancelToken = NEVER,
+        proxy: ProxySettings | None = None,
     ) -> None:
         self._settings = settings
         self._own_hubs = tuple(own_hubs)
@@ -71,6 +73,7 @@ class ConciergeSource:
             allow_plain_http=settings.allow_plain_http,
             resolver=resolver,
             cancel=cancel,
+            proxy=proxy,
         )
         self._store = SequenceStore(settings.state_file) if settings.state_file else None
         self._lock = threading.Lock()

@@ -26,6 +26,7 @@ from device_sdk.config import HubEndpoint
 from device_sdk.errors import ProvisioningError, ProvisioningFailed
 from device_sdk.provisioning.assignment import Assignment, AssignmentStore
 from device_sdk.provisioning.settings import DpsSettings
+from device_sdk.transports import ProxySettings
 
 __all__ = ["DpsSource", "hub_for", "provisioning_delay"]
 
@@ -39,7 +40,8 @@ class DpsSource:
     """Asks DPS once per :meth:`provision`; keeps the assignment at ``settings.state_path``.
 
     Thread-safe: a run holds no state but the file, which is replaced atomically.
-    ``resolver`` resolves the DPS host within the run's deadline.
+    ``resolver`` resolves the DPS host within the run's deadline; ``proxy``, the
+    client's HTTP CONNECT proxy, carries the run.
     """
 
     def __init__(
@@ -48,10 +50,12 @@ class DpsSource:
         *,
         resolver: Resolver | None = None,
         cancel: CancelToken = NEVER,
+        proxy: ProxySettings | None = None,
     ) -> None:
         self.settings = settings
         self._resolver = resolver
         self._cancel = cancel
+        self._proxy = proxy
         self._store = AssignmentStore(settings.state_path) if settings.state_path else None
 
     def kept(self) -> Assignment | None:
@@ -73,7 +77,11 @@ class DpsSource:
             self._cancel.check("provisioning")
         deadline = time.monotonic() + self.settings.timeout
         assignment = register(
-            self.settings, deadline=deadline, cancel=self._cancel, resolver=self._resolver
+            self.settings,
+            deadline=deadline,
+            cancel=self._cancel,
+            resolver=self._resolver,
+            proxy=self._proxy,
         )
         if not hub_allowed(self.settings.allowed_hubs, assignment.hub_fqdn):
             raise ProvisioningFailed(

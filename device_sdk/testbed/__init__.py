@@ -20,6 +20,7 @@ from device_sdk.testbed.collector import Collector
 from device_sdk.testbed.dns_server import DnsServer, SrvTarget
 from device_sdk.testbed.dps_service import DpsService, Enrollment
 from device_sdk.testbed.hostile_hub import HostileHub
+from device_sdk.testbed.http_proxy import HttpProxy
 from device_sdk.testbed.iothub_front import IotHubFront
 from device_sdk.testbed.pki import CertificateAuthority, ServerCertificate
 from device_sdk.testbed.proxy import FaultProxy
@@ -41,6 +42,7 @@ __all__ = [
     "Enrollment",
     "FaultProxy",
     "HostileHub",
+    "HttpProxy",
     "IotHubFront",
     "MosquittoBroker",
     "ServerCertificate",

@@ -21,6 +21,7 @@ PUBLIC = {
     "ProvisioningUnavailable", "SasTokenProvider", "X509Files", "derive_device_key",
     "Birth", "Will", "Message", "PublishProperties", "MessageExpired", "RetainNotSupported",
     "ProxySettings", "Transport",
+    "ProxyError", "ProxyProtocolError", "ProxyRefused", "ProxyTimeout",
 }  # fmt: skip
 
 
