@@ -1,4 +1,4 @@
-"""A fault-injecting TCP proxy on loopback: forward, blackhole or reset a hub's traffic.
+"""A fault-injecting TCP proxy on loopback: forward, blackhole, drop SYNs or reset a hub's traffic.
 
 Clients dial the proxy; the proxy dials the target (a broker) once per client
 connection and copies bytes both ways. A test then changes the mode:
@@ -11,7 +11,19 @@ connection and copies bytes both ways. A test then changes the mode:
   firewall rule is lifted, if neither end gave up first). Without root the
   kernel still completes new TCP handshakes, so a new connection succeeds and
   then hears nothing; it is dialled upstream only after `restore`, unless the
-  client has given up by then.
+  client has given up by then (`drop_syns` completes none).
+* `FaultProxy.drop_syns`: a port behind a firewall that drops SYNs (8883
+  blocked, say): a new connection never completes its TCP handshake, so a
+  Happy-Eyeballs race cannot mistake it for a winner, and existing
+  connections are blackholed as above. Without root this is the listener's
+  accept queue made full: the proxy stops accepting, sets the backlog to 0
+  (Linux lets ``listen()`` be called again on a listening socket to change
+  it) and connects filler sockets of its own until one's handshake does not
+  complete, proof that the kernel now drops SYNs to the port. A connection
+  whose handshake completed before the switch waits in the queue, like a
+  blackholed one. `restore` closes the fillers, sets the backlog back and
+  accepts again; the fillers' queued connections are recognised by their
+  addresses and discarded, never dialled upstream nor counted.
 * `FaultProxy.reset`: every connection is closed with RST on both sides, and
   new ones are accepted and reset at once.
 * `FaultProxy.restore`: forward again.
@@ -28,12 +40,13 @@ import contextlib
 import enum
 import errno
 import queue
+import select
 import selectors
 import socket
 import struct
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from types import TracebackType
 from typing import Self
@@ -47,6 +60,11 @@ __all__ = ["FaultProxy", "ProxyMode", "ProxySpec"]
 _COMMAND_TIMEOUT = 5.0
 _STOP_TIMEOUT = 5.0
 _CHUNK = 65536
+_BACKLOG = 128
+# A filler whose handshake has not completed after this long had its SYN
+# dropped. (A slow one is harmless: with backlog 0, one queued filler is enough.)
+_FILLER_SETTLE = 0.05
+_FILLER_LIMIT = 8
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 # SO_LINGER on with a zero timeout: close() sends RST and drops unsent data.
@@ -58,6 +76,7 @@ class ProxyMode(enum.Enum):
 
     FORWARD = "forward"
     BLACKHOLE = "blackhole"
+    DROP_SYN = "drop_syn"
     RESET = "reset"
 
 
@@ -130,7 +149,7 @@ class FaultProxy:
         if self._thread is not None:
             raise TestbedError(f"proxy on {self.host}:{self.port} already started")
         listener = bind_socket(self.host, self._port, socket.SOCK_STREAM)
-        listener.listen(128)
+        listener.listen(_BACKLOG)
         self._port = listener.getsockname()[1]
         self._loop = _ProxyLoop(self.spec, listener, self._mode)
         self._thread = LoopThread(self._loop, f"fault-proxy-{self._port}")
@@ -162,6 +181,10 @@ class FaultProxy:
         """Stop all traffic silently, for existing and new connections."""
         self._switch(ProxyMode.BLACKHOLE)
 
+    def drop_syns(self) -> None:
+        """Let no new TCP handshake complete (SYNs dropped); blackhole existing connections."""
+        self._switch(ProxyMode.DROP_SYN)
+
     def reset(self) -> None:
         """Reset every connection (RST both ways) and reset new ones at once."""
         self._switch(ProxyMode.RESET)
@@ -175,6 +198,15 @@ class FaultProxy:
             self._mode = mode  # takes effect at start()
         else:
             self._loop.call(partial(self._loop.apply_mode, mode))
+
+
+@dataclass(slots=True)
+class _Command:
+    """A call for the proxy thread, and how the caller learns it ran (or failed)."""
+
+    command: Callable[[], None]
+    done: threading.Event = field(default_factory=threading.Event)
+    failure: Exception | None = None
 
 
 class _Side:
@@ -216,27 +248,35 @@ class _ProxyLoop(SelectorLoop):
         self.open_pipes = 0
         self._listener = listener
         self._pipes: set[_Pipe] = set()
-        self._commands: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = (
-            queue.SimpleQueue()
-        )
+        self._fillers: list[socket.socket] = []
+        self._filler_peers: set[tuple[str, int]] = set()
+        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         super().__init__()
         for sock, handler in ((listener, self._accept), (self._wake_reader, self._run_commands)):
             sock.setblocking(False)
             self._selector.register(sock, _READ, handler)
+        if mode is ProxyMode.DROP_SYN:
+            self._close_port()  # before the thread starts, so this thread may do it
 
     # -- called from other threads -------------------------------------------
 
     def call(self, command: Callable[[], None]) -> None:
         """Run ``command`` on the proxy thread and wait (bounded) until it has run."""
-        done = threading.Event()
-        self._commands.put((command, done))
+        queued = _Command(command)
+        self._commands.put(queued)
         self.wake()
-        if not done.wait(_COMMAND_TIMEOUT):
+        if not queued.done.wait(_COMMAND_TIMEOUT):
             raise TestbedError("the proxy thread did not respond within 5 s")
+        if queued.failure is not None:
+            raise TestbedError(f"the proxy could not switch: {queued.failure}") from queued.failure
 
     # -- the loop ------------------------------------------------------------
 
     def apply_mode(self, mode: ProxyMode) -> None:
+        if self.mode is ProxyMode.DROP_SYN and mode is not ProxyMode.DROP_SYN:
+            self._open_port()
+        elif mode is ProxyMode.DROP_SYN and self.mode is not ProxyMode.DROP_SYN:
+            self._close_port()
         self.mode = mode
         for pipe in list(self._pipes):
             if mode is ProxyMode.RESET:
@@ -251,18 +291,24 @@ class _ProxyLoop(SelectorLoop):
             self._wake_reader.recv(4096)
         while True:
             try:
-                command, done = self._commands.get_nowait()
+                queued = self._commands.get_nowait()
             except queue.Empty:
                 return
             try:
-                command()
+                queued.command()
+            except (OSError, TestbedError) as exc:
+                queued.failure = exc  # the caller raises it; the proxy keeps serving
             finally:
-                done.set()
+                queued.done.set()
 
     def _accept(self, _mask: int) -> None:
         try:
-            sock, _address = self._listener.accept()
+            sock, address = self._listener.accept()
         except BlockingIOError:
+            return
+        if address[:2] in self._filler_peers:
+            self._filler_peers.discard(address[:2])
+            sock.close()  # one of our own fillers from a drop_syns(): never forwarded
             return
         self.accepted += 1
         sock.setblocking(False)
@@ -274,6 +320,38 @@ class _ProxyLoop(SelectorLoop):
         self.open_pipes = len(self._pipes)
         if self.mode is ProxyMode.FORWARD:
             self._dial(pipe)
+
+    # -- dropping SYNs ---------------------------------------------------------
+
+    def _close_port(self) -> None:
+        """Fill the accept queue so the kernel drops every new SYN to the listener."""
+        self._selector.unregister(self._listener)  # accepting would make room again
+        self._listener.listen(0)
+        address = self._listener.getsockname()
+        for _ in range(_FILLER_LIMIT):
+            filler = socket.socket(self._listener.family, socket.SOCK_STREAM)
+            self._fillers.append(filler)
+            filler.setblocking(False)
+            filler.connect_ex(address)
+            if not _handshake_completes(filler, _FILLER_SETTLE):
+                return  # this SYN was dropped: the queue is full
+        self._open_port()  # leave the proxy as it was: forwarding mode unchanged
+        raise TestbedError(f"the accept queue of port {address[1]} never filled up")
+
+    def _open_port(self) -> None:
+        # Only a filler whose handshake completed waits in the queue to be discarded;
+        # the one whose SYN was dropped left nothing there.
+        self._filler_peers.update(f.getsockname()[:2] for f in self._fillers if _connected(f))
+        # Close every filler before the backlog grows, so no late SYN retry of a
+        # dropped one completes afterwards and is taken for a client.
+        self._close_fillers()
+        self._listener.listen(_BACKLOG)
+        self._selector.register(self._listener, _READ, self._accept)
+
+    def _close_fillers(self) -> None:
+        for filler in self._fillers:
+            filler.close()
+        self._fillers.clear()
 
     def _dial_held(self, pipe: _Pipe) -> None:
         # A connection accepted during a blackhole is dialled now, like a SYN
@@ -385,15 +463,16 @@ class _ProxyLoop(SelectorLoop):
     def _shut_down(self) -> None:
         for pipe in list(self._pipes):
             self._close(pipe)
+        self._close_fillers()
         self._selector.close()
         self._listener.close()
         self._wake_reader.close()
         while True:  # release callers whose command will never run
             try:
-                _command, done = self._commands.get_nowait()
+                queued = self._commands.get_nowait()
             except queue.Empty:
                 break
-            done.set()
+            queued.done.set()
 
 
 def _flush(side: _Side, source: _Side | None) -> None:
@@ -407,6 +486,25 @@ def _flush(side: _Side, source: _Side | None) -> None:
     if not side.outbox and source is not None and source.eof and not side.shut:
         side.sock.shutdown(socket.SHUT_WR)
         side.shut = True
+
+
+def _handshake_completes(sock: socket.socket, timeout: float) -> bool:
+    """True once the non-blocking ``connect`` of ``sock`` has succeeded within ``timeout``."""
+    _readable, writable, _failed = select.select([], [sock], [], timeout)
+    if not writable:
+        return False
+    status = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if status:
+        raise TestbedError(f"a filler connection failed: {errno.errorcode.get(status, status)}")
+    return True
+
+
+def _connected(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+    except OSError:
+        return False  # still in SYN_SENT
+    return True
 
 
 def _close_with_reset(sock: socket.socket) -> None:
