@@ -457,7 +457,7 @@ class _DialingClient(paho.Client):
                 path=self._websocket_path,
                 extra_headers=self._websocket_extra_headers,
             )
-        except (OSError, ValueError):
+        except (OSError, ValueError, ConnectError):  # ConnectError: Cancelled, closing
             sock.close()
             raise
         except Exception as exc:  # paho's parser of the answer trips on what it never expected

@@ -41,6 +41,7 @@ from device_sdk.testbed.dns_server import DnsServer
 from device_sdk.testbed.lifecycle import StartsInContext
 from device_sdk.testbed.pki import CertificateAuthority
 from device_sdk.testbed.ports import pick_free_ports
+from device_sdk.testbed.websocket_bridge import WebSocketBridge
 
 DOMAIN = "hubs.device-sdk.test"
 _CONCIERGE_KID = "testbed"
@@ -227,6 +228,35 @@ class Testbed(StartsInContext):
             self.work_dir, stem=stem or f"device-{common_name}"
         )
         return str(files.cert_file), str(files.key_file)
+
+    def websocket_bridge(self, name: str, *, tls: bool | None = None) -> WebSocketBridge:
+        """A started websockify bridge in front of hub ``name``'s plain MQTT port, on the
+        hub's own address: ``wss`` with a certificate for the hub's FQDN when the
+        testbed has TLS (or ``tls=True``), else ``ws``. Stopped with the testbed.
+
+        A device reaches it with ``Transport(scheme="wss", port=bridge.port)`` in the
+        hub's ``transports``; the hub's name resolves to the same address.
+        """
+        hub = self.hub(name)
+        use_tls = self._tls if tls is None else tls
+        files = None
+        if use_tls:
+            if self.ca is None:
+                raise TestbedError("this testbed was started without TLS")
+            names = [f"{other}.{DOMAIN}" for other in self._hub_names]
+            issued = self.ca.issue_server_certificate(names)
+            written = issued.write_to(self.work_dir, stem=f"{name}-websocket")
+            files = (written.cert_file, written.key_file)
+        bridge = WebSocketBridge(
+            hub.address,
+            hub.broker.port,
+            listen_host=hub.address,
+            tls=files,
+            work_dir=self.work_dir / f"{name}-websocket",
+        )
+        self._stack.callback(bridge.stop)
+        bridge.start()
+        return bridge
 
     def stop(self) -> None:
         """Stop every process and thread the testbed started; remove its own work dir."""

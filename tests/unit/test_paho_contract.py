@@ -329,3 +329,17 @@ def test_tls_goes_through_the_wrap_hook_once_a_context_is_set() -> None:
     source = inspect.getsource(paho.Client.tls_set_context)
     assert "self._ssl = True" in source
     assert "self._ssl_context = context" in source
+
+
+def test_the_websocket_wrapper_takes_the_socket_it_is_given_and_keeps_it() -> None:
+    # paho_link builds paho's WebSocket wrapper itself (to bound the handshake by the
+    # dial's deadline) and swaps the guarded socket for the plain one afterwards.
+    wrapper = paho._WebsocketWrapper
+    parameters = list(inspect.signature(wrapper.__init__).parameters)
+    assert parameters == ["self", "socket", "host", "port", "is_ssl", "path", "extra_headers"]
+    source = inspect.getsource(wrapper)
+    assert "self._socket = socket" in source
+    assert "def pending(self)" in source
+    # The handshake reads the answer through recv() and sends the request with send().
+    handshake = inspect.getsource(wrapper._do_handshake)
+    assert "self._socket.recv(1)" in handshake and "self._socket.send(header)" in handshake
