@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
             "failback",
             "token-expiry",
             "dps",
+            "port-blocked",
             "all",
         ),
         default="all",
@@ -41,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
         "failback: kill the primary, bring it back, watch the device return; "
         "token-expiry: an IoT Hub device renews its SAS token, then its hub is away "
         "for longer than a token lives; dps: the operator moves a DPS device to "
-        "another hub in DPS as its hub dies, and it re-provisions (default: all)",
+        "another hub in DPS as its hub dies, and it re-provisions; port-blocked: a "
+        "firewall blackholes 8883 and the device moves to wss:443, then back (default: all)",
     )
     drill.add_argument("--rate", type=float, default=20.0, help="QoS 1 messages per second")
     drill.add_argument("--no-tls", action="store_true", help="plain MQTT instead of TLS")

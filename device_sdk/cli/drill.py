@@ -10,9 +10,13 @@ The ``token-expiry`` scenario puts an IoT-Hub-like front (SAS tokens, dropped
 at expiry) before the primary broker and keeps the hub away for longer than a
 token lives. In the ``dps`` scenario a DPS-like service provisions the device
 to hub A; the operator moves it to hub B in DPS, hub A dies, and the device
-re-provisions and drains its outbox on B. Each scenario is a stage built on a running testbed
-(:data:`_SCENARIOS`): the device's config and topic, how to break the hub, and
-the numbers only it reports; a new scenario is one more stage.
+re-provisions and drains its outbox on B. In ``port-blocked`` the hub's 8883 (a
+fault proxy before its TLS listener) starts dropping SYNs while the device
+publishes; the device must move to the hub's second way in, secure WebSockets
+through a real websockify, and come back to 8883 once it opens. Each scenario
+is a stage built on a running testbed (:data:`_SCENARIOS`): the device's config
+and topic, how to break the hub, and the numbers only it reports; a new
+scenario is one more stage.
 """
 
 from __future__ import annotations
@@ -45,8 +49,19 @@ from device_sdk.testbed.dps_service import DpsService, Enrollment
 from device_sdk.testbed.iothub_front import IotHubFront
 from device_sdk.testbed.pki import CertificateAuthority
 from device_sdk.testbed.ports import pick_free_port, pick_free_ports
+from device_sdk.testbed.proxy import FaultProxy, ProxySpec
+from device_sdk.transports import Transport
 
-SCENARIOS = ("crash", "dns-flip", "hang", "concierge", "failback", "token-expiry", "dps")
+SCENARIOS = (
+    "crash",
+    "dns-flip",
+    "hang",
+    "concierge",
+    "failback",
+    "token-expiry",
+    "dps",
+    "port-blocked",
+)
 
 Progress = Callable[[str], None]
 
@@ -59,6 +74,8 @@ _FRONT_ADDRESSES = ("127.0.0.20", "127.0.0.21")
 _DPS_NAME = "dps.device-sdk.test"
 _DPS_SCOPE = "0ne00DRILL"
 _DPS_DEVICE = "drill-dps"
+# port-blocked: how often the device probes 8883 while on the fallback way in.
+_WAY_BACK_PROBE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +107,9 @@ class DrillReport:
     reprovisions: int = 0  # Provisioned events after the fault (dps)
     reassigned_to: str | None = None  # the hub the operator named in DPS (dps)
     ended_on: str | None = None  # FQDN of the hub the device was on at the end (dps)
+    fallback_seconds: float | None = None  # fault -> connected over the fallback way in
+    fallback_transport: str | None = None  # the way in it moved to (port-blocked)
+    returned_seconds: float | None = None  # 8883 open again -> back on it (port-blocked)
 
     @property
     def ok(self) -> bool:
@@ -103,6 +123,9 @@ class DrillReport:
             # Exactly one re-provisioning: one registration at start, one after the fault.
             moved = self.reassigned_to is not None and self.ended_on == self.reassigned_to
             clean = clean and moved and self.reprovisions == 1 and self.registrations == 2
+        if self.scenario == "port-blocked":
+            moved_away = self.fallback_seconds is not None and self.fallback_transport is not None
+            clean = clean and moved_away and self.returned_seconds is not None
         return recovered and clean
 
     def as_dict(self) -> dict[str, object]:
@@ -125,6 +148,9 @@ class DrillReport:
             "reprovisions": self.reprovisions,
             "reassigned_to": self.reassigned_to,
             "ended_on": self.ended_on,
+            "fallback_seconds": self.fallback_seconds,
+            "fallback_transport": self.fallback_transport,
+            "returned_seconds": self.returned_seconds,
             "timeline": [{"t": e.seconds, "event": e.text} for e in self.timeline],
             "ok": self.ok,
         }
@@ -139,6 +165,7 @@ class _Recorder:
         self.first_ack_after = threading.Event()
         self.back_home = threading.Event()
         self.renewed = threading.Event()
+        self.returned = threading.Event()
         self.fault_at: float | None = None
         self.home_at: float | None = None
 
@@ -151,6 +178,8 @@ class _Recorder:
                 self.back_home.set()
             if isinstance(event, events.CredentialsRenewed):
                 self.renewed.set()
+            if isinstance(event, events.TransportReturned):
+                self.returned.set()
 
     def mark(self, text: str, at: float | None = None) -> float:
         now = time.monotonic() if at is None else at
@@ -573,6 +602,84 @@ class _DpsDrill:
         report.ended_on = None if on is None else assigned.get(on)
 
 
+# -- port-blocked: a firewall starts dropping 8883; the hub's wss:443 way in is open ---------
+
+
+class _PortBlocked:
+    """A hub with two ways in: mqtts on "8883" and wss on "443" (websockify).
+
+    "8883" is a :class:`FaultProxy` before the broker's TLS listener (plain MQTT
+    with ``--no-tls``: then ``ws``). The fault makes it drop SYNs and hold the
+    open connection silent, as a firewall rule does; the device notices its
+    link is dead, races both ways and lands on WebSockets. Once it has
+    recovered, the rule is lifted and the device's way-back probe (every
+    :data:`_WAY_BACK_PROBE` s here) returns it to 8883, make before break.
+    """
+
+    def __init__(self, site: _Site) -> None:
+        self.site = site
+        bed = site.bed
+        primary = bed.hub("primary")
+        self.tls = bed.ca is not None and primary.broker.tls_port is not None
+        target = primary.broker.tls_port if self.tls and primary.broker.tls_port else None
+        spec = ProxySpec(
+            listen_host=primary.address,
+            target_host=primary.address,
+            target_port=target or primary.broker.port,
+        )
+        self.port_8883 = FaultProxy(spec)
+        site.parts.callback(self.port_8883.stop)
+        self.port_8883.start()
+        self.bridge = bed.websocket_bridge("primary", tls=self.tls)
+        self.opened_at: float | None = None
+
+    def stage(self) -> _Stage:
+        bed = self.site.bed
+        topic = f"drill/{self.site.name}/telemetry"
+        first = Transport(scheme="mqtts" if self.tls else "mqtt", port=self.port_8883.port)
+        second = Transport(scheme="wss" if self.tls else "ws", port=self.bridge.port)
+        config = bed.client_config(
+            "drill-port-blocked", hubs=["primary"], failback_probe_interval=_WAY_BACK_PROBE
+        )
+        hub = dataclasses.replace(config.hubs[0], transports=(first, second))
+        return _Stage(
+            config=dataclasses.replace(config, hubs=(hub,)),
+            topic=topic,
+            collectors=[bed.collector("primary", topic)],
+            inject=self.inject,
+            after_recovery=self.open_again,
+            numbers=self.numbers,
+        )
+
+    def inject(self) -> None:
+        recorder = self.site.recorder
+        recorder.fault_at = recorder.mark(
+            f"firewall: port {self.port_8883.port} drops SYNs; its open connection goes silent"
+        )
+        self.port_8883.drop_syns()
+        self.site.progress("fault injected: port-blocked (8883 blackholed)")
+
+    def open_again(self) -> None:
+        recorder = self.site.recorder
+        time.sleep(0.5)  # some publishing over the fallback first
+        self.opened_at = recorder.mark(f"firewall: port {self.port_8883.port} open again")
+        self.port_8883.restore()
+        recorder.returned.wait(_WAY_BACK_PROBE * 2 + 5.0)
+
+    def numbers(self, report: DrillReport) -> None:
+        recorder = self.site.recorder
+        fault = recorder.fault_at
+        assert fault is not None
+        for at, _text, event in recorder.since(fault):
+            if isinstance(event, events.Connected) and report.fallback_seconds is None:
+                report.fallback_seconds = at - fault
+                report.fallback_transport = event.transport
+            opened = self.opened_at
+            returned = isinstance(event, events.TransportReturned)
+            if returned and opened is not None and report.returned_seconds is None:
+                report.returned_seconds = at - opened
+
+
 _SCENARIOS: dict[str, _Scenario] = {
     "crash": _Scenario({}, _failover_stage, "two mosquitto hubs, DNS, a throwaway CA"),
     "dns-flip": _Scenario({}, _failover_stage, "two mosquitto hubs, DNS, a throwaway CA"),
@@ -593,6 +700,12 @@ _SCENARIOS: dict[str, _Scenario] = {
         {"hubs": ("huba", "hubb")},
         lambda site: _DpsDrill(site).stage(),
         "a DPS-like service (SAS attestation) assigning two mosquitto hubs, DNS, a throwaway CA",
+    ),
+    "port-blocked": _Scenario(
+        {"hubs": ("primary",)},
+        lambda site: _PortBlocked(site).stage(),
+        "a mosquitto hub with two ways in: 8883 behind a fault proxy, wss through "
+        "websockify; DNS, a throwaway CA",
     ),
 }
 
@@ -687,6 +800,8 @@ def format_report(report: DrillReport) -> str:
         lines += _token_lines(report)
     if report.scenario == "dps":
         lines += _dps_lines(report)
+    if report.scenario == "port-blocked":
+        lines += _port_lines(report)
     lines.append("result: OK" if report.ok else "result: FAILED")
     return "\n".join(lines)
 
@@ -710,4 +825,17 @@ def _dps_lines(report: DrillReport) -> list[str]:
         f"provisioned after the fault: {report.reprovisions}",
         f"ended on {report.ended_on or 'no hub'} (the operator reassigned it to "
         f"{report.reassigned_to})",
+    ]
+
+
+def _port_lines(report: DrillReport) -> list[str]:
+    moved, back = report.fallback_seconds, report.returned_seconds
+    away = (
+        "did NOT move" if moved is None else f"on {report.fallback_transport} {moved * 1000:.1f} ms"
+    )
+    home = "did NOT return" if back is None else f"back on 8883 {back * 1000:.1f} ms after"
+    return [
+        f"fallback: {away} after 8883 was blocked (link declared dead, then one race)",
+        f"way back: {home} it opened (way-back probe every {_WAY_BACK_PROBE:g} s, make "
+        "before break)",
     ]

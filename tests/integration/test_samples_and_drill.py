@@ -206,3 +206,13 @@ def test_cloud_samples_publish_and_receive_against_the_testbed(
     acknowledged = [line for line in result.stdout.splitlines() if "acknowledged (PUBACK)" in line]
     assert len(acknowledged) == 3, result.stdout
     assert command_line in result.stdout
+
+
+def test_the_port_blocked_drill_moves_to_wss_and_back_losing_nothing() -> None:
+    report = run_drill("port-blocked", warmup=0.5, after=0.3)
+    text = format_report(report)
+    assert report.ok, text
+    assert report.lost == 0 and report.published > 5
+    assert report.fallback_transport is not None and report.fallback_transport.startswith("wss:")
+    assert report.returned_seconds is not None
+    assert "drops SYNs" in text and "back on mqtts:" in text
