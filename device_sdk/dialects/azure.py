@@ -45,6 +45,7 @@ from device_sdk.core.topics import (
 from device_sdk.errors import ConfigError
 from device_sdk.identity.provider import CredentialProvider
 from device_sdk.identity.sas import DEFAULT_TTL, SasTokenProvider
+from device_sdk.transports import Transport
 
 __all__ = [
     "AZURE_API_VERSION",
@@ -59,6 +60,8 @@ __all__ = [
 ]
 
 AZURE_API_VERSION = "2021-04-12"
+# IoT Hub takes MQTT 3.1.1 over secure WebSockets on 443 at this path (subprotocol "mqtt").
+AZURE_WEBSOCKET_PATH = "/$iothub/websocket"
 # What a device's SAS token is signed for: the hub's host name and the device id.
 AZURE_RESOURCE_TEMPLATE = "{fqdn}/devices/{client_id}"
 
@@ -118,11 +121,25 @@ def azure_hub(
     client_id: str | None = None,
     api_version: str = AZURE_API_VERSION,
     model_id: str | None = None,
+    websockets: bool = False,
+    websocket_port: int = 443,
 ) -> HubEndpoint:
     """An IoT hub (``{name}.azure-devices.net``) with IoT Hub's user-name template.
 
     IoT Hub itself takes TLS only; ``tls=None`` is for IoT-Hub-like test hubs.
+    ``websockets=True`` adds IoT Hub's second way in, MQTT over secure WebSockets
+    on 443 (:data:`AZURE_WEBSOCKET_PATH`), raced after ``port`` for networks
+    that block 8883.
     """
+    transports: tuple[Transport, ...] = ()
+    if websockets:
+        secure = tls is not None
+        transports = (
+            Transport(scheme="mqtts" if secure else "mqtt", port=port),
+            Transport(
+                scheme="wss" if secure else "ws", port=websocket_port, path=AZURE_WEBSOCKET_PATH
+            ),
+        )
     return HubEndpoint(
         name=name,
         fqdn=fqdn,
@@ -131,6 +148,7 @@ def azure_hub(
         credentials=credentials,
         client_id=client_id,
         username=azure_username_template(api_version, model_id),
+        transports=transports,
     )
 
 

@@ -16,6 +16,7 @@ from device_sdk.config import (
 from device_sdk.core.topics import shown
 from device_sdk.errors import ConfigError
 from device_sdk.identity.sas import decode_key
+from device_sdk.transports import Transport
 
 __all__ = ["DEFAULT_ENDPOINT", "DpsSettings"]
 
@@ -85,6 +86,9 @@ class DpsSettings:
     backoff_cap: float = 300.0
     hub_port: int = 8883
     hub_tls: TlsSettings | None = field(default_factory=TlsSettings)
+    # The assigned hub's ways in (e.g. mqtts:8883 then wss:443 at IoT Hub's WebSocket
+    # path); empty: one, on hub_port.
+    hub_transports: tuple[Transport, ...] = ()
     allowed_hubs: tuple[str, ...] = IOT_HUB_DOMAINS
 
     def __post_init__(self) -> None:
@@ -110,6 +114,15 @@ class DpsSettings:
             check_path("dps.state_path", self.state_path)
         if self.hub_tls is not None and not isinstance(self.hub_tls, TlsSettings):
             raise ConfigError("dps.hub_tls", self.hub_tls, "a TlsSettings, or None for plain MQTT")
+        if not isinstance(self.hub_transports, tuple) or not all(
+            isinstance(way, Transport) and way.secure == (self.hub_tls is not None)
+            for way in self.hub_transports
+        ):
+            raise ConfigError(
+                "dps.hub_transports",
+                self.hub_transports,
+                "Transport values, secure (mqtts, wss) exactly when hub_tls is set",
+            )
         for name in ("port", "hub_port"):
             port = getattr(self, name)
             if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:

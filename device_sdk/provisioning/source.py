@@ -141,4 +141,5 @@ def hub_for(assignment: Assignment, settings: DpsSettings, taken: Collection[str
         port=settings.hub_port,
         tls=settings.hub_tls,
         client_id=assignment.device_id,
+        transports=settings.hub_transports,
     )

@@ -7,6 +7,7 @@ with one script, then holds the connection open until the test ends.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -18,6 +19,7 @@ import pytest
 from device_sdk.adapters.cancel import Cancelled, CancelToken
 from device_sdk.adapters.paho_link import LinkSettings, PahoLink
 from device_sdk.config import HubEndpoint
+from device_sdk.dialects.azure import azure_hub
 from device_sdk.errors import DialError
 from device_sdk.transports import Transport
 
@@ -25,8 +27,11 @@ pytestmark = pytest.mark.integration
 
 
 @contextmanager
-def scripted_peer(answer: bytes, *, repeat: int = 1) -> Iterator[int]:
-    """A listener that sends ``answer`` ``repeat`` times to the first client, then waits."""
+def scripted_peer(
+    answer: bytes, *, repeat: int = 1, requests: list[bytes] | None = None
+) -> Iterator[int]:
+    """A listener that sends ``answer`` ``repeat`` times to the first client, then waits;
+    the handshake request it read goes to ``requests``."""
     done = threading.Event()
     with socket.create_server(("127.0.0.1", 0)) as server:
         server.settimeout(5)
@@ -39,7 +44,9 @@ def scripted_peer(answer: bytes, *, repeat: int = 1) -> Iterator[int]:
             with conn:
                 conn.settimeout(0.2)
                 try:
-                    conn.recv(4096)  # the handshake request
+                    request = conn.recv(4096)  # the handshake request
+                    if requests is not None:
+                        requests.append(request)
                     for _ in range(repeat):
                         if done.is_set():
                             break
@@ -57,8 +64,8 @@ def scripted_peer(answer: bytes, *, repeat: int = 1) -> Iterator[int]:
             thread.join(5)
 
 
-def _link(port: int) -> PahoLink:
-    hub = HubEndpoint(
+def _link(port: int, hub: HubEndpoint | None = None) -> PahoLink:
+    hub = hub or HubEndpoint(
         name="ws-hub",
         fqdn="127.0.0.1",
         tls=None,
@@ -110,3 +117,21 @@ def test_close_cuts_a_handshake_that_hangs_short() -> None:
             timer.cancel()
             cancel.close()
         assert time.monotonic() - started < 2.0
+
+
+def test_the_handshake_asks_for_mqtt_at_the_hubs_path_with_its_headers() -> None:
+    # IoT Hub's way in over 443, as the Azure dialect builds it (plain here: no TLS peer).
+    requests: list[bytes] = []
+    with scripted_peer(b"HTTP/1.1 404 Not Found\r\n\r\n", requests=requests) as port:
+        base = azure_hub("iothub", "localhost", port=port, tls=None, websockets=True)
+        (_tcp, ws) = base.transports
+        way = dataclasses.replace(ws, port=port, headers=(("X-Site", "plant-7"),))
+        hub = dataclasses.replace(base, transports=(way,))
+        with pytest.raises(DialError):
+            _link(port, hub).open(time.monotonic() + 1.0)
+    head = requests[0].decode("ascii").split("\r\n")
+    assert head[0] == "GET /$iothub/websocket HTTP/1.1"
+    fields = {line.split(": ", 1)[0].lower(): line.split(": ", 1)[1] for line in head[1:] if line}
+    assert fields["sec-websocket-protocol"] == "mqtt"
+    assert fields["host"] == f"localhost:{port}"  # the FQDN, never the address dialled
+    assert fields["x-site"] == "plant-7"

@@ -246,3 +246,9 @@ def test_any_c2d_topic_parses_or_is_a_config_error(topic: str) -> None:
         return
     assert topic.startswith(f"devices/{device_id}/messages/devicebound")
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in properties.items())
+
+
+def test_websockets_add_iot_hubs_second_way_in_after_8883() -> None:
+    hub = azure_hub("primary", "myhub.azure-devices.net", websockets=True)
+    assert [way.label for way in hub.ways_in] == ["mqtts:8883", "wss:443/$iothub/websocket"]
+    assert azure_hub("primary", "myhub.azure-devices.net").ways_in[0].label == "mqtts:8883"

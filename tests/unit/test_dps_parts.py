@@ -38,6 +38,7 @@ from device_sdk.provisioning import (
     hub_for,
     provisioning_delay,
 )
+from device_sdk.transports import Transport
 
 KEY = base64.b64encode(b"k" * 32).decode()
 
@@ -396,3 +397,15 @@ def test_an_assignment_outside_the_allow_list_is_refused_and_not_kept(
     good = dataclasses.replace(evil, hub_fqdn="hub-a.azure-devices.net")
     AssignmentStore(str(state)).save(good)
     assert source.kept() == good
+
+
+def test_the_assigned_hub_takes_the_ways_in_dps_settings_name() -> None:
+    ways = (
+        Transport(scheme="mqtts", port=8883),
+        Transport(scheme="wss", port=443, path="/$iothub/websocket"),
+    )
+    dps = settings(hub_transports=ways)
+    assignment = Assignment(hub_fqdn="hub-a.azure-devices.net", device_id="dev-1", assigned_at=0)
+    assert hub_for(assignment, dps, taken=()).ways_in == ways
+    with pytest.raises(ConfigError, match=r"dps\.hub_transports"):
+        settings(hub_transports=(Transport(scheme="ws", port=80),))  # plain, yet hub_tls is set
