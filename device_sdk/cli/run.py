@@ -39,6 +39,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
@@ -56,6 +58,7 @@ from device_sdk.identity.provider import CredentialProvider, identity_for_attemp
 from device_sdk.metrics import Metrics
 from device_sdk.profiles import Profile, env_variable, load_profile
 from device_sdk.status import StatusWriter
+from device_sdk.transports import ProxySettings, Transport
 
 # The options that each give the device its identity; a run takes one.
 _IDENTITY_SOURCES = ("password_file", "sas_key_file", "cert_file")
@@ -123,6 +126,37 @@ def _device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--topic", help="default: devices/<client id>/telemetry (with --azure: the D2C topic)"
     )
+    network = parser.add_argument_group(
+        "locked-down networks", "other ways in than 8883, and HTTP proxies"
+    )
+    network.add_argument(
+        "--transport",
+        action="append",
+        metavar="SCHEME:PORT[/PATH]",
+        help="a way into every hub, in order (mqtts:8883, wss:443, wss:443/mqtt, mqtts:443); "
+        "they race like addresses (default: the hub's own port)",
+    )
+    network.add_argument(
+        "--websockets",
+        action="store_true",
+        help="after each hub's port, also race MQTT over secure WebSockets on 443 "
+        "(with --azure: IoT Hub's /$iothub/websocket)",
+    )
+    network.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="an HTTP CONNECT proxy, http://[user[:password]@]host:port; a password is better "
+        "given in HTTPS_PROXY with --proxy-from-env (command lines are visible to other users)",
+    )
+    network.add_argument(
+        "--proxy-from-env", action="store_true", help="take the proxy from HTTPS_PROXY/NO_PROXY"
+    )
+    network.add_argument(
+        "--proxy-resolve-locally",
+        action="store_true",
+        help="resolve hub names here, fresh, and CONNECT to the address (default: the proxy "
+        "resolves them)",
+    )
 
 
 def device_config(args: argparse.Namespace) -> ClientConfig:
@@ -134,9 +168,15 @@ def device_config(args: argparse.Namespace) -> ClientConfig:
     _check_identity_options(args)
     profile = load_profile(args.profile, search_path=args.profile_dir)
     tls = None if args.plain else TlsSettings(ca_file=args.ca_file)
-    hubs = tuple(_hub(text, tls, azure=args.azure) for text in args.hub)
+    hubs = tuple(
+        _ways_in(_hub(text, tls, azure=args.azure, websockets=args.websockets), args)
+        for text in args.hub
+    )
     credentials = _credentials(args, profile)
     overrides: dict[str, Any] = {"mqtt_version": "3.1.1"} if args.azure else {}
+    proxy = _proxy(args)
+    if proxy is not None:
+        overrides["proxy"] = proxy
     config = profile.client_config(
         client_id=args.client_id, hubs=hubs, credentials=credentials, **overrides
     )
@@ -247,14 +287,53 @@ def _as_option(option: str, value: str, build: Callable[[], _T]) -> _T:
         raise ConfigError(option, value, f"{exc.field}: {exc.allowed}") from None
 
 
-def _hub(text: str, tls: TlsSettings | None, *, azure: bool = False) -> HubEndpoint:
+def _hub(
+    text: str, tls: TlsSettings | None, *, azure: bool = False, websockets: bool = False
+) -> HubEndpoint:
     name, _, authority = text.partition("=")
     fqdn, _, port = authority.rpartition(":")
     if not name or not fqdn or not port.isdigit():
         raise ConfigError("--hub", text, "name=fqdn:port, e.g. primary=hub.example.com:8883")
     if azure:
-        return azure_hub(name, fqdn, port=int(port), tls=tls)
+        return azure_hub(name, fqdn, port=int(port), tls=tls, websockets=websockets)
     return HubEndpoint(name=name, fqdn=fqdn, port=int(port), tls=tls)
+
+
+def _ways_in(hub: HubEndpoint, args: argparse.Namespace) -> HubEndpoint:
+    """The hub with the ways in ``--transport`` and ``--websockets`` name."""
+    ways = list(hub.transports) if args.azure and args.websockets else []
+    for text in args.transport or ():
+        ways.append(_as_option("--transport", text, partial(Transport.parse, text)))
+    if args.websockets and not args.azure:
+        secure = hub.tls is not None
+        ways = ways or list(hub.ways_in)
+        ways.append(Transport(scheme="wss" if secure else "ws", port=443))
+    if not ways:
+        return hub
+    labels = ",".join(way.label for way in ways)
+    return _as_option("--transport", labels, partial(replace, hub, transports=tuple(ways)))
+
+
+def _proxy(args: argparse.Namespace) -> ProxySettings | None:
+    if args.proxy and args.proxy_from_env:
+        raise ConfigError("--proxy", args.proxy, "not with --proxy-from-env: one proxy source")
+    local = bool(args.proxy_resolve_locally)
+    if args.proxy:
+        return _as_option(
+            "--proxy",
+            "(hidden)",
+            lambda: ProxySettings.from_url(args.proxy, resolve_locally=local),
+        )
+    if args.proxy_from_env:
+        proxy = _as_option(
+            "--proxy-from-env",
+            "HTTPS_PROXY",
+            lambda: ProxySettings.from_environment(resolve_locally=local),
+        )
+        if proxy is None:
+            raise ConfigError("--proxy-from-env", True, "HTTPS_PROXY set in the environment")
+        return proxy
+    return None
 
 
 def _topic(args: argparse.Namespace, config: ClientConfig) -> str:

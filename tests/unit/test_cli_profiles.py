@@ -323,3 +323,39 @@ def test_run_reports_an_identity_conflict_in_one_line(
     err = capsys.readouterr().err
     assert "--password-file" in err and "--sas-key-file" in err and "Traceback" not in err
     assert KEY not in err
+
+
+# --------------------------------------------------------------------------- run's ways in
+
+
+def test_transport_options_give_every_hub_its_ways_in_in_order() -> None:
+    _args, config = run_config("--transport=mqtts:8883", "--transport=wss:443/mqtt", *HUBS)
+    for hub in config.hubs:
+        assert [way.label for way in hub.ways_in] == ["mqtts:8883", "wss:443/mqtt"]
+    _args, config = run_config("--websockets", *HUBS)
+    assert [way.label for way in config.hubs[0].ways_in] == ["mqtts:8883", "wss:443/mqtt"]
+
+
+def test_azure_websockets_use_iot_hubs_path(tmp_path: Path) -> None:
+    _args, config = run_config(
+        "--azure", f"--sas-key-file={key_file(tmp_path)}", "--websockets", *HUBS
+    )
+    labels = [way.label for way in config.hubs[0].ways_in]
+    assert labels == ["mqtts:8883", "wss:443/$iothub/websocket"]
+
+
+def test_proxy_options_name_the_proxy_and_never_show_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _args, config = run_config("--proxy=http://gw:s3cret@proxy.corp:3128", *HUBS)
+    assert config.proxy is not None and config.proxy.authority == "proxy.corp:3128"
+    assert "s3cret" not in repr(config)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:8080")
+    monkeypatch.setenv("NO_PROXY", ".example.com")
+    _args, config = run_config("--proxy-from-env", "--proxy-resolve-locally", *HUBS)
+    assert config.proxy is not None and config.proxy.resolve_locally
+    assert config.proxy.bypasses("hub-eu.example.com")
+    monkeypatch.delenv("HTTPS_PROXY")
+    assert option_error("--proxy-from-env", *HUBS).field == "--proxy-from-env"
+    assert option_error("--proxy=socks5://p:1080", *HUBS).field == "--proxy"
+    assert option_error("--transport=wss:443", "--plain", *HUBS).field == "--transport"
