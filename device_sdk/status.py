@@ -86,6 +86,16 @@ _COUNTERS = (
         "internal_faults",
         "Faults in device_sdk's own code on the engine thread (each restarts the link).",
     ),
+    (
+        "device_sdk_transport_fallbacks_total",
+        "transport_fallbacks",
+        "Connects on a way in other than the hub's first (e.g. wss:443 with 8883 blocked).",
+    ),
+    (
+        "device_sdk_transport_returns_total",
+        "transport_returns",
+        "Links moved back to the hub's first way in once it answered again.",
+    ),
 )
 _GAUGES = (
     ("device_sdk_outbox_depth", "queue_depth", "Messages waiting for a PUBACK."),
@@ -219,6 +229,13 @@ def prometheus_text(metrics: Metrics, *, labels: Mapping[str, str] | None = None
     lines += _family("device_sdk_connected", "gauge", "1 while connected to a hub.", connected)
     hub = [] if metrics.current_hub is None else [((*base, ("hub", metrics.current_hub)), 1)]
     lines += _family("device_sdk_current_hub", "gauge", "The hub connected to now.", hub)
+    way = metrics.current_transport
+    current = (
+        [] if way is None or metrics.current_hub is None else [((*base, ("transport", way)), 1)]
+    )
+    lines += _family(
+        "device_sdk_current_transport", "gauge", "The way in of the current link.", current
+    )
     failed = [(base, 1 if metrics.engine_state == "failed" else 0)]
     lines += _family(
         "device_sdk_engine_failed",

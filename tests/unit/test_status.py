@@ -42,6 +42,9 @@ SAMPLE = Metrics(
     queue_depth=2,
     dropped=5,
     current_hub="secondary",
+    current_transport="wss:443/mqtt",
+    transport_fallbacks=3,
+    transport_returns=19,
     last_recovery_seconds=0.042,
     last_reconnect_seconds=0.031,
     ack_deadline_seconds=0.25,
@@ -181,6 +184,12 @@ def test_prometheus_output_parses_with_help_type_and_values() -> None:
     assert families["device_sdk_current_hub"]["samples"] == [
         ({"device": "gw-17", "hub": "secondary"}, 1.0)
     ]
+    assert families["device_sdk_current_transport"]["samples"] == [
+        ({"device": "gw-17", "transport": "wss:443/mqtt"}, 1.0)
+    ]
+    assert families["device_sdk_transport_fallbacks_total"]["samples"] == [
+        ({"device": "gw-17"}, 3.0)
+    ]
 
 
 def test_unknown_gauges_have_no_sample_and_no_hub_means_disconnected() -> None:
@@ -188,6 +197,7 @@ def test_unknown_gauges_have_no_sample_and_no_hub_means_disconnected() -> None:
     assert families["device_sdk_last_recovery_seconds"]["samples"] == []
     assert families["device_sdk_ack_deadline_seconds"]["samples"] == []
     assert families["device_sdk_current_hub"]["samples"] == []
+    assert families["device_sdk_current_transport"]["samples"] == []
     assert families["device_sdk_connected"]["samples"] == [({}, 0.0)]
 
 
@@ -224,6 +234,9 @@ def test_every_metric_reports_its_own_field() -> None:
         "device_sdk_protocol_errors_total": [({}, 15.0)],
         "device_sdk_callback_errors_total": [({}, 16.0)],
         "device_sdk_internal_faults_total": [({}, 17.0)],
+        "device_sdk_transport_fallbacks_total": [({}, 3.0)],
+        "device_sdk_transport_returns_total": [({}, 19.0)],
+        "device_sdk_current_transport": [({"transport": "wss:443/mqtt"}, 1.0)],
         "device_sdk_outbox_depth": [({}, 2.0)],
         "device_sdk_last_recovery_seconds": [({}, 0.042)],
         "device_sdk_last_reconnect_seconds": [({}, 0.031)],
