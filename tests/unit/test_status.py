@@ -43,7 +43,7 @@ SAMPLE = Metrics(
     dropped=5,
     current_hub="secondary",
     current_transport="wss:443/mqtt",
-    transport_fallbacks=3,
+    transport_fallbacks=21,
     transport_returns=19,
     last_recovery_seconds=0.042,
     last_reconnect_seconds=0.031,
@@ -188,7 +188,7 @@ def test_prometheus_output_parses_with_help_type_and_values() -> None:
         ({"device": "gw-17", "transport": "wss:443/mqtt"}, 1.0)
     ]
     assert families["device_sdk_transport_fallbacks_total"]["samples"] == [
-        ({"device": "gw-17"}, 3.0)
+        ({"device": "gw-17"}, 21.0)
     ]
 
 
@@ -234,7 +234,7 @@ def test_every_metric_reports_its_own_field() -> None:
         "device_sdk_protocol_errors_total": [({}, 15.0)],
         "device_sdk_callback_errors_total": [({}, 16.0)],
         "device_sdk_internal_faults_total": [({}, 17.0)],
-        "device_sdk_transport_fallbacks_total": [({}, 3.0)],
+        "device_sdk_transport_fallbacks_total": [({}, 21.0)],
         "device_sdk_transport_returns_total": [({}, 19.0)],
         "device_sdk_current_transport": [({"transport": "wss:443/mqtt"}, 1.0)],
         "device_sdk_outbox_depth": [({}, 2.0)],
