@@ -27,7 +27,7 @@ from device_sdk import (
     Transport,
     events,
 )
-from device_sdk.testbed import FAST_LIVENESS, HttpProxy, Testbed
+from device_sdk.testbed import FAST_LIVENESS, HttpProxy, Testbed, TlsProbeListener
 from device_sdk.testbed.proxy import FaultProxy, ProxySpec
 from tests.integration.support import TOPIC, EventLog, SteadyPublisher, assert_nothing_lost
 
@@ -230,3 +230,22 @@ def test_a_proxy_that_never_answers_costs_one_connect_timeout(bed: Testbed) -> N
             client.close()
     assert isinstance(caught.value.attempts[0], ProxyTimeout)
     assert time.monotonic() - started < 3.0
+
+
+def test_mqtts_on_443_offers_the_ways_own_alpn(bed: Testbed) -> None:
+    # AWS-style 443: the same TLS settings, but this way in offers ALPN "mqtt" alone.
+    assert bed.ca is not None and bed.ca_file is not None
+    primary = bed.hub("primary")
+    files = bed.ca.issue_server_certificate([primary.fqdn]).write_to(bed.work_dir, stem="alpn")
+    with TlsProbeListener(
+        cert_file=files.cert_file, key_file=files.key_file, host=primary.address
+    ) as listener:
+        config = _with_ways(
+            bed.client_config("alpn-443", hubs=["primary"]),
+            Transport(scheme="mqtts", port=listener.port, alpn_protocols=("mqtt",)),
+        )
+        with DeviceClient(config) as client:
+            client.connect(timeout=5)
+        (seen, *_rest) = listener.connections()
+    assert seen.sni == primary.fqdn
+    assert seen.alpn_offered == ("mqtt",) and seen.alpn_selected == "mqtt"
