@@ -11,6 +11,7 @@ listen on the hub's own loopback address, which its FQDN resolves to.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Iterator
 
@@ -249,3 +250,28 @@ def test_mqtts_on_443_offers_the_ways_own_alpn(bed: Testbed) -> None:
         (seen, *_rest) = listener.connections()
     assert seen.sni == primary.fqdn
     assert seen.alpn_offered == ("mqtt",) and seen.alpn_selected == "mqtt"
+
+
+def test_a_session_resumes_over_wss_as_over_tcp(testbed_factory: object) -> None:
+    # The same hang-and-resume as tests/integration/test_sessions.py, over WebSockets:
+    # the link is reopened on the same paho session through a new WebSocket handshake.
+    bed: Testbed = testbed_factory(tls=True, broker_log_types=("all",))  # type: ignore[operator]
+    config = _with_ways(
+        bed.client_config("wss-resume", hubs=["primary"], session_expiry=60), _wss(bed)
+    )
+    collector = bed.collector("primary", TOPIC)
+    log = EventLog()
+    with DeviceClient(config, on_event=log) as client:
+        with SteadyPublisher(client).running() as publisher:
+            time.sleep(0.3)
+            bed.hub("primary").broker.hang()
+            lost = log.wait_for(events.Disconnected, 5.0)
+            bed.hub("primary").broker.resume()
+            back = log.wait_for(events.Connected, 5.0, after=lost.at)
+            time.sleep(0.3)
+        assert_nothing_lost(publisher, collector)
+    assert back.session_present  # type: ignore[attr-defined]
+    assert back.transport.startswith("wss:")  # type: ignore[attr-defined]
+    assert re.search(
+        r"Received PUBLISH from wss-resume \(d1,", bed.hub("primary").broker.log_text()
+    )
