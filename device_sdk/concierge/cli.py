@@ -3,12 +3,16 @@
 ::
 
     device-sdk concierge keygen --out DIR --kid KID
-    device-sdk concierge serve --config concierge.toml
+    device-sdk concierge serve --config concierge.toml [--store etcd://host:port,...]
     device-sdk concierge set-active HUB --url URL --token-file FILE
+    device-sdk concierge status --url URL [--url URL ...]
 
 ``keygen`` writes ``DIR/KID.key`` (mode 0600) and ``DIR/KID.pub`` and prints the
-public key as devices pin it. ``set-active`` posts to ``URL/v1/active``; plain
-``http://`` is accepted only for a loopback host unless ``--allow-plain-http``.
+public key as devices pin it. With replicas on etcd, ``set-active`` works
+through any replica, and ``status`` shows each replica's view: its sequence,
+active hub, store health and the age of the last change it saw.
+``set-active`` posts to ``URL/v1/active``; plain ``http://`` is accepted only
+for a loopback host unless ``--allow-plain-http``.
 
 The ``serve`` configuration is TOML. Relative paths are relative to the file;
 unknown keys are errors::
@@ -23,6 +27,10 @@ unknown keys are errors::
     ttl = 300                            # seconds each document stays valid (default 300)
     scope = "fleet:gateways"             # optional: "device:<id>" or "fleet:<name>"
     initial_active = "primary"           # optional: active hub on a fresh start (default: first)
+    store = "etcd://10.0.1.5:2379,10.0.2.5:2379,10.0.3.5:2379"
+                                         # optional: share the state with every replica
+                                         # (the device_sdk[etcd] extra); default: state_file
+    store_prefix = "/device-sdk/concierge/"  # optional: this deployment's keys in etcd
 
     [hubs.primary]                       # one table per hub, in priority order
     fqdn = "primary.hubs.example.com"    # a DNS name, never an IP
@@ -52,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import http.client
 import ipaddress
 import json
@@ -82,6 +91,19 @@ def add_subcommands(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     commands = concierge.add_subparsers(dest="concierge_command", required=True)
     serve = commands.add_parser("serve", help="serve signed endpoint documents")
     serve.add_argument("--config", required=True, type=Path, help="the TOML configuration")
+    serve.add_argument(
+        "--store",
+        metavar="etcd://HOST:PORT[,HOST:PORT...]",
+        help="keep the state in this etcd cluster, shared by every replica (overrides the "
+        "file's store)",
+    )
+    status = commands.add_parser("status", help="every replica's view of the state")
+    status.add_argument(
+        "--url", required=True, action="append", help="a replica's base URL (repeat for each)"
+    )
+    status.add_argument("--ca-file", help="CA bundle for https:// replicas")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds per replica")
+    status.add_argument("--json", action="store_true", help="print the views as JSON")
     switch = commands.add_parser("set-active", help="switch the active hub (operator)")
     switch.add_argument("hub", help="the hub name to make active")
     switch.add_argument("--url", required=True, help="the concierge's base URL")
@@ -100,9 +122,11 @@ def run(args: argparse.Namespace) -> int:
     """Run the ``concierge`` subcommand in ``args``; DeviceSDKError escapes for the caller."""
     command = args.concierge_command
     if command == "serve":
-        return _serve(args.config)
+        return _serve(args.config, getattr(args, "store", None))
     if command == "set-active":
         return _set_active(args)
+    if command == "status":
+        return _status(args)
     return _keygen(args.out, args.kid)
 
 
@@ -114,8 +138,10 @@ def _keygen(out: Path, kid: str) -> int:
     return 0
 
 
-def _serve(config_file: Path) -> int:
+def _serve(config_file: Path, store: str | None = None) -> int:
     config = load_service_config(config_file)
+    if store is not None:
+        config = dataclasses.replace(config, store=store)
     stopping = threading.Event()
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set()) if in_main else None
@@ -146,6 +172,62 @@ def _set_active(args: argparse.Namespace) -> int:
     )
     print(f"active hub: {answer.get('active_hub')} (sequence {answer.get('sequence')})")
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    """Each replica's /healthz view; exit 1 when any is unreachable or disagrees."""
+    views = [replica_view(url, timeout=args.timeout, ca_file=args.ca_file) for url in args.url]
+    if args.json:
+        print(json.dumps(views, indent=2))
+    else:
+        for view in views:
+            print(_describe_view(view))
+    sequences = {view.get("sequence") for view in views if view.get("reachable")}
+    agree = len(sequences) == 1 and all(view.get("reachable") for view in views)
+    if not args.json:
+        print("replicas agree" if agree else "replicas DISAGREE or are unreachable")
+    return 0 if agree else 1
+
+
+def replica_view(url: str, *, timeout: float = 5.0, ca_file: str | None = None) -> dict[str, Any]:
+    """What one replica reports on /healthz: sequence, active hub, store health."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigError("--url", url, "an http:// or https:// URL")
+    connection: http.client.HTTPConnection
+    if parts.scheme == "http":
+        connection = http.client.HTTPConnection(host, parts.port, timeout=timeout)
+    else:
+        context = ssl.create_default_context(cafile=ca_file)
+        connection = http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=context)
+    try:
+        connection.request("GET", parts.path.rstrip("/") + "/healthz")
+        with connection.getresponse() as response:
+            status, data = response.status, response.read(64 * 1024)
+    except (OSError, http.client.HTTPException) as exc:
+        return {"url": url, "reachable": False, "error": str(exc)}
+    finally:
+        connection.close()
+    answer = _json_object(data)
+    return {"url": url, "reachable": True, "http_status": status, **answer}
+
+
+def _describe_view(view: dict[str, Any]) -> str:
+    if not view.get("reachable"):
+        return f"{view['url']}: UNREACHABLE ({view.get('error')})"
+    raw = view.get("store")
+    store: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    age = store.get("last_change_age")
+    changed = "no change seen" if age is None else f"last change {age:.1f} s ago"
+    health = "healthy" if view.get("healthy") else f"UNHEALTHY ({view.get('detail')})"
+    store_text = (
+        f"{store.get('kind')} store {'reachable' if store.get('reachable') else 'UNREACHABLE'}"
+    )
+    return (
+        f"{view['url']}: sequence {view.get('sequence')}, active {view.get('active_hub')}, "
+        f"{store_text} ({store.get('reason')}), {changed}; {health}"
+    )
 
 
 # -- the operator's client -------------------------------------------------------------------
@@ -297,6 +379,8 @@ def _service_config(document: dict[str, Any], source: Path) -> ConciergeServiceC
         host=service.get("host", str, "127.0.0.1"),
         port=service.get("port", int, 8080),
         health=health,
+        store=service.get("store", str, None),
+        store_prefix=service.get("store_prefix", str, "/device-sdk/concierge/"),
     )
     service.finish()
     return config

@@ -13,11 +13,15 @@ A deliberately small standard-library HTTP service (``ThreadingHTTPServer``):
     CONNACK), 503 otherwise, each with a small JSON reason: the probe a DNS
     traffic manager polls to route around a broken region.
 
-State (active hub, sequence, hub map) lives in a JSON file replaced atomically
-on every change, so it survives restarts. The sequence never goes backwards:
-every change sets it to ``max(previous + 1, Unix time in milliseconds)``, which
-also keeps it moving forward if the state file is lost and the service starts
-afresh.
+State (active hub, sequence, hub map) lives in a :class:`StateStore`: by
+default a JSON file replaced atomically on every change, where every change
+sets the sequence to ``max(previous + 1, Unix time in milliseconds)``; with
+``store = "etcd://host:port,..."`` one key in an etcd cluster that replicas in
+every region share, the sequence coming from the cluster's revision (see
+:mod:`device_sdk.concierge.etcd_store`). Either way it never goes backwards.
+``/healthz`` also reports the store; a replica that cannot see its store
+answers 503 there, and stops answering ``/v1/endpoint`` once a document from
+its last confirmed state would have expired.
 
 It binds loopback by default; in production, put TLS in front of it (a
 reverse proxy or load balancer) so devices can verify it and the operator
@@ -41,15 +45,20 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Self
 
-from device_sdk.atomic_file import write_file_atomically
 from device_sdk.concierge.document import (
     FORMAT_VERSION,
-    MAX_SAFE_INTEGER,
     DocumentHub,
     EndpointDocument,
 )
 from device_sdk.concierge.health import HealthChecker, HealthProbeSettings, HealthStatus
 from device_sdk.concierge.signing import check_kid, load_private_key, sign_document
+from device_sdk.concierge.state_store import (
+    FileStateStore,
+    ServiceState,
+    StateStore,
+    StoreHealth,
+    next_sequence,
+)
 from device_sdk.config import is_ip_literal
 from device_sdk.errors import ConciergeError, ConfigError, MalformedDocument
 
@@ -59,12 +68,13 @@ __all__ = [
     "HealthProbeSettings",  # re-exported: a service config names it
     "HealthStatus",
     "ServiceState",
+    "StateStore",
+    "StoreHealth",
     "next_sequence",
 ]
 
 logger = logging.getLogger(__name__)
 
-_STATE_FORMAT = 1
 _MAX_TTL = 30 * 24 * 3600
 _MAX_REQUEST_BODY = 1024
 _MIN_TOKEN_LENGTH = 16
@@ -79,7 +89,11 @@ class ConciergeServiceConfig:
     ``hubs`` maps hub names to hubs in the order operators think of them; the
     first is active on a fresh start unless ``initial_active`` says otherwise.
     ``scope`` is stamped on every document (None: unscoped). ``port=0`` picks a
-    free port (tests).
+    free port (tests). ``store``: None keeps the state in ``state_file``;
+    ``"etcd://host:port[,host:port...]"`` keeps it in that etcd cluster, shared
+    with every replica (``state_file``, if it holds a state, is imported once, so
+    a running deployment moves to etcd without devices seeing a rollback).
+    ``store_prefix`` is the cluster's key prefix for this deployment.
     """
 
     state_file: Path
@@ -93,9 +107,15 @@ class ConciergeServiceConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     health: HealthProbeSettings = field(default_factory=HealthProbeSettings)
+    store: str | None = None
+    store_prefix: str = "/device-sdk/concierge/"
 
     def __post_init__(self) -> None:
         check_kid(self.kid)
+        if self.store is not None:
+            from device_sdk.concierge.etcd_store import parse_store_url
+
+            parse_store_url(self.store)  # ConfigError naming "store" when malformed
         ttl = self.ttl
         if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= _MAX_TTL:
             raise ConfigError("ttl", ttl, f"whole seconds from 1 to {_MAX_TTL}")
@@ -117,104 +137,41 @@ class ConciergeServiceConfig:
             return self.initial_active
         return next(iter(self.hubs), "")
 
-    def document(self, *, sequence: int, now: float, active: str) -> EndpointDocument:
+    def document(
+        self,
+        *,
+        sequence: int,
+        now: float,
+        active: str,
+        hubs: Mapping[str, DocumentHub] | None = None,
+        confirmed_at: float | None = None,
+    ) -> EndpointDocument:
+        """A document issued ``now``; it expires ``ttl`` after ``confirmed_at`` (the last
+        moment the store confirmed this state) at the latest, so a replica cut off
+        from its store never vouches for a state longer than one ttl."""
         issued_at = int(now)
+        expires_at = issued_at + self.ttl
+        if confirmed_at is not None:
+            expires_at = min(expires_at, int(confirmed_at) + self.ttl)
         return EndpointDocument(
             format_version=FORMAT_VERSION,
             sequence=sequence,
             issued_at=issued_at,
-            expires_at=issued_at + self.ttl,
+            expires_at=expires_at,
             scope=self.scope,
             active_hub=active,
-            hubs=self.hubs,
+            hubs=self.hubs if hubs is None else hubs,
         )
 
+    def state_store(self) -> StateStore:
+        """The store this config names: the file, or the etcd cluster."""
+        if self.store is None:
+            return FileStateStore(self.state_file)
+        from device_sdk.concierge.etcd_store import EtcdStateStore
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServiceState:
-    """What the concierge persists: the active hub, the sequence and the hub map."""
-
-    active_hub: str
-    sequence: int
-    hubs: Mapping[str, DocumentHub]
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "format": _STATE_FORMAT,
-            "active_hub": self.active_hub,
-            "sequence": self.sequence,
-            "hubs": {name: hub.as_json() for name, hub in self.hubs.items()},
-        }
-
-
-def next_sequence(previous: int, now: float) -> int:
-    """The sequence after ``previous``: one more, or Unix time in milliseconds if larger.
-
-    Why the clock: if the state file is ever lost, a fresh start still issues
-    sequences above everything devices have already accepted (unless changes
-    came faster than one per millisecond). 2**53 milliseconds is 285,000 years.
-    """
-    return min(max(previous + 1, int(now * 1000)), MAX_SAFE_INTEGER)
-
-
-# -- the state file ----------------------------------------------------------------------------
-
-
-def load_state(path: Path) -> ServiceState | None:
-    """The persisted state, None when there is none; ConfigError when it is unusable."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ConfigError("state_file", str(path), f"a readable file ({exc.strerror})") from exc
-    try:
-        return _state_from_json(json.loads(data))
-    except (ValueError, KeyError, TypeError, RecursionError, MalformedDocument) as exc:
-        raise ConfigError(
-            "state_file",
-            str(path),
-            "a state file written by the concierge; it is never overwritten: move it away "
-            "to start afresh (sequences stay monotonic through the clock)",
-        ) from exc
-
-
-def _state_from_json(value: dict[str, object]) -> ServiceState:
-    if value["format"] != _STATE_FORMAT:
-        raise ValueError("unknown state format")
-    hubs_value = value["hubs"]
-    if not isinstance(hubs_value, dict):
-        raise TypeError("hubs must be an object")
-    hubs = {name: DocumentHub(**hub) for name, hub in hubs_value.items()}
-    active, sequence = value["active_hub"], value["sequence"]
-    if not isinstance(active, str) or type(sequence) is not int or sequence < 0:
-        raise TypeError("active_hub must be a string and sequence an integer")
-    return ServiceState(active_hub=active, sequence=sequence, hubs=hubs)
-
-
-def save_state(path: Path, state: ServiceState) -> None:
-    data = json.dumps(state.as_json(), indent=2, sort_keys=True).encode() + b"\n"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_file_atomically(path, data)
-    except OSError as exc:
-        raise ConciergeError(f"cannot persist concierge state to {path}: {exc}") from exc
-
-
-def _initial_state(config: ConciergeServiceConfig, now: float) -> ServiceState:
-    """The state to serve after a (re)start; persisted when it differs from the file."""
-    stored = load_state(config.state_file)
-    hubs = dict(config.hubs)
-    if stored is not None and stored.active_hub in hubs and dict(stored.hubs) == hubs:
-        return stored
-    active = stored.active_hub if stored is not None and stored.active_hub in hubs else None
-    state = ServiceState(
-        active_hub=active or config.first_active,
-        sequence=next_sequence(stored.sequence if stored is not None else 0, now),
-        hubs=hubs,
-    )
-    save_state(config.state_file, state)
-    return state
+        return EtcdStateStore(
+            self.store, prefix=self.store_prefix, import_file=self.state_file, ttl=self.ttl
+        )
 
 
 def _read_token(path: Path) -> bytes:
@@ -246,13 +203,14 @@ class ConciergeService:
         *,
         clock: Callable[[], float] = time.time,
         health_checker: HealthChecker | None = None,
+        store: StateStore | None = None,
     ) -> None:
         self.config = config
         self._clock = clock
         self._private_key = load_private_key(config.signing_key_file)
         self._token = _read_token(config.token_file)
-        self._lock = threading.Lock()
-        self._state = _initial_state(config, clock())
+        self._store = store if store is not None else config.state_store()
+        self._store.open(config.hubs, config.first_active, clock())
         self._health = health_checker or HealthChecker(config.health)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -289,6 +247,7 @@ class ConciergeService:
         server.shutdown()
         thread.join(timeout)
         server.server_close()  # waits for request threads, each bounded by its socket timeout
+        self._store.close()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -313,38 +272,51 @@ class ConciergeService:
 
     @property
     def state(self) -> ServiceState:
-        with self._lock:
-            return self._state
+        return self._store.current()
+
+    @property
+    def store(self) -> StateStore:
+        return self._store
 
     def set_active(self, hub: str) -> ServiceState:
-        """Make ``hub`` active: bump the sequence and persist before anyone sees it."""
-        with self._lock:
-            current = self._state
-            if hub not in current.hubs:
-                raise ConfigError("hub", hub, f"one of {list(current.hubs)}")
-            if hub == current.active_hub:
-                return current
-            state = ServiceState(
-                active_hub=hub,
-                sequence=next_sequence(current.sequence, self._clock()),
-                hubs=current.hubs,
-            )
-            save_state(self.config.state_file, state)  # raises: the switch did not happen
-            self._state = state
-        logger.warning("concierge: active hub is now %s (sequence %d)", hub, state.sequence)
+        """Make ``hub`` active: bump the sequence and persist before anyone sees it
+        (on etcd: a compare-and-swap every replica then serves)."""
+        before = self.state
+        state = self._store.switch(hub, self._clock())  # raises: the switch did not happen
+        if state.sequence != before.sequence:
+            logger.warning("concierge: active hub is now %s (sequence %d)", hub, state.sequence)
         return state
 
     def envelope(self) -> bytes:
-        """A freshly signed envelope for the current state."""
+        """A freshly signed envelope for the current state.
+
+        ConciergeError when the store has not confirmed the state for a whole
+        ttl: a replica cut off from its cluster stops vouching for what may no
+        longer be true, rather than invent or prolong anything.
+        """
+        now = self._clock()
+        store = self._store.health(now)
+        if now >= store.confirmed_at + self.config.ttl:
+            raise ConciergeError(
+                f"the {store.kind} state store has not confirmed the state for "
+                f"{now - store.confirmed_at:.0f} s (ttl {self.config.ttl} s): {store.reason}"
+            )
         state = self.state
         document = self.config.document(
-            sequence=state.sequence, now=self._clock(), active=state.active_hub
+            sequence=state.sequence,
+            now=now,
+            active=state.active_hub,
+            hubs=state.hubs,
+            confirmed_at=store.confirmed_at,
         )
         return sign_document(document, self._private_key, self.config.kid)
 
     def health(self) -> HealthStatus:
         state = self.state
         return self._health.check(state.active_hub, state.hubs[state.active_hub])
+
+    def store_health(self) -> StoreHealth:
+        return self._store.health(self._clock())
 
     def authorized(self, header: str | None) -> bool:
         """True when ``header`` is ``Bearer <the operator token>`` (constant-time compare)."""
@@ -372,11 +344,25 @@ class _Handler(BaseHTTPRequestHandler):
         path = urllib.parse.urlsplit(self.path).path
         service = self.server.service
         if path == "/v1/endpoint":
-            self._send(http.HTTPStatus.OK, service.envelope())
+            try:
+                envelope = service.envelope()
+            except ConciergeError as exc:
+                self._send_json(http.HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+                return
+            self._send(http.HTTPStatus.OK, envelope)
         elif path == "/healthz":
-            status = service.health()
-            code = http.HTTPStatus.OK if status.healthy else http.HTTPStatus.SERVICE_UNAVAILABLE
-            self._send_json(code, status.as_json())
+            status, store = service.health(), service.store_health()
+            healthy = status.healthy and store.reachable
+            code = http.HTTPStatus.OK if healthy else http.HTTPStatus.SERVICE_UNAVAILABLE
+            state = service.state
+            answer = {
+                **status.as_json(),
+                "healthy": healthy,
+                "store": store.as_json(),
+                "sequence": state.sequence,
+                "active_hub": state.active_hub,
+            }
+            self._send_json(code, answer)
         else:
             self._send_json(http.HTTPStatus.NOT_FOUND, {"error": "not found"})
 
