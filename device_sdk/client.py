@@ -7,7 +7,6 @@ recovery path. The asyncio face wraps the same engine.
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
@@ -256,6 +255,8 @@ class DeviceClient:
         if properties is not None and not isinstance(properties, PublishProperties):
             raise ConfigError("properties", properties, "a PublishProperties or None")
         self._engine.subscribe_once(response_topic, _ignore_response)
+        import secrets  # hmac and hashlib with it: only request() needs it
+
         correlation = secrets.token_bytes(16)
         future = self._engine.expect_response(correlation, response_topic)
         sent = replace(

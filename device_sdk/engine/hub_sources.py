@@ -38,13 +38,13 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from device_sdk import events
 from device_sdk.adapters.cancel import NEVER, Cancelled, CancelToken
 from device_sdk.adapters.probe import hub_answers
 from device_sdk.adapters.resolver import FreshResolver, Resolver
 from device_sdk.adapters.srv import discover_hubs
-from device_sdk.concierge.source import ConciergeAnswer, ConciergeSource
 from device_sdk.config import ClientConfig, HubEndpoint
 from device_sdk.core import failover as fsm
 from device_sdk.engine.side_tasks import SideTasks
@@ -56,9 +56,14 @@ from device_sdk.errors import (
     ProvisioningError,
 )
 from device_sdk.metrics import MetricsRecorder
-from device_sdk.provisioning.assignment import Assignment
-from device_sdk.provisioning.source import DpsSource, hub_for, provisioning_delay
 from device_sdk.transports import ProxySettings
+
+if TYPE_CHECKING:
+    # A concierge (its signatures need cryptography) and DPS (HTTP, the SAS signer) are
+    # loaded by the configurations that use them, not by every client.
+    from device_sdk.concierge.source import ConciergeAnswer, ConciergeSource
+    from device_sdk.provisioning.assignment import Assignment
+    from device_sdk.provisioning.source import DpsSource
 
 log = logging.getLogger("device_sdk")
 
@@ -113,6 +118,8 @@ class HubSources:
         if config.concierge is not None:
             # The SDK's own resolver for the concierge's host, whatever resolves the
             # hubs (a test may fake that one): its nameservers, within the deadline.
+            from device_sdk.concierge.source import ConciergeSource
+
             resolver = FreshResolver(config.dns, cancel=cancel)
             self._concierge = ConciergeSource(
                 config.concierge, config.hubs, resolver=resolver, cancel=cancel, proxy=config.proxy
@@ -122,6 +129,8 @@ class HubSources:
         self._started = False
         self._dps: _DpsState | None = None
         if config.dps is not None:
+            from device_sdk.provisioning.source import DpsSource
+
             dps_resolver = FreshResolver(config.dns, cancel=cancel)
             dps = DpsSource(config.dps, resolver=dps_resolver, cancel=cancel, proxy=config.proxy)
             self._dps = _DpsState(dps)
@@ -267,6 +276,8 @@ class HubSources:
         dps = self._dps
         assert dps is not None
         dps.wanted = True
+        from device_sdk.provisioning.source import provisioning_delay
+
         delay = provisioning_delay(dps.failures, dps.source.settings, self._rng, dps.last_error)
         source = dps.source
         if self._side.start("dps", _provisioning(source, delay), self._provisioning_done):
@@ -306,6 +317,8 @@ class HubSources:
             if dps.hub is not None:
                 dps.previous.append(dps.hub)
                 taken.add(dps.hub.name)
+            from device_sdk.provisioning.source import hub_for
+
             dps.hub = hub_for(assignment, dps.source.settings, taken)
         hub = dps.hub
         # The hub left behind stays listed until the device is connected elsewhere: the

@@ -15,9 +15,9 @@ from device_sdk.identity.provider import (
     Identity,
     identity_for_attempt,
 )
-from device_sdk.identity.sas import SasTokenProvider, derive_device_key
 
 if TYPE_CHECKING:
+    from device_sdk.identity.sas import SasTokenProvider, derive_device_key
     from device_sdk.identity.x509 import X509Files
 
 
@@ -28,7 +28,16 @@ def __getattr__(name: str) -> object:
         from device_sdk.identity.x509 import X509Files
 
         return X509Files
+    # The SAS signer (hmac, hashlib, urllib.parse) only when a configuration signs tokens.
+    if name in ("SasTokenProvider", "derive_device_key"):
+        from device_sdk.identity import sas
+
+        return getattr(sas, name)
     raise AttributeError(f"module 'device_sdk.identity' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [

@@ -23,9 +23,38 @@ Where and when DPS is asked is described in :mod:`device_sdk.engine.hub_sources`
 the testbed's :class:`~device_sdk.testbed.dps_service.DpsService` plays DPS in tests.
 """
 
-from device_sdk.provisioning.assignment import Assignment, AssignmentStore
+import importlib
+from typing import TYPE_CHECKING
+
 from device_sdk.provisioning.settings import DEFAULT_ENDPOINT, DpsSettings
-from device_sdk.provisioning.source import DpsSource, hub_for, provisioning_delay
+
+if TYPE_CHECKING:
+    from device_sdk.provisioning.assignment import Assignment, AssignmentStore
+    from device_sdk.provisioning.source import DpsSource, hub_for, provisioning_delay
+
+# The settings are all a configuration needs; the client's parts (HTTP, the state file)
+# are imported on first use, by a client that asks DPS. Importing them here would also
+# close a cycle: the HTTP adapter imports the assignment, which imports this package.
+_HOMES = {
+    "Assignment": "device_sdk.provisioning.assignment",
+    "AssignmentStore": "device_sdk.provisioning.assignment",
+    "DpsSource": "device_sdk.provisioning.source",
+    "hub_for": "device_sdk.provisioning.source",
+    "provisioning_delay": "device_sdk.provisioning.source",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'device_sdk.provisioning' has no attribute {name!r}")
+    value: object = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "DEFAULT_ENDPOINT",
