@@ -19,6 +19,7 @@ from device_sdk.testbed.broker import BrokerSpec, BrokerTls, MosquittoBroker, fi
 from device_sdk.testbed.collector import Collector
 from device_sdk.testbed.dns_server import DnsServer, SrvTarget
 from device_sdk.testbed.dps_service import DpsService, Enrollment
+from device_sdk.testbed.etcd_cluster import EtcdCluster, EtcdMember, EtcdTimings, find_etcd
 from device_sdk.testbed.hostile_hub import HostileHub
 from device_sdk.testbed.http_proxy import HttpProxy
 from device_sdk.testbed.iothub_front import IotHubFront
@@ -40,6 +41,9 @@ __all__ = [
     "DnsServer",
     "DpsService",
     "Enrollment",
+    "EtcdCluster",
+    "EtcdMember",
+    "EtcdTimings",
     "FaultProxy",
     "HostileHub",
     "HttpProxy",
@@ -51,6 +55,7 @@ __all__ = [
     "TestbedHub",
     "TlsProbeListener",
     "WebSocketBridge",
+    "find_etcd",
     "find_mosquitto",
     "find_websockify",
 ]
