@@ -5,13 +5,16 @@
 Everything is measured in fresh child processes (``sys.executable -c ...``, run
 from the repository root), so nothing the benchmark itself imported counts.
 
-* **Import time**: the child times ``import paho.mqtt.client`` or ``import
-  device_sdk`` with ``time.perf_counter()`` around the import statement alone;
+* **Import time**: the child times ``import paho.mqtt.client``, ``import
+  device_sdk`` (whose public names load on first use, so this is the package
+  alone) or ``from device_sdk import ClientConfig, DeviceClient, HubEndpoint``
+  (what a program about to connect loads: engine, paho, resolver, policies)
+  with ``time.perf_counter()`` around the import statement alone;
   the parent also times the whole child process, start to exit, and does the
   same for ``python -c pass`` (Python's bare start-up). N runs of each (default
   15), interleaved (the order rotates run by run) after one untimed warm-up each
   (which also writes any missing ``.pyc`` files); median and minimum. Then
-  ``python -X importtime -c "import device_sdk"`` shows where the time goes:
+  ``python -X importtime -c`` with the client names shows where the time goes:
   self time summed per top-level package, and the largest imports by cumulative
   time (median of a few runs; the instrumentation inflates the absolute times).
 * **Resident memory**: each child reports its peak RSS (``getrusage`` ``ru_maxrss``,
@@ -24,6 +27,10 @@ from the repository root), so nothing the benchmark itself imported counts.
   (``OutboxSettings(path=..., synchronous="NORMAL")``). Each figure is the median
   of M children per case (default 3), interleaved; the SDK rows are compared with
   their raw-paho counterpart (difference and ratio), the paho rows with bare Python.
+* **CPU time per 1000 messages**: the same connected children read
+  ``time.process_time()`` (user + sys of the whole process, every thread) before
+  the first publish and after the last PUBACK; scaled to 1000 messages, median
+  of the M children, and each SDK case as a ratio over raw paho's.
 
 Linux carries a process's ``ru_maxrss`` across ``execve()``: a child started
 straight from this (larger) process would report this process's peak as its
@@ -89,6 +96,7 @@ SHELL = shutil.which("sh") or "/bin/sh"
 FORKING_SHELL = (SHELL, "-c", '"$@"; exit $?', "sh")
 
 RESULT_MARK = "FOOTPRINT"
+CLIENT_IMPORT = "from device_sdk import ClientConfig, DeviceClient, HubEndpoint"
 
 
 # -- child programs ---------------------------------------------------------------------------
@@ -110,7 +118,7 @@ import sys
 import threading
 
 
-def report():
+def report(cpu=None):
     status = {{}}
     with open("/proc/self/status") as lines:
         for line in lines:
@@ -118,7 +126,10 @@ def report():
             if key in ("VmRSS", "VmHWM"):
                 status[key] = int(value.split()[0])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print("{RESULT_MARK}", peak, status["VmRSS"], status["VmHWM"], threading.active_count())
+    cpu = -1.0 if cpu is None else cpu
+    print(
+        "{RESULT_MARK}", peak, status["VmRSS"], status["VmHWM"], threading.active_count(), repr(cpu)
+    )
     sys.stdout.flush()
 
 
@@ -127,6 +138,7 @@ def report():
 # argv: host port messages
 _RAW_PAHO_CONNECTED = f"""\
 import os
+import time
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -160,11 +172,12 @@ try:
     if not connected.wait({CONNECT_TIMEOUT}):
         sys.exit("raw paho: no CONNACK within {CONNECT_TIMEOUT} s")
     payload = b"x" * {PAYLOAD_BYTES}
+    cpu_started = time.process_time()  # user + sys of the whole process, every thread
     for _ in range(count):
         client.publish("{TOPIC}", payload, qos=1)
     if not all_acked.wait({ACK_TIMEOUT}):
         sys.exit(f"raw paho: {{acked}}/{{count}} PUBACKs after {ACK_TIMEOUT} s")
-    report()
+    report(time.process_time() - cpu_started)
 finally:
     client.disconnect()
     client.loop_stop()
@@ -190,6 +203,7 @@ try:
     client.connect(timeout={CONNECT_TIMEOUT})
     payload = b"x" * {PAYLOAD_BYTES}
     last = None
+    cpu_started = time.process_time()  # user + sys of the whole process, every thread
     for _ in range(count):  # the handles are dropped, like paho's MQTTMessageInfo above
         last = client.publish("{TOPIC}", payload, qos=1)
     last.wait({ACK_TIMEOUT})  # PUBACKs resolve handles in order
@@ -198,7 +212,7 @@ try:
         time.sleep(0.01)
     if client.metrics().acknowledged < count:
         sys.exit(f"device_sdk: {{client.metrics().acknowledged}}/{{count}} PUBACKs")
-    report()
+    report(time.process_time() - cpu_started)
 finally:
     client.close()
 """
@@ -215,6 +229,9 @@ IMPORT_VARIANTS = (
     ImportVariant("python", "python -c pass", None),
     ImportVariant("paho", "import paho.mqtt.client", "import paho.mqtt.client"),
     ImportVariant("device_sdk", "import device_sdk", "import device_sdk"),
+    # What a program starts with: the package's names load on first use (PEP 562), so this
+    # row, not the one above, is the cost of a client that is about to connect.
+    ImportVariant("sdk_client", "sdk client names", CLIENT_IMPORT),
 )
 
 
@@ -339,6 +356,8 @@ def measure_imports(runs: int, progress: Callable[[str], None]) -> list[ImportRu
 
 def summarise_imports(results: Sequence[ImportRun]) -> list[dict[str, Any]]:
     rows = []
+    paho = [r.process_seconds for r in results if r.variant == "paho" and r.index > 0]
+    paho_median = statistics.median(paho)
     for variant in IMPORT_VARIANTS:
         timed = [r for r in results if r.variant == variant.key and r.index > 0]
         inside = [r.import_seconds for r in timed if r.import_seconds is not None]
@@ -352,6 +371,7 @@ def summarise_imports(results: Sequence[ImportRun]) -> list[dict[str, Any]]:
                 "import_ms_min": _ms(min(inside)) if inside else None,
                 "process_ms_median": _ms(statistics.median(process)),
                 "process_ms_min": _ms(min(process)),
+                "process_ratio": round(statistics.median(process) / paho_median, 3),
             }
         )
     return rows
@@ -367,14 +387,17 @@ _IMPORTTIME = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \| ( *)(\S+)\s*$")
 
 
 def parse_importtime(stderr: str, root: str) -> list[tuple[str, int, int, int]]:
-    """The entries (name, depth, self us, cumulative us) of the import of ``root``.
+    """The entries (name, depth, self us, cumulative us) of the import of ``root`` and after.
 
     ``-X importtime`` prints a module after everything it imported, indented two
     spaces per level; a top-level import's line closes its tree. Start-up imports
-    (``site`` and what it pulls in) come first, as their own trees.
+    (``site`` and what it pulls in) come first, as their own trees. The tree of
+    ``root`` and every top-level tree after it are the statement's: a package whose
+    names load on first use (``from device_sdk import DeviceClient``) imports them
+    as trees of their own, after its own.
     """
     pending: list[tuple[str, int, int, int]] = []
-    found: list[tuple[str, int, int, int]] = []
+    trees: list[list[tuple[str, int, int, int]]] = []
     for line in stderr.splitlines():
         match = _IMPORTTIME.match(line)
         if match is None:
@@ -383,21 +406,28 @@ def parse_importtime(stderr: str, root: str) -> list[tuple[str, int, int, int]]:
         entry = (name, len(indent) // 2, int(own), int(cumulative))
         pending.append(entry)
         if entry[1] == 0:
-            if name == root:
-                found = pending
+            trees.append(pending)
             pending = []
-    return found
+    for index, tree in enumerate(trees):
+        if tree[-1][0] == root:
+            return [entry for later in trees[index:] for entry in later]
+    return []
 
 
 def measure_importtime(runs: int, progress: Callable[[str], None]) -> dict[str, Any] | None:
-    """Where ``import device_sdk`` spends its time, by package and by module (medians)."""
+    """Where a program's ``from device_sdk import ...`` spends its time (medians).
+
+    By package and by module. ``import device_sdk`` alone loads next to nothing
+    (its names load on first use), so the statement profiled is the one a program
+    about to connect writes.
+    """
     if runs < 1:
         return None
     by_package: list[dict[str, int]] = []
     by_module: list[dict[str, int]] = []
     totals: list[int] = []
     for index in range(1, runs + 1):
-        argv = [sys.executable, "-X", "importtime", "-c", "import device_sdk"]
+        argv = [sys.executable, "-X", "importtime", "-c", CLIENT_IMPORT]
         _out, err, _elapsed = run_child(argv, IMPORT_TIMEOUT, "python -X importtime")
         entries = parse_importtime(err, "device_sdk")
         if not entries:
@@ -408,8 +438,8 @@ def measure_importtime(runs: int, progress: Callable[[str], None]) -> dict[str, 
             packages[top] = packages.get(top, 0) + own
         by_package.append(packages)
         by_module.append({name: cumulative for name, _d, _o, cumulative in entries})
-        totals.append(entries[-1][3])
-        progress(f"importtime run {index}/{runs}: import device_sdk {entries[-1][3] / 1e3:.1f} ms")
+        totals.append(sum(cumulative for _n, depth, _o, cumulative in entries if depth == 0))
+        progress(f"importtime run {index}/{runs}: client names {totals[-1] / 1e3:.1f} ms")
     total = statistics.median(totals)
 
     def medians(samples: list[dict[str, int]]) -> dict[str, float]:
@@ -445,6 +475,7 @@ class MemoryRun:
     rss_kb: int  # VmRSS
     hwm_kb: int  # VmHWM, the cross-check
     threads: int
+    cpu_ms_per_1000: float | None  # connected cases: user + sys while publishing, per 1000
 
 
 def memory_once(
@@ -462,8 +493,11 @@ def memory_once(
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{outbox}{suffix}")
-    peak, rss, hwm, threads = (int(v) for v in _marked(out)[:4])
-    return MemoryRun(case.key, index, peak, rss, hwm, threads)
+    marked = _marked(out)
+    peak, rss, hwm, threads = (int(v) for v in marked[:4])
+    cpu = float(marked[4])
+    per_1000 = round(cpu / messages * 1e6, 2) if case.connected and cpu >= 0 else None
+    return MemoryRun(case.key, index, peak, rss, hwm, threads, per_1000)
 
 
 def measure_memory(runs: int, messages: int, progress: Callable[[str], None]) -> list[MemoryRun]:
@@ -505,6 +539,32 @@ def summarise_memory(results: Sequence[MemoryRun]) -> list[dict[str, Any]]:
     return rows
 
 
+def summarise_cpu(results: Sequence[MemoryRun]) -> list[dict[str, Any]]:
+    """CPU time per 1000 published messages, each connected case beside raw paho's."""
+    medians = {}
+    for case in MEMORY_CASES:
+        samples = [r.cpu_ms_per_1000 for r in results if r.case == case.key]
+        if case.connected and samples and all(v is not None for v in samples):
+            medians[case.key] = statistics.median(v for v in samples if v is not None)
+    rows = []
+    for case in MEMORY_CASES:
+        if case.key not in medians:
+            continue
+        base = medians.get("paho_connected") if case.key != "paho_connected" else None
+        ms = medians[case.key]
+        rows.append(
+            {
+                "case": case.key,
+                "label": case.label,
+                "runs": sum(1 for r in results if r.case == case.key),
+                "cpu_ms_per_1000_median": round(ms, 2),
+                "compared_with": None if base is None else "paho_connected",
+                "ratio": None if base is None or base <= 0 else round(ms / base, 3),
+            }
+        )
+    return rows
+
+
 # -- the report -------------------------------------------------------------------------------
 
 
@@ -542,32 +602,37 @@ def _cell(value: float | None, spec: str = ".1f") -> str:
 
 def format_imports(rows: Sequence[dict[str, Any]]) -> str:
     lines = [
-        f"{'import time (ms)':<26} {'import med':>10} {'min':>7}   {'process med':>11} {'min':>7}",
-        "-" * 67,
+        f"{'import time (ms)':<26} {'import med':>10} {'min':>7}   {'process med':>11} {'min':>7}"
+        f"   {'x paho (process)':>16}",
+        "-" * 86,
     ]
     for row in rows:
         lines.append(
             f"{row['label']:<26} {_cell(row['import_ms_median']):>10} "
             f"{_cell(row['import_ms_min']):>7}   {_cell(row['process_ms_median']):>11} "
-            f"{_cell(row['process_ms_min']):>7}"
+            f"{_cell(row['process_ms_min']):>7}   {_cell(row['process_ratio'], '.2f'):>16}"
         )
     by_key = {row["variant"]: row for row in rows}
-    sdk, paho = by_key["device_sdk"], by_key["paho"]
-    lines.append(
-        f"{'device_sdk - paho':<26} "
-        f"{sdk['import_ms_median'] - paho['import_ms_median']:>+10.1f} {'':>7}   "
-        f"{sdk['process_ms_median'] - paho['process_ms_median']:>+11.1f}"
-    )
+    paho = by_key["paho"]
+    for key in ("device_sdk", "sdk_client"):
+        sdk = by_key[key]
+        lines.append(
+            f"{sdk['label'] + ' - paho':<26} "
+            f"{sdk['import_ms_median'] - paho['import_ms_median']:>+10.1f} {'':>7}   "
+            f"{sdk['process_ms_median'] - paho['process_ms_median']:>+11.1f}"
+        )
     lines.append(
         "import = around the import statement, inside the child; process = the whole child, "
-        "start to exit,\nseen from the parent (python -c pass: Python's bare start-up)"
+        "start to exit,\nseen from the parent (python -c pass: Python's bare start-up); "
+        "x paho = process median over that of\n`import paho.mqtt.client`. "
+        f"sdk client names = `{CLIENT_IMPORT}`."
     )
     return "\n".join(lines)
 
 
 def format_importtime(report: dict[str, Any]) -> str:
     lines = [
-        f"where `import device_sdk` goes (python -X importtime, median of {report['runs']}: "
+        f"where `{CLIENT_IMPORT}` goes\n(python -X importtime, median of {report['runs']}: "
         f"{report['total_ms']:.1f} ms, {report['modules_imported']} modules; "
         "the instrumentation inflates absolute times)",
         f"{'package, self time summed':<34} {'ms':>7} {'share':>6}    "
@@ -617,6 +682,27 @@ def format_memory(rows: Sequence[dict[str, Any]], messages: int) -> str:
         "threading.active_count(). +/x: difference to and ratio over the row compared with. "
         "ru_maxrss comes from\nthe kernel's approximate per-CPU RSS counters, /proc from "
         f"exact sums: here they differ by up to {lag} kB."
+    )
+    return "\n".join(lines)
+
+
+def format_cpu(rows: Sequence[dict[str, Any]], messages: int) -> str:
+    lines = [
+        f"{'CPU time (ms per 1000 messages)':<31} {'median':>7} {'runs':>5}   "
+        f"{'compared with':<20} {'x':>6}",
+        "-" * 76,
+    ]
+    labels = {case.key: case.label for case in MEMORY_CASES}
+    for row in rows:
+        base = row["compared_with"]
+        lines.append(
+            f"{row['label']:<31} {row['cpu_ms_per_1000_median']:>7.1f} {row['runs']:>5}   "
+            f"{'' if base is None else labels[base]:<20} {_cell(row['ratio'], '.2f'):>6}"
+        )
+    lines.append(
+        "user + sys CPU time of the whole process (time.process_time(), every thread) from "
+        f"the first of {messages}\nQoS 1 publishes until every PUBACK came, scaled to 1000 "
+        "messages; x = ratio over raw paho's."
     )
     return "\n".join(lines)
 
@@ -679,6 +765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     imports = summarise_imports(import_runs)
     memory = summarise_memory(memory_runs)
+    cpu = summarise_cpu(memory_runs)
 
     def document() -> dict[str, Any]:
         return {
@@ -698,6 +785,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "import_time": imports,
             "importtime": importtime,
             "memory": memory,
+            "cpu_per_1000_messages": cpu,
             "import_runs": [asdict(r) for r in import_runs if r.index > 0],
             "memory_runs": [asdict(r) for r in memory_runs],
         }
@@ -707,6 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if importtime is not None:
             sections.append(format_importtime(importtime))
         sections.append(format_memory(memory, args.messages))
+        sections.append(format_cpu(cpu, args.messages))
         return "\n\n".join(sections)
 
     report.emit(tables, document, args.json)

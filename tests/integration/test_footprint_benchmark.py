@@ -22,12 +22,14 @@ def test_a_short_run_measures_every_row(tmp_path: Path, capsys: pytest.CaptureFi
     document = json.loads(out.read_text(encoding="utf-8"))
 
     imports = {row["variant"]: row for row in document["import_time"]}
-    assert set(imports) == {"python", "paho", "device_sdk"}
+    assert set(imports) == {"python", "paho", "device_sdk", "sdk_client"}
     for row in imports.values():
         assert row["runs"] == 2, row
         assert 0 < row["process_ms_min"] <= row["process_ms_median"], row
-    for key in ("paho", "device_sdk"):
+    for key in ("paho", "device_sdk", "sdk_client"):
         assert 0 < imports[key]["import_ms_min"] <= imports[key]["import_ms_median"]
+        assert imports[key]["process_ratio"] > 0
+    assert imports["paho"]["process_ratio"] == 1.0
     assert imports["python"]["import_ms_median"] is None  # `-c pass` imports nothing
 
     importtime = document["importtime"]
@@ -50,6 +52,18 @@ def test_a_short_run_measures_every_row(tmp_path: Path, capsys: pytest.CaptureFi
         assert memory[key]["rss_ratio"] > 0, memory[key]
     assert len(document["memory_runs"]) == len(footprint.MEMORY_CASES)
 
+    cpu = {row["case"]: row for row in document["cpu_per_1000_messages"]}
+    assert set(cpu) == {"paho_connected", "sdk_memory", "sdk_sqlite"}
+    for row in cpu.values():
+        assert row["cpu_ms_per_1000_median"] > 0, row
+    assert cpu["paho_connected"]["ratio"] is None
+    for key in ("sdk_memory", "sdk_sqlite"):
+        expected = (
+            cpu[key]["cpu_ms_per_1000_median"] / cpu["paho_connected"]["cpu_ms_per_1000_median"]
+        )
+        assert cpu[key]["ratio"] == pytest.approx(expected, rel=0.01), cpu[key]
+
     printed = capsys.readouterr().out  # the tables are printed alongside
     assert "import device_sdk" in printed
     assert "sdk sqlite NORMAL, connected" in printed
+    assert "CPU time (ms per 1000 messages)" in printed
