@@ -1,7 +1,7 @@
 """device_sdk: keep a device connected to its cloud hub through outages and failovers,
 and never lose the telemetry it was handed."""
 
-import importlib
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -163,13 +163,20 @@ _HOMES = {
 
 def __getattr__(name: str) -> object:
     if name == "events":
-        value: object = importlib.import_module("device_sdk.events")
+        value: object = _imported("device_sdk.events")
     elif name in _HOMES:
-        value = getattr(importlib.import_module(_HOMES[name]), name)
+        value = getattr(_imported(_HOMES[name]), name)
     else:
         raise AttributeError(f"module 'device_sdk' has no attribute {name!r}")
     globals()[name] = value  # later lookups are plain attribute reads
     return value
+
+
+def _imported(module: str) -> object:
+    # The import statement's own path (importlib.import_module is not it), so that
+    # python -X importtime still shows what each name loads.
+    __import__(module)
+    return sys.modules[module]
 
 
 def __dir__() -> list[str]:

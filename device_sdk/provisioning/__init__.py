@@ -23,7 +23,7 @@ Where and when DPS is asked is described in :mod:`device_sdk.engine.hub_sources`
 the testbed's :class:`~device_sdk.testbed.dps_service.DpsService` plays DPS in tests.
 """
 
-import importlib
+import sys
 from typing import TYPE_CHECKING
 
 from device_sdk.provisioning.settings import DEFAULT_ENDPOINT, DpsSettings
@@ -47,7 +47,8 @@ _HOMES = {
 def __getattr__(name: str) -> object:
     if name not in _HOMES:
         raise AttributeError(f"module 'device_sdk.provisioning' has no attribute {name!r}")
-    value: object = getattr(importlib.import_module(_HOMES[name]), name)
+    __import__(_HOMES[name])  # as an import statement does, seen by python -X importtime
+    value: object = getattr(sys.modules[_HOMES[name]], name)
     globals()[name] = value
     return value
 
