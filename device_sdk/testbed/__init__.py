@@ -17,6 +17,7 @@ from device_sdk.testbed.bed import (
 )
 from device_sdk.testbed.broker import BrokerSpec, BrokerTls, MosquittoBroker, find_mosquitto
 from device_sdk.testbed.collector import Collector
+from device_sdk.testbed.concierge_cluster import ConciergeCluster
 from device_sdk.testbed.dns_server import DnsServer, SrvTarget
 from device_sdk.testbed.dps_service import DpsService, Enrollment
 from device_sdk.testbed.etcd_cluster import EtcdCluster, EtcdMember, EtcdTimings, find_etcd
@@ -38,6 +39,7 @@ __all__ = [
     "BrokerTls",
     "CertificateAuthority",
     "Collector",
+    "ConciergeCluster",
     "DnsServer",
     "DpsService",
     "Enrollment",

@@ -37,6 +37,7 @@ from device_sdk.errors import TestbedError
 from device_sdk.identity.provider import CredentialProvider
 from device_sdk.testbed.broker import DEFAULT_LOG_TYPES, BrokerSpec, BrokerTls, MosquittoBroker
 from device_sdk.testbed.collector import Collector
+from device_sdk.testbed.concierge_cluster import ConciergeCluster
 from device_sdk.testbed.dns_server import DnsServer
 from device_sdk.testbed.lifecycle import StartsInContext
 from device_sdk.testbed.pki import CertificateAuthority
@@ -91,6 +92,9 @@ class Testbed(StartsInContext):
     (``BrokerSpec.extra_config``), e.g. an ``acl_file`` that refuses some topics.
     ``concierge=True`` also runs the reference concierge (:attr:`concierge`), naming
     these hubs and signing with a throwaway key; :meth:`concierge_settings` trusts it.
+    ``concierge_replicas`` > 1 or ``concierge_store="etcd"`` runs replicas under one
+    DNS name instead (:attr:`concierge_cluster`, each on its own loopback address),
+    sharing their state in a real 3-member etcd cluster with ``"etcd"``.
     ``client_certificates=True`` (implies ``tls``) makes the TLS listeners require a
     device certificate from the testbed CA (:meth:`device_certificate`).
     Everything it starts, it stops (by PID) in :meth:`stop`, also on errors.
@@ -111,6 +115,8 @@ class Testbed(StartsInContext):
         broker_config: Mapping[str, Sequence[str]] | None = None,
         concierge: bool = False,
         client_certificates: bool = False,
+        concierge_replicas: int = 1,
+        concierge_store: str = "file",
     ) -> None:
         self._hub_names = tuple(hubs)
         self._tls = tls or client_certificates
@@ -127,7 +133,12 @@ class Testbed(StartsInContext):
         self.ca: CertificateAuthority | None = None
         self.ca_file: Path | None = None
         self.dns: DnsServer | None = None
-        self._with_concierge = concierge
+        self._with_concierge = concierge or concierge_replicas > 1 or concierge_store == "etcd"
+        if concierge_store not in ("file", "etcd"):
+            raise TestbedError(f"concierge_store is 'file' or 'etcd', not {concierge_store!r}")
+        self._concierge_replicas = concierge_replicas
+        self._concierge_store = concierge_store
+        self.concierge_cluster: ConciergeCluster | None = None
         self.concierge: ConciergeService | None = None
         self.concierge_token_file: Path | None = None
         self._concierge_key: str | None = None
@@ -172,10 +183,6 @@ class Testbed(StartsInContext):
         """The reference concierge on loopback, signing with a throwaway key."""
         directory = self.work_dir / "concierge"
         directory.mkdir(exist_ok=True)
-        keys = write_keypair(directory, _CONCIERGE_KID)
-        self._concierge_key = keys.public_key
-        self.concierge_token_file = directory / "operator.token"
-        self.concierge_token_file.write_text(secrets.token_urlsafe(24))
         hubs = {
             hub.name: DocumentHub(
                 fqdn=hub.fqdn,
@@ -184,6 +191,33 @@ class Testbed(StartsInContext):
             )
             for hub in self._hubs.values()
         }
+        health = HealthProbeSettings(
+            dns=self.dns_settings(),
+            timeout=0.5,
+            cache_seconds=0.0,
+            ca_file=str(self.ca_file) if self.ca_file else None,
+        )
+        if self._concierge_replicas > 1 or self._concierge_store == "etcd":
+            assert self.dns is not None
+            cluster = ConciergeCluster(
+                hubs=hubs,
+                directory=directory,
+                dns=self.dns,
+                name=f"concierge.{DOMAIN}",
+                health=health,
+                replicas=self._concierge_replicas,
+                etcd=self._concierge_store == "etcd",
+            )
+            self._stack.callback(cluster.stop)
+            cluster.start()
+            self.concierge_cluster = cluster
+            self.concierge = cluster.replicas[0]
+            self.concierge_token_file = cluster.token_file
+            return
+        keys = write_keypair(directory, _CONCIERGE_KID)
+        self._concierge_key = keys.public_key
+        self.concierge_token_file = directory / "operator.token"
+        self.concierge_token_file.write_text(secrets.token_urlsafe(24))
         config = ConciergeServiceConfig(
             state_file=directory / "state.json",
             signing_key_file=keys.private_key_file,
@@ -192,12 +226,7 @@ class Testbed(StartsInContext):
             hubs=hubs,
             ttl=60,
             port=0,
-            health=HealthProbeSettings(
-                dns=self.dns_settings(),
-                timeout=0.5,
-                cache_seconds=0.0,
-                ca_file=str(self.ca_file) if self.ca_file else None,
-            ),
+            health=health,
         )
         self.concierge = ConciergeService(config)
         self._stack.callback(self.concierge.stop)
@@ -324,13 +353,16 @@ class Testbed(StartsInContext):
 
     def concierge_settings(self, **overrides: Any) -> ConciergeSettings:
         """How a device on this testbed trusts and polls the testbed's concierge."""
-        if self.concierge is None or self._concierge_key is None:
+        cluster = self.concierge_cluster
+        if cluster is not None:
+            url, keys = cluster.url, dict(cluster.public_keys)
+        elif self.concierge is not None and self._concierge_key is not None:
+            url, keys = self.concierge.url, {_CONCIERGE_KID: self._concierge_key}
+        else:
             raise TestbedError("this testbed was started without concierge=True")
         settings = ConciergeSettings(
-            url=f"{self.concierge.url}/v1/endpoint",
-            trust=ConciergeTrust(
-                keys={_CONCIERGE_KID: self._concierge_key}, allowed_hubs=(f"*.{DOMAIN}",)
-            ),
+            url=f"{url}/v1/endpoint",
+            trust=ConciergeTrust(keys=keys, allowed_hubs=(f"*.{DOMAIN}",)),
             poll_interval=1.0,
             timeout=0.5,
             allow_plain_http=True,  # loopback only; devices in the field use HTTPS
