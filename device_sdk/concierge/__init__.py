@@ -10,26 +10,66 @@ so that devices do not load an HTTP server) and its command line (:mod:`.cli`).
 ``FORMAT.md`` in this folder specifies the document format.
 """
 
-from device_sdk.concierge.document import (
-    FORMAT_VERSION,
-    MAX_ENVELOPE_BYTES,
-    SIGNATURE_ALGORITHM,
-    DocumentHub,
-    EndpointDocument,
-    canonical_bytes,
-    parse_document,
-)
-from device_sdk.concierge.fetch import ConciergeFetcher
-from device_sdk.concierge.sequence_store import SequenceStore
-from device_sdk.concierge.signing import (
-    generate_keypair,
-    load_private_key,
-    load_public_key,
-    public_key_text,
-    sign_document,
-    write_keypair,
-)
-from device_sdk.concierge.trust import ConciergeTrust, verify
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from device_sdk.concierge.document import (
+        FORMAT_VERSION,
+        MAX_ENVELOPE_BYTES,
+        SIGNATURE_ALGORITHM,
+        DocumentHub,
+        EndpointDocument,
+        canonical_bytes,
+        parse_document,
+    )
+    from device_sdk.concierge.fetch import ConciergeFetcher
+    from device_sdk.concierge.sequence_store import SequenceStore
+    from device_sdk.concierge.signing import (
+        generate_keypair,
+        load_private_key,
+        load_public_key,
+        public_key_text,
+        sign_document,
+        write_keypair,
+    )
+    from device_sdk.concierge.trust import ConciergeTrust, verify
+
+# Names load on first use: the signing keys need cryptography and the fetch HTTP, and
+# the command line (built for every `device-sdk` command) imports this package.
+_HOMES = {
+    "FORMAT_VERSION": "device_sdk.concierge.document",
+    "MAX_ENVELOPE_BYTES": "device_sdk.concierge.document",
+    "SIGNATURE_ALGORITHM": "device_sdk.concierge.document",
+    "DocumentHub": "device_sdk.concierge.document",
+    "EndpointDocument": "device_sdk.concierge.document",
+    "canonical_bytes": "device_sdk.concierge.document",
+    "parse_document": "device_sdk.concierge.document",
+    "ConciergeFetcher": "device_sdk.concierge.fetch",
+    "SequenceStore": "device_sdk.concierge.sequence_store",
+    "generate_keypair": "device_sdk.concierge.signing",
+    "load_private_key": "device_sdk.concierge.signing",
+    "load_public_key": "device_sdk.concierge.signing",
+    "public_key_text": "device_sdk.concierge.signing",
+    "sign_document": "device_sdk.concierge.signing",
+    "write_keypair": "device_sdk.concierge.signing",
+    "ConciergeTrust": "device_sdk.concierge.trust",
+    "verify": "device_sdk.concierge.trust",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'device_sdk.concierge' has no attribute {name!r}")
+    __import__(_HOMES[name])  # as an import statement does, seen by python -X importtime
+    value: object = getattr(sys.modules[_HOMES[name]], name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "FORMAT_VERSION",

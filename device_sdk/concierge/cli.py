@@ -70,14 +70,19 @@ import threading
 import tomllib
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from device_sdk.concierge.document import DocumentHub
 from device_sdk.concierge.health import HealthProbeSettings
-from device_sdk.concierge.service import ConciergeService, ConciergeServiceConfig
-from device_sdk.concierge.signing import write_keypair
 from device_sdk.config import Credentials, DnsSettings, is_ip_literal
 from device_sdk.errors import ConciergeError, ConciergeUnavailable, ConfigError, MalformedDocument
+
+if TYPE_CHECKING:
+    from device_sdk.concierge.service import ConciergeServiceConfig
+
+# The service (an HTTP server, its state store) and the signing keys (cryptography) are
+# imported by the commands that use them: every `device-sdk` command builds this parser,
+# and `device-sdk publish` on a small device should not load a server and a crypto library.
 
 __all__ = ["add_subcommands", "load_service_config", "post_active", "run"]
 
@@ -131,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _keygen(out: Path, kid: str) -> int:
+    from device_sdk.concierge.signing import write_keypair
+
     files = write_keypair(out, kid)
     print(f"private key (keep secret, mode 0600): {files.private_key_file}")
     print(f"public key: {files.public_key_file}")
@@ -139,6 +146,8 @@ def _keygen(out: Path, kid: str) -> int:
 
 
 def _serve(config_file: Path, store: str | None = None) -> int:
+    from device_sdk.concierge.service import ConciergeService
+
     config = load_service_config(config_file)
     if store is not None:
         config = dataclasses.replace(config, store=store)
@@ -362,6 +371,8 @@ def load_service_config(path: Path | str) -> ConciergeServiceConfig:
 
 
 def _service_config(document: dict[str, Any], source: Path) -> ConciergeServiceConfig:
+    from device_sdk.concierge.service import ConciergeServiceConfig
+
     root = _Table(document, "concierge", source)
     service = _Table(root.get("service", dict), "service", source)
     hubs = _hubs(_Table(root.get("hubs", dict), "hubs", source), source)

@@ -104,3 +104,12 @@ def test_lazy_names_are_listed_and_importable() -> None:
     exec("from device_sdk import *", namespace)  # the star import some programs write
     assert set(device_sdk.__all__) <= set(namespace)
     assert namespace["DeviceClient"] is device_sdk.DeviceClient
+
+
+def test_the_command_line_loads_no_concierge_service_or_crypto() -> None:
+    # Every `device-sdk` command (publish on a small device too) builds the whole parser,
+    # the concierge's subcommands included: their server and keys load only when run.
+    (after_import,) = _loaded_after("import device_sdk.cli")
+    assert after_import.isdisjoint({"cryptography", "sqlite3", "asyncio"}), after_import
+    assert "device_sdk.concierge.service" not in after_import
+    assert "device_sdk.concierge.signing" not in after_import
