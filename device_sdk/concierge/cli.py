@@ -184,18 +184,31 @@ def _set_active(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    """Each replica's /healthz view; exit 1 when any is unreachable or disagrees."""
+    """Each replica's /healthz view; exit 1 when any is unreachable or they disagree."""
     views = [replica_view(url, timeout=args.timeout, ca_file=args.ca_file) for url in args.url]
     if args.json:
         print(json.dumps(views, indent=2))
-    else:
-        for view in views:
-            print(_describe_view(view))
-    sequences = {view.get("sequence") for view in views if view.get("reachable")}
-    agree = len(sequences) == 1 and all(view.get("reachable") for view in views)
-    if not args.json:
-        print("replicas agree" if agree else "replicas DISAGREE or are unreachable")
+        return 0 if _agree(views) else 1
+    lines, agree = status_lines(views)
+    for line in lines:
+        print(line)
+    print("replicas agree" if agree else "replicas DISAGREE or are unreachable")
     return 0 if agree else 1
+
+
+def main_status_lines(urls: list[str], *, timeout: float = 5.0) -> tuple[list[str], bool]:
+    """The status command's lines for ``urls``, and whether every replica answered with
+    one sequence (for scripts and tests)."""
+    return status_lines([replica_view(url, timeout=timeout) for url in urls])
+
+
+def status_lines(views: list[dict[str, Any]]) -> tuple[list[str], bool]:
+    return [_describe_view(view) for view in views], _agree(views)
+
+
+def _agree(views: list[dict[str, Any]]) -> bool:
+    sequences = {view.get("sequence") for view in views if view.get("reachable")}
+    return len(sequences) == 1 and all(view.get("reachable") for view in views)
 
 
 def replica_view(url: str, *, timeout: float = 5.0, ca_file: str | None = None) -> dict[str, Any]:

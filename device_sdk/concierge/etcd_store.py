@@ -209,12 +209,19 @@ class EtcdStateStore:
         raise ConciergeError("etcd: other replicas kept switching; the switch did not happen")
 
     def health(self, now: float) -> StoreHealth:
+        """Reachable while a read succeeded within a poll interval and a timeout (a read
+        stuck on a silent member counts as unreachable before it fails)."""
         with self._lock:
             changed = None if self._changed_at is None else now - self._changed_at
+            silent = now - self._confirmed_at
+            reachable, reason = self._reachable, self._reason
+            if reachable and silent > self._poll_interval + self._timeout + 1.0:
+                reachable = False
+                reason = f"no answer from the etcd cluster for {silent:.1f} s"
             return StoreHealth(
                 kind=self.kind,
-                reachable=self._reachable,
-                reason=self._reason,
+                reachable=reachable,
+                reason=reason,
                 confirmed_at=self._confirmed_at,
                 last_change_age=changed,
             )
