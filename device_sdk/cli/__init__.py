@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
             "token-expiry",
             "dps",
             "port-blocked",
+            "region-loss",
             "all",
         ),
         default="all",
@@ -43,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
         "token-expiry: an IoT Hub device renews its SAS token, then its hub is away "
         "for longer than a token lives; dps: the operator moves a DPS device to "
         "another hub in DPS as its hub dies, and it re-provisions; port-blocked: a "
-        "firewall blackholes 8883 and the device moves to wss:443, then back (default: all)",
+        "firewall blackholes 8883 and the device moves to wss:443, then back; region-loss: "
+        "a region's hub, concierge replica and etcd member die at once (default: all)",
     )
     drill.add_argument("--rate", type=float, default=20.0, help="QoS 1 messages per second")
     drill.add_argument("--no-tls", action="store_true", help="plain MQTT instead of TLS")

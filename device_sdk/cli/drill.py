@@ -13,7 +13,11 @@ to hub A; the operator moves it to hub B in DPS, hub A dies, and the device
 re-provisions and drains its outbox on B. In ``port-blocked`` the hub's 8883 (a
 fault proxy before its TLS listener) starts dropping SYNs while the device
 publishes; the device must move to the hub's second way in, secure WebSockets
-through a real websockify, and come back to 8883 once it opens. Each scenario
+through a real websockify, and come back to 8883 once it opens. In
+``region-loss`` the concierge runs as three replicas on a real etcd cluster; the
+primary region (its hub, its concierge replica and its etcd member) dies at
+once, the operator switches through a surviving replica, and the device
+follows. Each scenario
 is a stage built on a running testbed (:data:`_SCENARIOS`): the device's config
 and topic, how to break the hub, and the numbers only it reports; a new
 scenario is one more stage.
@@ -61,6 +65,7 @@ SCENARIOS = (
     "token-expiry",
     "dps",
     "port-blocked",
+    "region-loss",
 )
 
 Progress = Callable[[str], None]
@@ -110,6 +115,9 @@ class DrillReport:
     fallback_seconds: float | None = None  # fault -> connected over the fallback way in
     fallback_transport: str | None = None  # the way in it moved to (port-blocked)
     returned_seconds: float | None = None  # 8883 open again -> back on it (port-blocked)
+    switch_sequence: int | None = None  # what the surviving replica answered (region-loss)
+    confirmed_seconds: float | None = None  # switch -> the device accepted it (region-loss)
+    rollbacks: int = 0  # concierge documents the device rejected (region-loss)
 
     @property
     def ok(self) -> bool:
@@ -123,6 +131,9 @@ class DrillReport:
             # Exactly one re-provisioning: one registration at start, one after the fault.
             moved = self.reassigned_to is not None and self.ended_on == self.reassigned_to
             clean = clean and moved and self.reprovisions == 1 and self.registrations == 2
+        if self.scenario == "region-loss":
+            confirmed = self.confirmed_seconds is not None and self.switch_sequence is not None
+            clean = clean and confirmed and self.rollbacks == 0
         if self.scenario == "port-blocked":
             moved_away = self.fallback_seconds is not None and self.fallback_transport is not None
             clean = clean and moved_away and self.returned_seconds is not None
@@ -151,6 +162,9 @@ class DrillReport:
             "fallback_seconds": self.fallback_seconds,
             "fallback_transport": self.fallback_transport,
             "returned_seconds": self.returned_seconds,
+            "switch_sequence": self.switch_sequence,
+            "confirmed_seconds": self.confirmed_seconds,
+            "rollbacks": self.rollbacks,
             "timeline": [{"t": e.seconds, "event": e.text} for e in self.timeline],
             "ok": self.ok,
         }
@@ -166,6 +180,7 @@ class _Recorder:
         self.back_home = threading.Event()
         self.renewed = threading.Event()
         self.returned = threading.Event()
+        self.concierge_moved = threading.Event()
         self.fault_at: float | None = None
         self.home_at: float | None = None
 
@@ -180,6 +195,8 @@ class _Recorder:
                 self.renewed.set()
             if isinstance(event, events.TransportReturned):
                 self.returned.set()
+            if isinstance(event, events.ConciergeUpdate) and event.active_hub == "secondary":
+                self.concierge_moved.set()
 
     def mark(self, text: str, at: float | None = None) -> float:
         now = time.monotonic() if at is None else at
@@ -680,6 +697,77 @@ class _PortBlocked:
                 report.returned_seconds = at - opened
 
 
+# -- region-loss: the primary region (hub, concierge replica, etcd member) dies at once --------
+
+
+class _RegionLoss:
+    """Three concierge replicas on a 3-member etcd cluster; region 1 holds the primary
+    hub, replica 1 and etcd member 1. The fault takes all three down together; the
+    operator then switches through replica 2, and the device, polling the concierge's
+    one name (an A record per replica), follows."""
+
+    def __init__(self, site: _Site) -> None:
+        self.site = site
+        cluster = site.bed.concierge_cluster
+        if cluster is None or cluster.etcd is None:
+            raise TestbedError("the region-loss drill needs concierge replicas on etcd")
+        self.cluster = cluster
+        self.etcd = cluster.etcd
+        self.switched_at: float | None = None
+        self.sequence: int | None = None
+
+    def stage(self) -> _Stage:
+        bed = self.site.bed
+        topic = f"drill/{self.site.name}/telemetry"
+        settings = bed.concierge_settings(poll_interval=0.5)
+        config = bed.client_config("drill-region-loss", concierge=settings)
+        return _Stage(
+            config=config,
+            topic=topic,
+            collectors=[bed.collector(hub.name, topic) for hub in bed.hubs],
+            inject=self.inject,
+            after_recovery=self.switch,
+            numbers=self.numbers,
+        )
+
+    def inject(self) -> None:
+        recorder, bed = self.site.recorder, self.site.bed
+        primary = bed.hub("primary").broker
+        member = self.etcd.members[0]
+        recorder.fault_at = recorder.mark(
+            f"region 1 lost: hub primary (SIGKILL pid {primary.pid}), concierge replica 1 "
+            f"({self.cluster.addresses[0]}), etcd member {member.name} (SIGKILL pid {member.pid})"
+        )
+        primary.kill()
+        self.etcd.kill(member.name)
+        self.cluster.stop_replica(0)
+        self.site.progress("fault injected: region-loss (hub, concierge replica, etcd member)")
+
+    def switch(self) -> None:
+        from device_sdk.concierge.cli import post_active  # the operator's own client
+
+        recorder = self.site.recorder
+        url = self.cluster.replica_url(1)
+        token = self.cluster.token_file.read_text()
+        answer = post_active(url, "secondary", token, timeout=10.0)
+        sequence = answer.get("sequence")
+        self.sequence = sequence if isinstance(sequence, int) else None
+        self.switched_at = recorder.mark(
+            f"operator: set-active secondary through replica 2 ({url}): sequence {sequence}"
+        )
+        recorder.concierge_moved.wait(10.0)
+
+    def numbers(self, report: DrillReport) -> None:
+        report.switch_sequence = self.sequence
+        switched = self.switched_at
+        for at, _text, event in self.site.recorder.since(0.0):
+            if isinstance(event, events.ConciergeProblem) and event.security:
+                report.rollbacks += 1
+            moved = isinstance(event, events.ConciergeUpdate) and event.sequence == self.sequence
+            if moved and switched is not None and report.confirmed_seconds is None:
+                report.confirmed_seconds = at - switched
+
+
 _SCENARIOS: dict[str, _Scenario] = {
     "crash": _Scenario({}, _failover_stage, "two mosquitto hubs, DNS, a throwaway CA"),
     "dns-flip": _Scenario({}, _failover_stage, "two mosquitto hubs, DNS, a throwaway CA"),
@@ -700,6 +788,12 @@ _SCENARIOS: dict[str, _Scenario] = {
         {"hubs": ("huba", "hubb")},
         lambda site: _DpsDrill(site).stage(),
         "a DPS-like service (SAS attestation) assigning two mosquitto hubs, DNS, a throwaway CA",
+    ),
+    "region-loss": _Scenario(
+        {"concierge_replicas": 3, "concierge_store": "etcd"},
+        lambda site: _RegionLoss(site).stage(),
+        "two mosquitto hubs, three concierge replicas on a 3-member etcd cluster, DNS, a "
+        "throwaway CA",
     ),
     "port-blocked": _Scenario(
         {"hubs": ("primary",)},
@@ -802,6 +896,13 @@ def format_report(report: DrillReport) -> str:
         lines += _dps_lines(report)
     if report.scenario == "port-blocked":
         lines += _port_lines(report)
+    if report.scenario == "region-loss":
+        confirmed = report.confirmed_seconds
+        text = "NOT confirmed" if confirmed is None else f"accepted {confirmed * 1000:.0f} ms after"
+        lines.append(
+            f"concierge: the device {text} the switch (sequence {report.switch_sequence}); "
+            f"documents rejected: {report.rollbacks}"
+        )
     lines.append("result: OK" if report.ok else "result: FAILED")
     return "\n".join(lines)
 

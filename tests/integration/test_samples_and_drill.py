@@ -216,3 +216,12 @@ def test_the_port_blocked_drill_moves_to_wss_and_back_losing_nothing() -> None:
     assert report.fallback_transport is not None and report.fallback_transport.startswith("wss:")
     assert report.returned_seconds is not None
     assert "drops SYNs" in text and "back on mqtts:" in text
+
+
+def test_the_region_loss_drill_follows_the_switch_through_a_surviving_replica() -> None:
+    report = run_drill("region-loss", warmup=0.5, after=0.5)
+    text = format_report(report)
+    assert report.ok, text
+    assert report.lost == 0 and report.rollbacks == 0
+    assert report.confirmed_seconds is not None and report.confirmed_seconds < 5.0
+    assert "region 1 lost" in text and "through replica 2" in text
