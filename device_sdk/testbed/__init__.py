@@ -24,6 +24,7 @@ from device_sdk.testbed.etcd_cluster import EtcdCluster, EtcdMember, EtcdTimings
 from device_sdk.testbed.hostile_hub import HostileHub
 from device_sdk.testbed.http_proxy import HttpProxy
 from device_sdk.testbed.iothub_front import IotHubFront
+from device_sdk.testbed.link_shaper import LINK_PROFILES, LinkProfile, link_profile
 from device_sdk.testbed.pki import CertificateAuthority, ServerCertificate
 from device_sdk.testbed.proxy import FaultProxy
 from device_sdk.testbed.tls_listener import TlsProbeListener
@@ -35,6 +36,7 @@ __all__ = [
     "FAST_LIVENESS",
     "FAST_RETRY",
     "IMPOSTOR",
+    "LINK_PROFILES",
     "BrokerSpec",
     "BrokerTls",
     "CertificateAuthority",
@@ -50,6 +52,7 @@ __all__ = [
     "HostileHub",
     "HttpProxy",
     "IotHubFront",
+    "LinkProfile",
     "MosquittoBroker",
     "ServerCertificate",
     "SrvTarget",
@@ -60,4 +63,5 @@ __all__ = [
     "find_etcd",
     "find_mosquitto",
     "find_websockify",
+    "link_profile",
 ]

@@ -28,6 +28,18 @@ connection and copies bytes both ways. A test then changes the mode:
   new ones are accepted and reset at once.
 * `FaultProxy.restore`: forward again.
 
+With ``ProxySpec.link`` set, forwarded bytes cross a shaped link instead of
+loopback (latency with jitter, a bandwidth cap, stalls; see
+:mod:`device_sdk.testbed.link_shaper`): each connection gets its own shaping,
+seeded from ``ProxySpec.seed`` and its number, and bytes are held until their
+delivery time, in order, never dropped. Held bytes count against
+``buffer_limit``, so a slow link slows the sender down as TCP would. A
+blackhole freezes held bytes too; they are delivered after `restore`.
+
+One module past 500 lines on purpose: every mode and the shaping act on the
+same pipes from the same selector thread, and split apart they would share
+its private state. The shaping arithmetic itself lives in link_shaper.
+
 A mode method returns once the proxy thread has applied the mode, so no byte
 is forwarded after `blackhole()` returns. A peer's RST is passed on as RST and
 a peer's FIN as FIN (half-close is kept). One thread serves every connection
@@ -40,11 +52,13 @@ import contextlib
 import enum
 import errno
 import queue
+import random
 import select
 import selectors
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -52,6 +66,7 @@ from types import TracebackType
 from typing import Self
 
 from device_sdk.errors import ConfigError, TestbedError
+from device_sdk.testbed.link_shaper import DirectionShaper, HeldBytes, LinkProfile, StallSchedule
 from device_sdk.testbed.loop_thread import LoopThread, SelectorLoop
 from device_sdk.testbed.ports import address_family, bind_socket
 
@@ -86,7 +101,9 @@ class ProxySpec:
 
     ``listen_port=0`` picks a free port. ``buffer_limit`` caps the bytes held
     per direction before the proxy stops reading from the sender, so a slow
-    reader slows the writer down as it would without a proxy.
+    reader slows the writer down as it would without a proxy. ``link`` shapes
+    every connection as that kind of link (None: loopback as it is), with
+    random draws seeded from ``seed``.
     """
 
     target_host: str
@@ -94,6 +111,8 @@ class ProxySpec:
     listen_host: str = "127.0.0.1"
     listen_port: int = 0
     buffer_limit: int = 256 * 1024
+    link: LinkProfile | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         address_family(self.target_host)
@@ -217,15 +236,41 @@ class _Side:
         self.outbox = bytearray()
         self.eof = False  # the peer sent FIN: nothing more to read
         self.shut = False  # we sent FIN: nothing more to write
+        self.link: HeldBytes | None = None  # shaped bytes on their way to this side
+
+    @property
+    def pending(self) -> int:
+        """Bytes on their way to this socket: held by the link or waiting to be written."""
+        return len(self.outbox) + (0 if self.link is None else self.link.size)
+
+    def release(self, now: float) -> bool:
+        """Move the shaped bytes that are due into the outbox; whether any moved."""
+        due = b"" if self.link is None else self.link.take_due(now)
+        self.outbox += due
+        return bool(due)
 
 
 class _Pipe:
     """A client connection and, once dialled, its upstream connection."""
 
-    def __init__(self, client: socket.socket) -> None:
+    def __init__(self, client: socket.socket, link: LinkProfile | None, rng: random.Random) -> None:
         self.client = _Side(client)
         self.upstream: _Side | None = None
         self.connecting = False
+        self._link = link
+        self._rng = rng
+        if link is not None:
+            self._stalls = StallSchedule(link, rng, time.monotonic())
+            shaper = DirectionShaper(link, link.downlink_bps, rng, self._stalls)
+            self.client.link = HeldBytes(shaper)
+
+    def attach_upstream(self, sock: socket.socket) -> _Side:
+        self.upstream = _Side(sock)
+        if self._link is not None:
+            link = self._link
+            shaper = DirectionShaper(link, link.uplink_bps, self._rng, self._stalls)
+            self.upstream.link = HeldBytes(shaper)
+        return self.upstream
 
     def sides(self) -> list[_Side]:
         return [self.client] if self.upstream is None else [self.client, self.upstream]
@@ -235,7 +280,7 @@ class _Pipe:
 
     @property
     def finished(self) -> bool:
-        return all(side.eof and side.shut and not side.outbox for side in self.sides())
+        return all(side.eof and side.shut and not side.pending for side in self.sides())
 
 
 class _ProxyLoop(SelectorLoop):
@@ -271,6 +316,42 @@ class _ProxyLoop(SelectorLoop):
             raise TestbedError(f"the proxy could not switch: {queued.failure}") from queued.failure
 
     # -- the loop ------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve as `SelectorLoop.run` does, waking also when shaped bytes fall due."""
+        try:
+            while not self._stopping.is_set():
+                for key, mask in self._selector.select(self._until_next_delivery()):
+                    key.data(mask)
+                self._deliver_due()
+        finally:
+            self._shut_down()
+
+    def _until_next_delivery(self) -> float | None:
+        if self.mode is not ProxyMode.FORWARD:
+            return None  # held bytes stay frozen until restore() (a command wakes us)
+        due = [s.link.next_due for p in self._pipes for s in p.sides() if s.link and s.link.size]
+        return min((max(0.0, d - time.monotonic()) for d in due if d is not None), default=None)
+
+    def _deliver_due(self) -> None:
+        if self.mode is not ProxyMode.FORWARD:
+            return
+        now = time.monotonic()
+        for pipe in list(self._pipes):
+            for side in pipe.sides():
+                if pipe in self._pipes and side.release(now):
+                    self._on_released(pipe, side)
+
+    def _on_released(self, pipe: _Pipe, side: _Side) -> None:
+        try:
+            _flush(side, pipe.other(side))
+        except OSError:
+            self._abort(pipe)
+            return
+        if pipe.finished:
+            self._close(pipe)
+        else:
+            self._refresh(pipe)
 
     def apply_mode(self, mode: ProxyMode) -> None:
         if self.mode is ProxyMode.DROP_SYN and mode is not ProxyMode.DROP_SYN:
@@ -315,7 +396,8 @@ class _ProxyLoop(SelectorLoop):
         if self.mode is ProxyMode.RESET:
             _close_with_reset(sock)
             return
-        pipe = _Pipe(sock)
+        rng = random.Random(f"{self.spec.seed}:{self.accepted}")
+        pipe = _Pipe(sock, self.spec.link, rng)
         self._pipes.add(pipe)
         self.open_pipes = len(self._pipes)
         if self.mode is ProxyMode.FORWARD:
@@ -366,7 +448,7 @@ class _ProxyLoop(SelectorLoop):
         target = (self.spec.target_host, self.spec.target_port)
         upstream = socket.socket(address_family(self.spec.target_host), socket.SOCK_STREAM)
         upstream.setblocking(False)
-        pipe.upstream = _Side(upstream)
+        pipe.attach_upstream(upstream)
         status = upstream.connect_ex(target)
         if status not in (0, errno.EINPROGRESS):
             self._abort(pipe)  # the target refused: the client sees a reset
@@ -410,7 +492,11 @@ class _ProxyLoop(SelectorLoop):
             data = side.sock.recv(_CHUNK)
         except BlockingIOError:
             return
-        if data:
+        if data and other.link is not None:
+            other.link.add(data, time.monotonic())
+            other.release(time.monotonic())  # anything due already (a zero-delay link)
+            _flush(other, side)
+        elif data:
             other.outbox += data
             _flush(other, side)
         else:
@@ -438,7 +524,7 @@ class _ProxyLoop(SelectorLoop):
         other = pipe.other(side)
         if other is None:
             return 0
-        can_take = not side.eof and len(other.outbox) < self.spec.buffer_limit
+        can_take = not side.eof and other.pending < self.spec.buffer_limit
         return (_READ if can_take else 0) | (_WRITE if side.outbox else 0)
 
     # -- closing -------------------------------------------------------------
@@ -483,7 +569,7 @@ def _flush(side: _Side, source: _Side | None) -> None:
         except BlockingIOError:
             return
         del side.outbox[:sent]
-    if not side.outbox and source is not None and source.eof and not side.shut:
+    if not side.pending and source is not None and source.eof and not side.shut:
         side.sock.shutdown(socket.SHUT_WR)
         side.shut = True
 
