@@ -5,6 +5,20 @@ spike, and a fixed long one makes a hung or blackholed hub take ages to
 notice. So, like TCP's retransmission timer (RFC 6298), the deadline is the
 smoothed RTT plus four times its variation, clamped to the profile's floor and
 ceiling. Everything here is pure: the engine passes every time in.
+
+Why also a multiple of the smoothed RTT: RFC 6298's timer only retransmits, so
+TCP can afford to fire early; ours ends the link, and on a two-hub device
+fails over. A radio link stalls now and then with no byte either way (a
+cellular handover, a radio link failure and its re-establishment, link-layer
+retransmissions), and those stalls are seconds where the link's round trip is
+hundreds of milliseconds, while a LAN's are both tiny. On a link whose RTT
+barely varies, srtt + 4 * rttvar sits just above the RTT and a 2 s stall on a
+600 ms link is a false "hung hub" every time (issue 14: 4 in 120 s with the
+defaults). So the deadline is at least ``deadline_rtt_multiple`` round trips:
+6 x 600 ms covers a 2 s stall plus the round trip around it, 6 x 2 s a 2G-like
+link's multi-second cell changes, while a loopback or LAN link (RTT of
+milliseconds) stays at the floor and a hung hub there is still found in about
+the floor.
 """
 
 from __future__ import annotations
@@ -26,7 +40,9 @@ class LivenessPolicy:
     """Keepalive and the bounds of the RTT-derived ack/ping deadline, in seconds.
 
     ``idle_probe_after`` is how long the hub may stay silent before we send our
-    own PINGREQ; ``None`` means half the keepalive.
+    own PINGREQ; ``None`` means half the keepalive. ``deadline_rtt_multiple``:
+    the deadline is never shorter than this many smoothed round trips (the
+    module docstring says why; 0 leaves RFC 6298's srtt + 4 * rttvar alone).
     """
 
     keepalive: float = 60.0
@@ -35,6 +51,7 @@ class LivenessPolicy:
     deadline_ceiling: float = 30.0
     initial_deadline: float = 5.0
     connect_timeout: float = 10.0
+    deadline_rtt_multiple: float = 6.0
 
     def __post_init__(self) -> None:
         floor, ceiling = self.deadline_floor, self.deadline_ceiling
@@ -54,6 +71,11 @@ class LivenessPolicy:
                 "floor..ceiling",
             ),
             ("connect_timeout", _between(self.connect_timeout, 0, _INF), "> 0"),
+            (
+                "deadline_rtt_multiple",
+                _between(self.deadline_rtt_multiple, 0, 100, closed=True),
+                "0 (off) to 100",
+            ),
         ):
             if not ok:
                 raise ConfigError(f"liveness.{name}", getattr(self, name), allowed)
@@ -97,7 +119,8 @@ class RttEstimator:
         """How long a reply may take before the link counts as dead."""
         if self.srtt is None:
             return policy.initial_deadline
-        raw = self.srtt + max(GRANULARITY, 4 * self.rttvar)
+        rfc6298 = self.srtt + max(GRANULARITY, 4 * self.rttvar)
+        raw = max(rfc6298, policy.deadline_rtt_multiple * self.srtt)
         return min(policy.deadline_ceiling, max(policy.deadline_floor, raw))
 
 

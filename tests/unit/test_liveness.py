@@ -16,7 +16,11 @@ from device_sdk.core.liveness import (
 )
 from device_sdk.errors import ConfigError
 
-POLICY = LivenessPolicy(keepalive=60.0, deadline_floor=1.0, deadline_ceiling=30.0)
+# RFC 6298 alone (no RTT multiple), so the estimator's own arithmetic shows; the
+# multiple has its own tests below.
+POLICY = LivenessPolicy(
+    keepalive=60.0, deadline_floor=1.0, deadline_ceiling=30.0, deadline_rtt_multiple=0.0
+)
 
 
 def settled(rtt: float, samples: int = 30, policy: LivenessPolicy = POLICY) -> LinkWatchdog:
@@ -310,7 +314,9 @@ def test_a_negative_measurement_is_a_zero_round_trip() -> None:
 
 
 def test_with_no_variation_the_deadline_is_srtt_plus_the_clock_granularity() -> None:
-    policy = LivenessPolicy(deadline_floor=0.001, deadline_ceiling=30.0, initial_deadline=1.0)
+    policy = LivenessPolicy(
+        deadline_floor=0.001, deadline_ceiling=30.0, initial_deadline=1.0, deadline_rtt_multiple=0
+    )
     assert RttEstimator(srtt=0.5, rttvar=0.0).deadline(policy) == pytest.approx(0.51)
     assert RttEstimator(srtt=0.5, rttvar=0.001).deadline(policy) == pytest.approx(0.51)
     assert RttEstimator(srtt=0.5, rttvar=0.01).deadline(policy) == pytest.approx(0.54)
@@ -398,3 +404,90 @@ def test_after_a_zero_round_trip_the_next_ack_is_timed_at_once() -> None:
     assert dog.on_acked("a", 1.0) == 0.0
     dog.on_ack_expected("b", 1.5)
     assert dog.on_acked("b", 1.6) == pytest.approx(0.1)
+
+
+# --------------------------------------------------------------------------- the RTT multiple
+# Why: a radio link's stalls last seconds where its round trip is hundreds of ms.
+
+DEFAULTS = LivenessPolicy()
+
+
+@pytest.mark.parametrize(
+    ("estimator", "deadline"),
+    [
+        (RttEstimator(srtt=0.002, rttvar=0.001), 1.0),  # loopback: still the floor
+        (RttEstimator(srtt=0.05, rttvar=0.01), 1.0),  # a good LTE link: still the floor
+        (RttEstimator(srtt=0.6, rttvar=0.05), 3.6),  # 6 x srtt beats srtt + 4 * rttvar
+        (RttEstimator(srtt=0.6, rttvar=0.9), 4.2),  # srtt + 4 * rttvar beats 6 x srtt
+        (RttEstimator(srtt=2.0, rttvar=0.3), 12.0),  # 2G-like
+        (RttEstimator(srtt=6.0, rttvar=0.1), 30.0),  # still capped by the ceiling
+    ],
+)
+def test_the_default_deadline_is_at_least_six_round_trips(
+    estimator: RttEstimator, deadline: float
+) -> None:
+    assert DEFAULTS.deadline_rtt_multiple == 6.0
+    assert estimator.deadline(DEFAULTS) == pytest.approx(deadline)
+
+
+def test_the_multiple_is_a_policy_value() -> None:
+    estimator = RttEstimator(srtt=0.5, rttvar=0.0)
+    assert estimator.deadline(LivenessPolicy(deadline_rtt_multiple=3.0)) == pytest.approx(1.5)
+    assert estimator.deadline(LivenessPolicy(deadline_rtt_multiple=0.0)) == pytest.approx(1.0)
+    assert estimator.deadline(LivenessPolicy(deadline_rtt_multiple=2.5)) == pytest.approx(1.25)
+
+
+def cellular(policy: LivenessPolicy = DEFAULTS) -> LinkWatchdog:
+    """A watchdog settled on a 600 ms link whose round trips vary by +-40 ms, by t=40."""
+    dog = LinkWatchdog(policy, now=0.0)
+    now = 0.0
+    for token in range(40):
+        rtt = 0.6 + (0.04 if token % 2 else -0.04)
+        dog.on_ack_expected(token, now)
+        dog.on_acked(token, now + rtt)
+        now += 1.0
+    return dog
+
+
+def test_a_two_second_stall_on_a_600_ms_link_is_no_dead_link() -> None:
+    # The issue-14 link: a PUBLISH sent just before a 2 s stall, its PUBACK after the
+    # stall and a slow round trip: 2.8 s of silence from a live hub.
+    dog = cellular()
+    assert 3.3 < dog.deadline < 4.0
+    play(
+        dog,
+        [
+            (40.0, "publish p", Healthy(next_check_at=40.0 + dog.deadline)),
+            (42.8, "check", Healthy(next_check_at=40.0 + dog.deadline)),
+            (42.8, "puback p", Healthy(next_check_at=42.8 + 30.0)),  # next: the probe
+        ],
+    )
+
+
+def test_without_the_multiple_the_same_stall_was_a_false_hung_hub() -> None:
+    # What issue 14 measured with the former defaults: the floor, 1 s.
+    dog = cellular(LivenessPolicy(deadline_rtt_multiple=0.0))
+    assert dog.deadline == 1.0
+    dog.on_ack_expected("p", 40.0)
+    assert isinstance(dog.check(42.8), Dead)
+
+
+def test_a_hung_hub_behind_a_600_ms_link_is_still_found_at_the_deadline() -> None:
+    dog = cellular()
+    deadline = dog.deadline
+    dog.on_ack_expected("p", 40.0)
+    assert dog.check(40.0 + deadline - 0.001) == Healthy(next_check_at=40.0 + deadline)
+    assert isinstance(dog.check(40.0 + deadline), Dead)
+
+
+@pytest.mark.parametrize("multiple", [-0.1, 100.01, INF, float("nan"), True, "6"])
+def test_the_multiple_must_be_0_to_100(multiple: object) -> None:
+    with pytest.raises(ConfigError) as caught:
+        LivenessPolicy(deadline_rtt_multiple=multiple)  # type: ignore[arg-type]
+    assert caught.value.field == "liveness.deadline_rtt_multiple"
+    assert caught.value.allowed == "0 (off) to 100"
+
+
+@pytest.mark.parametrize("multiple", [0, 0.0, 1.0, 100.0])
+def test_the_multiple_may_be_0_to_100_inclusive(multiple: float) -> None:
+    assert LivenessPolicy(deadline_rtt_multiple=multiple).deadline_rtt_multiple == multiple
