@@ -1,6 +1,6 @@
 """A fleet of devices reconnecting after a hub outage, on virtual time, with the real policies.
 
-    python benchmarks/fleet.py [--devices N] [--outage S] [--seed S] [--capacity C]
+    python benchmarks/fleet.py [--devices N] [--outage S] [--seed S] [--admit-rate R]
                                [--profile NAME ...] [--json [PATH]]
 
 Pure simulation: no sockets, no threads, no sleeping. An event queue (a heap
@@ -11,7 +11,7 @@ notices at t = 0 (a crashed broker's host answers with a reset at once: the
 worst case, nothing spreads the fleet out before its first retry). The primary
 is down for S seconds (``--outage``, default 60) and then up for good.
 
-Two scenarios, every policy in each:
+Two scenarios, every policy in each (and three more with ``--admit-rate``, below):
 
 * ``failover``: hubs ``primary`` and ``secondary``; the secondary is up all along.
 * ``single-hub``: the device knows only the primary (or every hub it knows is
@@ -27,9 +27,10 @@ policy and scenario. The benchmark feeds the machine what the engine feeds it:
 every attempt, ``ProbeResult`` for failback probes, and ``AttemptFailed`` then
 ``Connected(old hub)`` when a failback move fails (make before break).
 
-What is modelled, after the engine (``device_sdk/engine.py``,
-``device_sdk/hub_sources.py``): the first attempt of a recovery cycle is made
-at once (tenacity calls the first attempt without waiting), every later one
+What is modelled, after the engine (``device_sdk/engine/recovery.py``,
+``device_sdk/engine/hub_sources.py``): the first attempt of a recovery cycle after
+a lost link waits ``RetryPolicy.first_attempt_delay`` (uniform in [0,
+``retry.first_attempt_spread``]; 0, drawing nothing, by default), every later one
 after ``next_delay``; an attempt takes no time and fails at once while its hub
 is down (connection refused, so ``FailureKind.TRANSIENT``; a hub that does not
 answer at all would cost a connect timeout per attempt and fail over at once
@@ -44,11 +45,28 @@ before). A probe is a TCP connect, healthy when the hub is up at that moment,
 and its answer reaches the machine `PROBE_ROUND_TRIP` (50 ms) later, where a
 failback move starts. A failback move that fails leaves the probe timer as it
 was (the engine stays on the old link and does not call ``connected``).
-With ``--capacity C`` a hub accepts at most C connects in each second of
-virtual time (buckets [k, k+1)); a connect over that is refused and counts as
-a failed attempt (``TRANSIENT``, like MQTT 5 CONNACK 0x9F "connection rate
-exceeded"). Probes are not connects and are not limited. Not modelled: network
-delay, TLS, DNS, the concierge, keepalive detection (every link ends at
+With ``--admit-rate R`` every hub admits at most R new connections per second,
+as a token bucket (R tokens a second, at most R saved: a second's burst, full at
+the start); a connect to a hub that is up but out of tokens is refused with MQTT
+5 CONNACK 0x9F "connection rate exceeded" (`REFUSAL_CODE`), and the machine gets
+what the engine gives it for that code: ``classify_connack(0x9F)``, which is
+``TRANSIENT`` (as are 0x89 "server busy" and MQTT 3.1.1's 3). A failback move so
+refused is a failed move (the device stays on the old link). Probes are TCP
+only and are not limited. Three scenarios are then added (`THROTTLED`):
+
+* ``move``: the primary dies at t = 0 for good; the fleet moves to the secondary.
+  Done when connected.
+* ``failback``: the fleet has sat on the secondary for an hour (it failed over
+  then) when the primary returns at t = 0; the probe timers run from
+  `PROBE_LEAD` intervals before. Done when home on the primary.
+* ``both-down``: both hubs are down for [0, 600) s, then both admit R/s. Done
+  when connected.
+
+For each: the time until 99 % of the fleet is done against the
+admission-limited minimum, fleet / (R x hubs admitting), refused attempts per
+device (median, p99) and the peak attempts per 100 ms; the goal of issue 14 is
+t99 <= 1.5 x the minimum and a median of 3 or fewer refusals. Not modelled:
+network delay, TLS, DNS, the concierge, keepalive detection (every link ends at
 exactly t = 0), publishing.
 
 Policies compared (the rows): the SDK defaults (``RetryPolicy()``,
@@ -93,7 +111,7 @@ from tenacity.stop import stop_base, stop_never
 
 from device_sdk.config import ClientConfig
 from device_sdk.core import failover as fsm
-from device_sdk.core.outcomes import FailureKind
+from device_sdk.core.outcomes import FailureKind, classify_connack
 from device_sdk.core.retry import Backoff, RetryPolicy
 from device_sdk.engine.hub_sources import PROBE_JITTER, next_probe_at
 from device_sdk.errors import ConfigError
@@ -136,6 +154,23 @@ SCENARIOS = {
     "failover": "primary down, secondary up: devices follow the FailoverMachine",
     "single-hub": "primary only: devices back off and retry until it returns",
 }
+# Against hubs that admit R new connections per second (only with --admit-rate).
+THROTTLED = {
+    "move": "the primary dies for good at t=0; the fleet moves to the secondary",
+    "failback": "the fleet sits on the secondary; the primary returns at t=0; failback",
+    "both-down": "primary and secondary down for [0, 600) s; then both admit R/s",
+}
+BOTH_DOWN = 600.0  # the both-down scenario's outage of both hubs
+# What a throttling hub answers a connect over its rate: MQTT 5 CONNACK 0x9F "connection
+# rate exceeded" (0x89 "server busy", and MQTT 3.1.1's 3 "server unavailable", are
+# classified alike). The machine is fed what the engine feeds it for that CONNACK.
+REFUSAL_CODE = 0x9F
+# A hub that is down refuses the socket: the engine's kind for a refused connect.
+DOWN_KIND = FailureKind.TRANSIENT
+# The both-down and failback runs start the probe timer this many intervals before
+# t = 0 rather than an hour before: its phase at t = 0 is spread as in steady state.
+PROBE_LEAD = 4
+GOAL_RATIO, GOAL_REFUSED = 1.5, 3  # issue 14: 99 % within 1.5 x fleet / R; median <= 3
 
 
 # -- what is simulated ------------------------------------------------------------------------
@@ -162,7 +197,8 @@ class Contender:
         """
         if self.retry is None:
             return True
-        return self.retry.strategy in ("fixed", "immediate", "none")
+        spread = self.retry.first_attempt_spread
+        return spread == 0 and self.retry.strategy in ("fixed", "immediate", "none")
 
     def as_dict(self) -> dict[str, Any]:
         retry: dict[str, Any]
@@ -190,7 +226,65 @@ class Settings:
     devices: int = DEVICES
     outage: float = OUTAGE
     seed: int = SEED
-    capacity: int | None = None  # connects a hub accepts per second; None: unlimited
+    admit_rate: float | None = None  # new connections a hub admits per second; None: all
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Which hubs exist, when each is down, where the fleet starts and what "done" is."""
+
+    key: str
+    hubs: tuple[str, ...]
+    down: dict[str, tuple[float, float]]  # hub: down in [from, until)
+    start_on: str = PRIMARY  # the hub every device is connected to before t = 0
+    loses_link: bool = True  # that link ends at t = 0 (else: only probes move the fleet)
+    goal: str = "home"  # a device is done when "home" (on the primary) or "connected"
+    clock: float = 0.0  # times are reported from here: when the hubs it waits for are up
+    admitting: int = 1  # hubs that admit the fleet after ``clock``: the minimum's divisor
+
+    def up(self, hub: str, at: float) -> bool:
+        start, end = self.down.get(hub, (math.inf, math.inf))
+        return not start <= at < end
+
+
+def scenario(key: str, settings: Settings) -> Scenario:
+    outage = settings.outage
+    if key == "failover":
+        return Scenario(key, (PRIMARY, SECONDARY), {PRIMARY: (0.0, outage)}, clock=outage)
+    if key == "single-hub":
+        return Scenario(key, (PRIMARY,), {PRIMARY: (0.0, outage)}, clock=outage)
+    if key == "move":
+        return Scenario(key, (PRIMARY, SECONDARY), {PRIMARY: (0.0, math.inf)}, goal="connected")
+    if key == "failback":
+        down = {PRIMARY: (-math.inf, 0.0)}
+        return Scenario(key, (PRIMARY, SECONDARY), down, start_on=SECONDARY, loses_link=False)
+    both = {PRIMARY: (0.0, BOTH_DOWN), SECONDARY: (0.0, BOTH_DOWN)}
+    return Scenario(key, (PRIMARY, SECONDARY), both, goal="connected", clock=BOTH_DOWN, admitting=2)
+
+
+def applies(contender: Contender, key: str) -> bool:
+    """The paho model knows one host: it cannot move to a secondary or fail back."""
+    return contender.retry is not None or key not in ("move", "failback")
+
+
+class _TokenBucket:
+    """A hub's admission: ``rate`` tokens a second, at most ``rate`` saved (a second's worth).
+
+    Full at the start; a connect takes a token or is refused.
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = rate
+        self.at: float | None = None
+
+    def admit(self, count: int, at: float) -> int:
+        if self.at is not None:
+            self.tokens = min(self.rate, self.tokens + (at - self.at) * self.rate)
+        self.at = at
+        admitted = min(count, math.floor(self.tokens + 1e-9))
+        self.tokens -= admitted
+        return admitted
 
 
 def default_profiles() -> list[str]:
@@ -275,6 +369,7 @@ class _Cohort:
         "machine",
         "paho_delay",
         "probe",
+        "refused",
         "tries",
     )
 
@@ -286,6 +381,7 @@ class _Cohort:
         self.tries = 0  # connect attempts, failback moves included
         self.cycle_tries = 0  # attempts in the current recovery cycle (tenacity's count)
         self.paho_delay = 0.0  # the paho model's last reconnect delay
+        self.refused = 0  # attempts a hub up refused for its admission rate (CONNACK)
         self.probe: tuple[str, bool] | None = None  # the probe under way: hub, healthy
         self.first_connect: float | None = None
         self.home_at: float | None = None
@@ -304,21 +400,27 @@ def _attempt_in(actions: fsm.Actions) -> fsm.Attempt | None:
 class Simulation:
     """One policy, one scenario: N devices from the outage until all are home again."""
 
-    def __init__(self, contender: Contender, scenario: str, settings: Settings) -> None:
+    def __init__(self, contender: Contender, scenario: Scenario, settings: Settings) -> None:
         self.contender = contender
         self.settings = settings
-        self.hubs = (PRIMARY, SECONDARY) if scenario == "failover" else (PRIMARY,)
-        self.rng = random.Random(f"{settings.seed}/{scenario}/{contender.key}")
+        self.scenario = scenario
+        self.hubs = scenario.hubs
+        key = scenario.key
+        self.rng = random.Random(f"{settings.seed}/{key}/{contender.key}")
         # The probe times' own stream: the retry delays draw what they drew before probes
         # were spread, so the probe schedule is the only thing that changed.
-        self.probe_rng = random.Random(f"{settings.seed}/{scenario}/{contender.key}/probes")
+        self.probe_rng = random.Random(f"{settings.seed}/{key}/{contender.key}/probes")
+        rate = settings.admit_rate
+        self.buckets = {hub: _TokenBucket(rate) for hub in self.hubs} if rate else {}
+        refused = classify_connack(REFUSAL_CODE, mqtt5=True)
+        assert refused is not None
+        self.refused_kind = refused
         self.stop: stop_base = (
             stop_never if contender.retry is None else contender.retry.tenacity_stop()
         )
         self._heap: list[tuple[float, int, int, _Cohort]] = []
         self._seq = itertools.count()
         self.cohorts: list[_Cohort] = []
-        self.admitted: Counter[tuple[str, int]] = Counter()
         self.attempts_100ms: Counter[int] = Counter()  # index floor(10 t)
         self.after_return: Counter[int] = Counter()  # 1 s buckets from the return: floor(t - S)
         self.probes: Counter[int] = Counter()  # index floor(t)
@@ -332,7 +434,11 @@ class Simulation:
     def run(self) -> Simulation:
         for cohort in self._initial():
             self.cohorts.append(cohort)
-            self._lose_link(cohort)
+            if self.scenario.loses_link:
+                self._lose_link(cohort)
+            else:  # the engine's probe timer has run since the connect (see PROBE_LEAD)
+                lead = -PROBE_LEAD * self.contender.probe_interval
+                self._push(self._next_probe(lead), _PROBE, cohort)
         for _ in range(self.settings.devices * EVENTS_PER_DEVICE):
             if not self._heap or self._heap[0][0] > HORIZON:
                 break
@@ -348,24 +454,30 @@ class Simulation:
         return self
 
     def _initial(self) -> list[_Cohort]:
-        if self.contender.deterministic:
+        # Away from home every device draws its own probe times: single devices.
+        if self.contender.deterministic and self.scenario.start_on == PRIMARY:
             return [self._fresh(self.settings.devices)]
         return [self._fresh(1) for _ in range(self.settings.devices)]
 
     def _fresh(self, count: int) -> _Cohort:
-        """Devices connected to the primary since long before the outage."""
+        """Devices connected to ``start_on`` since long before t = 0."""
         if self.contender.retry is None:
             return _Cohort(count, None)
         machine = fsm.FailoverMachine(self.hubs, self.contender.failover)
         machine.handle(fsm.Start(), -SETTLED)
-        machine.handle(fsm.Connected(hub=PRIMARY), -SETTLED)
+        for _ in range(self.contender.failover.failover_after_failures):
+            if machine.current_hub == self.scenario.start_on:
+                break  # failed over long ago, as the engine does: the home hub refused
+            machine.handle(fsm.AttemptFailed(hub=machine.current_hub, kind=DOWN_KIND), -SETTLED)
+        assert machine.current_hub == self.scenario.start_on
+        machine.handle(fsm.Connected(hub=self.scenario.start_on), -SETTLED)
         return _Cohort(count, machine)
 
     def _push(self, at: float, kind: int, cohort: _Cohort) -> None:
         heapq.heappush(self._heap, (at, next(self._seq), kind, cohort))
 
     def _up(self, hub: str, at: float) -> bool:
-        return hub != PRIMARY or at >= self.settings.outage
+        return self.scenario.up(hub, at)
 
     # ---- a device's life
 
@@ -380,18 +492,20 @@ class Simulation:
         cohort.backoff = cohort.backoff.link_down(0.0, retry)
         cohort.attempt = _attempt_in(actions) or cohort.attempt
         cohort.cycle_tries = 0
-        self._push(0.0, _ATTEMPT, cohort)  # a recovery cycle's first attempt is not delayed
+        # The engine waits retry.first_attempt_delay() before a recovery cycle's first
+        # attempt after a lost link: 0 (no draw) unless retry.first_attempt_spread is set.
+        self._push(retry.first_attempt_delay(self.rng), _ATTEMPT, cohort)
 
     def _attempt(self, cohort: _Cohort, at: float) -> None:
         hub = cohort.attempt.hub
         self._count_attempt(cohort, at)
-        won, lost = self._admit(cohort, hub, at)
+        won, lost, kind = self._admit(cohort, hub, at)
         if won is not None:
             self._connected(won, hub, at)
         if lost is not None:
-            self._failed(lost, hub, at)
+            self._failed(lost, hub, at, kind)
 
-    def _failed(self, cohort: _Cohort, hub: str, at: float) -> None:
+    def _failed(self, cohort: _Cohort, hub: str, at: float, kind: FailureKind) -> None:
         if cohort.machine is None:
             cohort.paho_delay = min(cohort.paho_delay * 2, PAHO_MAX_DELAY)
             self._push(at + cohort.paho_delay, _ATTEMPT, cohort)
@@ -399,7 +513,7 @@ class Simulation:
         retry = self.contender.retry
         assert retry is not None
         cohort.backoff = cohort.backoff.failed()
-        actions = cohort.machine.handle(fsm.AttemptFailed(hub=hub, kind=FailureKind.TRANSIENT), at)
+        actions = cohort.machine.handle(fsm.AttemptFailed(hub=hub, kind=kind), at)
         cohort.attempt = _attempt_in(actions) or cohort.attempt
         # tenacity computes the wait before it checks the stop condition; so does this.
         delay, cohort.backoff = retry.next_delay(cohort.backoff, cohort.attempt.delay, self.rng)
@@ -423,6 +537,8 @@ class Simulation:
         if cohort.machine is not None:
             cohort.machine.handle(fsm.Connected(hub=hub), at)
             cohort.backoff = cohort.backoff.link_up(at)
+        if self.scenario.goal == "connected":
+            return  # what this scenario measures is done; what follows is another's
         if hub == PRIMARY:
             # Home: nothing left to probe, the device is done. (The engine draws a probe
             # time here too, but at home failback_candidate() is None: it never probes.)
@@ -469,42 +585,45 @@ class Simulation:
             return
         self.failbacks += cohort.count
         self._count_attempt(cohort, at)
-        won, lost = self._admit(cohort, move.to_hub, at)
+        won, lost, kind = self._admit(cohort, move.to_hub, at)
         if won is not None:
             self._connected(won, move.to_hub, at)
         if lost is not None:  # the engine stays on the old link (Engine._migration_failed)
             assert lost.machine is not None
-            failed = fsm.AttemptFailed(hub=move.to_hub, kind=FailureKind.TRANSIENT)
+            failed = fsm.AttemptFailed(hub=move.to_hub, kind=kind)
             lost.machine.handle(failed, at)
             lost.machine.handle(fsm.Connected(hub=move.from_hub), at)
 
     # ---- hubs and counting
 
-    def _admit(self, cohort: _Cohort, hub: str, at: float) -> tuple[_Cohort | None, _Cohort | None]:
-        """Split ``cohort`` into the devices the hub accepts and those it refuses."""
+    def _admit(
+        self, cohort: _Cohort, hub: str, at: float
+    ) -> tuple[_Cohort | None, _Cohort | None, FailureKind]:
+        """Split ``cohort`` into the devices the hub accepts and those it refuses, and
+        the kind the refused ones feed the machine (a refused socket, or a CONNACK)."""
         if not self._up(hub, at):
-            return None, cohort
-        accepted = cohort.count
-        capacity = self.settings.capacity
-        if capacity is not None:
-            second = (hub, math.floor(at))
-            accepted = max(0, min(accepted, capacity - self.admitted[second]))
-            self.admitted[second] += accepted
+            return None, cohort, DOWN_KIND
+        bucket = self.buckets.get(hub)
+        accepted = cohort.count if bucket is None else bucket.admit(cohort.count, at)
+        kind = self.refused_kind
+        if accepted < cohort.count:
+            cohort.refused += 1  # the refused part (the admitted part is copied first)
         if accepted == 0:
-            return None, cohort
+            return None, cohort, kind
         if accepted == cohort.count:
-            return cohort, None
+            return cohort, None, kind
         won = copy.deepcopy(cohort)
+        won.refused -= 1
         won.count, cohort.count = accepted, cohort.count - accepted
         self.cohorts.append(won)
-        return won, cohort
+        return won, cohort, kind
 
     def _count_attempt(self, cohort: _Cohort, at: float) -> None:
         count = cohort.count
         cohort.tries += 1
         cohort.cycle_tries += 1
         self.attempts_100ms[math.floor(at * 10)] += count
-        outage = self.settings.outage
+        outage = self.scenario.clock
         if at >= outage:
             self.after_return[math.floor(at - outage)] += count
             if at < outage + 1:
@@ -579,24 +698,88 @@ def summarise(sim: Simulation, elapsed: float) -> dict[str, Any]:
     }
 
 
+def summarise_throttled(sim: Simulation, elapsed: float) -> dict[str, Any]:
+    """The figures of issue 14 for one throttled scenario and policy."""
+    settings, scene = sim.settings, sim.scenario
+    total = settings.devices
+    assert settings.admit_rate is not None
+    done = [
+        ((c.first_connect if scene.goal == "connected" else c.home_at), c.count)
+        for c in sim.cohorts
+    ]
+    times = [(at - scene.clock, count) for at, count in done if at is not None]
+    admitting = 1 if sim.contender.retry is None else scene.admitting  # paho: one host
+    minimum = total / (settings.admit_rate * admitting)
+    t99 = _percentile(times, total, 0.99)
+    refused = [(float(c.refused), c.count) for c in sim.cohorts]
+    median_refused = _percentile(refused, total, 0.5)
+    peak_100, peak_100_at = _peak(sim.attempts_100ms)
+    ratio = None if t99 is None else t99 / minimum
+    # The goal is on being connected. A failback is make before break: the fleet stays
+    # connected throughout (99 % at 0 s), and the time home is reported beside it.
+    connected_ratio = 0.0 if scene.goal == "home" else ratio
+    return {
+        "contender": sim.contender.key,
+        "label": sim.contender.label,
+        "devices": total,
+        "goal_state": scene.goal,
+        "done": sum(count for _v, count in times),
+        "home": sum(c.count for c in sim.cohorts if c.home_at is not None),
+        "complete": sim.complete,
+        "minimum_seconds": minimum,
+        "t50": _percentile(times, total, 0.5),
+        "t99": t99,
+        "t99_over_minimum": ratio,
+        "refused_per_device_median": median_refused,
+        "refused_per_device_p99": _percentile(refused, total, 0.99),
+        "attempts": sum(sim.attempts_100ms.values()),
+        "attempts_per_device_median": _percentile(
+            [(float(c.tries), c.count) for c in sim.cohorts], total, 0.5
+        ),
+        "peak_per_100ms": peak_100,
+        "peak_per_100ms_at": None if peak_100_at is None else round(peak_100_at / 10, 1),
+        "goal_met": connected_ratio is not None
+        and median_refused is not None
+        and connected_ratio <= GOAL_RATIO
+        and median_refused <= GOAL_REFUSED,
+        "done_within_goal_ratio": ratio is not None and ratio <= GOAL_RATIO,
+        "events": sim.events,
+        "simulated_in_seconds": round(elapsed, 3),
+    }
+
+
+def scenario_keys(settings: Settings) -> list[str]:
+    return [*SCENARIOS, *(THROTTLED if settings.admit_rate is not None else ())]
+
+
 def run_benchmark(settings: Settings, rows: Sequence[Contender]) -> dict[str, list[dict[str, Any]]]:
     """Every contender in every scenario; the results, by scenario, in row order."""
     results: dict[str, list[dict[str, Any]]] = {}
-    for scenario in SCENARIOS:
-        results[scenario] = []
+    for key in scenario_keys(settings):
+        results[key] = []
+        scene = scenario(key, settings)
+        summary = summarise if key in SCENARIOS else summarise_throttled
         for contender in rows:
+            if not applies(contender, key):
+                continue
             started = time.perf_counter()
-            sim = Simulation(contender, scenario, settings).run()
-            results[scenario].append(summarise(sim, time.perf_counter() - started))
+            sim = Simulation(contender, scene, settings).run()
+            results[key].append(summary(sim, time.perf_counter() - started))
     return results
 
 
 def failures(results: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Rows where some device never got home, or the event loop hit a bound."""
+    """Rows where some device never got home (or connected), or the event loop hit a bound."""
     problems = []
     for scenario, rows in results.items():
         for row in rows:
-            if not row["complete"] or row["home"] < row["devices"]:
+            if row.get("goal_state") == "connected":
+                if not row["complete"] or row["done"] < row["devices"]:
+                    problems.append(
+                        f"{scenario}/{row['contender']}: {row['done']}/{row['devices']} connected"
+                        + ("" if row["complete"] else " (event bound hit)")
+                    )
+            elif not row["complete"] or row["home"] < row["devices"]:
                 problems.append(
                     f"{scenario}/{row['contender']}: {row['home']}/{row['devices']} home"
                     + ("" if row["complete"] else " (event bound hit)")
@@ -704,6 +887,63 @@ def format_table(scenario: str, rows: Sequence[dict[str, Any]], settings: Settin
     return "\n".join([title, *lines, *extra, _wrap(NOTES[scenario])])
 
 
+def _goal(row: dict[str, Any]) -> str:
+    verdict = "met" if row["goal_met"] else "NOT MET"
+    if row["goal_state"] == "home" and not row["done_within_goal_ratio"]:
+        verdict += f"; home > {GOAL_RATIO:g}x"
+    return verdict
+
+
+THROTTLED_COLUMNS = (
+    ("scenario", lambda r: r["scenario"]),
+    ("policy", lambda r: r["label"]),
+    ("min s", lambda r: _num(r["minimum_seconds"])),
+    ("t50 s", lambda r: _num(r["t50"])),
+    ("t99 s", lambda r: _num(r["t99"])),
+    ("t99/min", lambda r: _num(r["t99_over_minimum"], 2)),
+    (
+        "refused med/p99",
+        lambda r: (
+            f"{_num(r['refused_per_device_median'], 0)}/{_num(r['refused_per_device_p99'], 0)}"
+        ),
+    ),
+    ("tries med", lambda r: _num(r["attempts_per_device_median"], 0)),
+    ("peak/100ms @s", lambda r: _count_at(r["peak_per_100ms"], r["peak_per_100ms_at"])),
+    ("goal", _goal),
+)
+
+
+def format_throttled(results: dict[str, list[dict[str, Any]]], settings: Settings) -> str:
+    rows = [row | {"scenario": key} for key in THROTTLED for row in results.get(key, [])]
+    cells = [[name for name, _f in THROTTLED_COLUMNS]]
+    cells += [[f(row) for _n, f in THROTTLED_COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(THROTTLED_COLUMNS))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    title = (
+        f"== throttled: every hub admits {settings.admit_rate:g} new connections/s (token "
+        f"bucket, burst {settings.admit_rate:g}) and answers the rest CONNACK "
+        f"0x{REFUSAL_CODE:02X}; {settings.devices:,} devices"
+    )
+    scenes = "; ".join(f"{key}: {text}" for key, text in THROTTLED.items())
+    note = (
+        f"{scenes}. min s: the admission-limited minimum, fleet / (R x hubs admitting): "
+        "one hub for move (the secondary) and failback (the primary), two for both-down "
+        "(one for the paho model, which knows one host). "
+        "t50, t99: s from t=0 (both-down: from the hubs' return) until 50 %, 99 % of the "
+        "fleet was connected (move, both-down) or home on the primary (failback: make "
+        "before break, so the fleet stays connected throughout). refused: attempts a hub "
+        "that was up refused for its rate, per device; tries: connect attempts per device, "
+        "to hubs up or down, failback moves included; peak/100ms: the busiest 100 ms of "
+        f"attempts and where it starts (s). goal: t99 <= {GOAL_RATIO:g} x min and median "
+        f"refused <= {GOAL_REFUSED} (failback: the fleet is connected throughout, so only the "
+        f"refusals decide; '; home > {GOAL_RATIO:g}x' marks a slow failback)."
+    )
+    return "\n".join([title, *lines, _wrap(note)])
+
+
 def _wrap(text: str, width: int = 100) -> str:
     lines: list[str] = []
     line = ""
@@ -752,7 +992,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def format_header(info: dict[str, Any], settings: Settings, rows: Sequence[Contender]) -> str:
-    capacity = "unlimited" if settings.capacity is None else f"{settings.capacity:,} connects/s"
+    rate = settings.admit_rate
+    capacity = "unlimited" if rate is None else f"{rate:g} new connections/s (token bucket)"
     excluded = [n for n in DEFAULT_EXCLUDED if n in available_profiles()]
     names = {row.label for row in rows}
     left_out = [
@@ -765,7 +1006,7 @@ def format_header(info: dict[str, Any], settings: Settings, rows: Sequence[Conte
         f"tenacity {info['tenacity']}",
         f"fleet: {settings.devices:,} devices on the primary, all links lost at t=0; primary "
         f"down for {settings.outage:g} s, then up; secondary always up; seed {settings.seed}; "
-        f"hub capacity {capacity}",
+        f"hub admission {capacity}",
         "policies:",
         *(f"  {row.label}: {row.source}" for row in rows),
     ]
@@ -775,7 +1016,9 @@ def format_header(info: dict[str, Any], settings: Settings, rows: Sequence[Conte
 
 
 def format_report(results: dict[str, list[dict[str, Any]]], settings: Settings) -> str:
-    parts = [format_table(scenario, rows, settings) for scenario, rows in results.items()]
+    parts = [format_table(key, results[key], settings) for key in SCENARIOS]
+    if settings.admit_rate is not None:
+        parts.append(format_throttled(results, settings))
     single = {row["contender"]: row for row in results["single-hub"]}
     for key in ("sdk-default", "fixed-1s"):
         parts.append("single-hub, " + format_histogram(single[key], settings.outage))
@@ -802,10 +1045,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=SEED, help=f"for the jitter (default {SEED})")
     parser.add_argument(
+        "--admit-rate",
         "--capacity",
-        type=int,
+        dest="admit_rate",
+        type=float,
         default=None,
-        help="connects a hub accepts per second; more are refused (default unlimited)",
+        metavar="R",
+        help="new connections each hub admits per second (token bucket, burst R); the rest "
+        f"are refused with CONNACK 0x{REFUSAL_CODE:02X}; adds the throttled scenarios "
+        "(default: hubs admit everyone)",
     )
     parser.add_argument(
         "--profile",
@@ -825,10 +1073,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--devices must be between 1 and {MAX_DEVICES}")
     if not 0 < args.outage <= MAX_OUTAGE:
         parser.error(f"--outage must be > 0 and at most {MAX_OUTAGE:g}")
-    if args.capacity is not None and args.capacity < 1:
-        parser.error("--capacity must be at least 1")
+    if args.admit_rate is not None and not 1 <= args.admit_rate < math.inf:
+        parser.error("--admit-rate must be at least 1")
     settings = Settings(
-        devices=args.devices, outage=args.outage, seed=args.seed, capacity=args.capacity
+        devices=args.devices, outage=args.outage, seed=args.seed, admit_rate=args.admit_rate
     )
     try:
         rows = contenders(args.profile if args.profile else default_profiles())
@@ -848,7 +1096,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settings": dataclasses.asdict(settings)
             | {"settled_seconds": SETTLED, "events_per_device": EVENTS_PER_DEVICE},
             "contenders": [row.as_dict() for row in rows],
-            "scenarios": {key: SCENARIOS[key] for key in results},
+            "scenarios": {key: (SCENARIOS | THROTTLED)[key] for key in results},
             "results": results,
             "failures": failures(results),
         }

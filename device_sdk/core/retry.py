@@ -78,6 +78,13 @@ class RetryPolicy:
     # fast retry schedule each time; only a link that stayed up resets it.
     stable_after: float = 10.0
     max_attempts: int | None = None
+    # Why: when a hub dies, every device of a fleet loses its link in the same
+    # instant; dialling at once lands the whole fleet on the next hub together,
+    # where a rate-limited hub refuses all but its admission rate. Spreading
+    # the first attempt after a lost link uniformly over this many seconds
+    # (about fleet size / the hub's admitted connects per second) lets the hub
+    # take them as they come. 0 keeps a lone device's recovery immediate.
+    first_attempt_spread: float = 0.0
 
     def __post_init__(self) -> None:
         jittered = self.strategy in ("exponential_jitter", "decorrelated_jitter")
@@ -91,6 +98,7 @@ class RetryPolicy:
             ("long_delay", _finite(self.long_delay, 0), ">= 0"),
             ("stable_after", _finite(self.stable_after, 0), ">= 0"),
             ("max_attempts", attempts is None or _positive_int(attempts), "None or int >= 1"),
+            ("first_attempt_spread", _finite(self.first_attempt_spread, 0), ">= 0"),
         ):
             if not ok:
                 raise ConfigError(f"retry.{name}", getattr(self, name), allowed)
@@ -160,6 +168,16 @@ class RetryPolicy:
         state.attempt_number = max(1, backoff.failures)
         state.upcoming_sleep = backoff.last_delay
         return float(self.tenacity_wait(rng)(state))
+
+    def first_attempt_delay(self, rng: random.Random | None = None) -> float:
+        """Seconds to wait before the first attempt after a lost link: uniform in
+        ``[0, first_attempt_spread]``, and 0 without drawing when there is no spread
+        (so a seeded ``rng`` shared with other draws gives them what it gave before).
+        """
+        if self.first_attempt_spread == 0:
+            return 0.0
+        source = rng if rng is not None else random.Random()
+        return source.uniform(0.0, self.first_attempt_spread)
 
     def next_delay(
         self, backoff: Backoff, delay: Delay, rng: random.Random | None = None

@@ -580,6 +580,11 @@ class Engine:
                 # soon after its CONNACK, a restart after a fault): without this, a
                 # hub that accepts and drops at once would be redialled in a hot loop.
                 self._sleep(self._wait_before_next(None))
+            elif self._outage_started is not None:
+                # A lost link (not the start): a fleet loses it all at once when a hub
+                # dies, so its first attempts are spread (retry.first_attempt_spread).
+                self._waited = self.config.retry.first_attempt_delay(self._rng)
+                self._sleep(self._waited)
             return retrying(self._attempt_once)
         except ConnectError as exc:
             if self._closing.is_set():

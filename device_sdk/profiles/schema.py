@@ -222,6 +222,8 @@ SCHEMA: Mapping[str, Key] = MappingProxyType({
                              "a link must stay up this long before the backoff resets"),
     "retry.max_attempts": _k("int", _R, "max_attempts", "an integer >= 1, or 0 for forever",
                              "give up after this many attempts", none_as=0),
+    "retry.first_attempt_spread": _k("float", _R, "first_attempt_spread", "seconds >= 0",
+                                     "first attempt after a lost link: uniform in [0, this]"),
     "failover.failover_after_failures": _k("int", _F, "failover_after_failures", "an integer >= 1",
                                            "failed attempts on a hub before moving on"),
     "failover.failover_after_seconds": _k("float", _F, "failover_after_seconds", "seconds > 0",

@@ -83,3 +83,95 @@ def test_the_tables_are_printed_beside_the_json(
     assert "== failover:" in printed and "== single-hub:" in printed
     assert "single-hub, sdk default: attempts per second" in printed
     assert "every device home in every row" in printed
+
+
+# --------------------------------------------------------------------------- throttling hubs
+
+# 500 devices on hubs admitting 5 new connections a second: the admission-limited
+# minimum is 100 s, the large-fleet profile's spread (it is written for fleet / R = 100 s).
+THROTTLED_DEVICES, RATE = 500, 5
+
+
+@pytest.fixture(scope="module")
+def throttled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("fleet") / "throttled.json"
+    argv = ["--devices", str(THROTTLED_DEVICES), "--admit-rate", str(RATE)]
+    code = fleet.main([*argv, "--profile", "large-fleet", "--json", str(out)])
+    document: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    assert code == 0, document["failures"]
+    return document
+
+
+def test_a_token_bucket_admits_its_burst_then_its_rate() -> None:
+    bucket = fleet._TokenBucket(10.0)
+    assert bucket.admit(25, 0.0) == 10  # a second's worth saved up, no more
+    assert bucket.admit(25, 0.0) == 0
+    assert bucket.admit(25, 0.55) == 5  # 5.5 tokens: whole connects only
+    assert bucket.admit(1, 0.6) == 1  # 0.5 left + 0.5 refilled
+    assert bucket.admit(100, 100.0) == 10  # never more than the burst, however long idle
+    admitted = sum(bucket.admit(100, 100.0 + t / 10) for t in range(1, 101))
+    assert admitted == 100  # 10 s of steady demand: exactly the rate
+
+
+def test_a_throttled_run_has_every_scenario_and_gets_everyone_there(
+    throttled: dict[str, Any],
+) -> None:
+    assert throttled["failures"] == []
+    assert set(throttled["results"]) == {*fleet.SCENARIOS, *fleet.THROTTLED}
+    assert throttled["settings"]["admit_rate"] == RATE
+    for key in fleet.THROTTLED:
+        rows = _rows(throttled, key)
+        assert "paho-model" in rows or key in ("move", "failback")
+        for row in rows.values():
+            assert row["complete"] and row["done"] == THROTTLED_DEVICES, (key, row["contender"])
+    assert _rows(throttled, "move")["sdk-default"]["minimum_seconds"] == 100.0
+    assert _rows(throttled, "both-down")["sdk-default"]["minimum_seconds"] == 50.0  # two hubs
+
+
+def test_refusals_are_counted_and_no_hub_admits_more_than_its_rate(
+    throttled: dict[str, Any],
+) -> None:
+    fixed = _rows(throttled, "move")["fixed-1s"]
+    # No jitter: the whole fleet retries each second, alternating between the dead primary
+    # and the secondary, which takes its 5 a time: most devices are refused dozens of times.
+    assert fixed["refused_per_device_median"] >= 40
+    assert fixed["t99"] >= 0.99 * fixed["minimum_seconds"]
+    for key in fleet.THROTTLED:
+        for row in _rows(throttled, key).values():
+            # Nobody can beat admission: 99 % of the fleet needs 99 % of the minimum.
+            assert row["t99"] >= 0.99 * row["minimum_seconds"] - 1.0, (key, row["contender"])
+
+
+def test_the_default_moves_in_time_but_is_refused_too_often(throttled: dict[str, Any]) -> None:
+    row = _rows(throttled, "move")["sdk-default"]
+    # Everyone dials the secondary in the first instant after the primary dies ...
+    assert row["peak_per_100ms"] > THROTTLED_DEVICES
+    assert row["peak_per_100ms_at"] == 0.0
+    # ... and is refused over and over until its backoff has grown: over the goal's 3.
+    assert row["refused_per_device_median"] > fleet.GOAL_REFUSED
+    assert not row["goal_met"]
+    assert row["t99_over_minimum"] <= fleet.GOAL_RATIO
+
+
+def test_the_large_fleet_profile_meets_the_goal_where_its_spread_fits_the_fleet(
+    throttled: dict[str, Any],
+) -> None:
+    for key in fleet.THROTTLED:
+        row = _rows(throttled, key)["profile:large-fleet"]
+        assert row["goal_met"], (key, row)
+    move = _rows(throttled, "move")["profile:large-fleet"]
+    # Spread over the window, first attempts come about as fast as the hub admits them.
+    assert move["refused_per_device_median"] == 0
+    assert move["peak_per_100ms"] < THROTTLED_DEVICES / 50
+    assert move["t50"] > 30.0  # the price: the median device waited for its turn
+
+
+def test_the_throttled_table_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    fleet.main(
+        ["--devices", "20", "--outage", "5", "--admit-rate", "2", "--profile", "large-fleet"]
+    )
+    printed = capsys.readouterr().out
+    assert "== throttled: every hub admits 2 new connections/s" in printed
+    assert "CONNACK 0x9F" in printed
+    for key in fleet.THROTTLED:
+        assert f"\n{key} " in printed

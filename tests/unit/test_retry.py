@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import tenacity
 
-from device_sdk.core.failover import Delay
+from device_sdk.core.failover import Attempt, Delay
 from device_sdk.core.retry import STRATEGIES, Backoff, RetryPolicy
 from device_sdk.errors import ConfigError
 
@@ -358,6 +358,10 @@ INF = float("inf")
         ({"max_attempts": 2.0}, "max_attempts", "None or int >= 1"),
         ({"multiplier": True}, "multiplier", ">= 1"),
         ({"long_delay": None}, "long_delay", ">= 0"),
+        ({"first_attempt_spread": -0.001}, "first_attempt_spread", ">= 0"),
+        ({"first_attempt_spread": INF}, "first_attempt_spread", ">= 0"),
+        ({"first_attempt_spread": float("nan")}, "first_attempt_spread", ">= 0"),
+        ({"first_attempt_spread": "60"}, "first_attempt_spread", ">= 0"),
     ],
 )
 def test_refused_values_name_the_field_and_what_is_allowed(
@@ -380,8 +384,74 @@ def test_refused_values_name_the_field_and_what_is_allowed(
         {"long_delay": 0.0, "stable_after": 0.0},
         {"max_attempts": 1},
         {"initial": 1, "maximum": 30, "long_delay": 300, "stable_after": 10},  # ints from TOML
+        {"first_attempt_spread": 0.0},
+        {"first_attempt_spread": 600},
     ],
 )
 def test_boundary_values_are_accepted(options: dict[str, Any]) -> None:
     policy = RetryPolicy(**options)
     assert all(getattr(policy, name) == value for name, value in options.items())
+
+
+# --------------------------------------------------------------------------- first attempt spread
+
+
+def test_no_spread_by_default_and_no_draw_from_a_shared_rng() -> None:
+    rng, untouched = random.Random(5), random.Random(5)
+    assert RetryPolicy().first_attempt_spread == 0.0
+    assert RetryPolicy().first_attempt_delay(rng) == 0.0
+    # The engine shares its rng with probe times: no spread must leave their draws alone.
+    assert rng.random() == untouched.random()
+
+
+def test_the_first_attempt_is_spread_uniformly_over_the_window() -> None:
+    policy = RetryPolicy(first_attempt_spread=100.0)
+    rng = random.Random(11)
+    delays = [policy.first_attempt_delay(rng) for _ in range(2000)]
+    assert all(0.0 <= d <= 100.0 for d in delays)
+    # A fleet's first attempts cover the window evenly: every tenth of it holds about a tenth.
+    tenths = [sum(1 for d in delays if k * 10 <= d < (k + 1) * 10) for k in range(10)]
+    assert min(tenths) > 150 and max(tenths) < 250, tenths
+    again = random.Random(11)
+    assert policy.first_attempt_delay(again) == delays[0]  # seeded: reproducible
+
+
+def test_without_an_rng_the_spread_still_draws() -> None:
+    policy = RetryPolicy(first_attempt_spread=10.0)
+    delays = {policy.first_attempt_delay() for _ in range(20)}
+    assert len(delays) > 1 and all(0.0 <= d <= 10.0 for d in delays)
+
+
+def _engine_waits(spread: float, *, after_a_lost_link: bool) -> list[float]:
+    """The sleeps the engine takes before a cycle's first attempt, on virtual time."""
+    from device_sdk.config import ClientConfig, HubEndpoint
+    from device_sdk.engine import Engine
+
+    config = ClientConfig(
+        client_id="fleet-17",
+        hubs=(HubEndpoint(name="primary", fqdn="127.0.0.1"),),
+        retry=RetryPolicy(first_attempt_spread=spread),
+    )
+    engine = Engine(config, rng=random.Random(3))
+    sleeps: list[float] = []
+    connected = object()
+    try:
+        engine._sleep = sleeps.append  # type: ignore[method-assign]
+        engine._attempt_once = lambda: connected  # type: ignore[assignment,method-assign,return-value]
+        if after_a_lost_link:
+            engine._outage_started = 0.0  # as _after_link leaves it
+        assert engine._recover(Attempt("primary", Delay.NONE, "link lost")) is connected
+    finally:
+        engine.close()
+    return sleeps
+
+
+def test_the_engine_spreads_the_first_attempt_after_a_lost_link() -> None:
+    expected = RetryPolicy(first_attempt_spread=50.0).first_attempt_delay(random.Random(3))
+    assert 0.0 < expected < 50.0
+    assert _engine_waits(50.0, after_a_lost_link=True) == [expected]
+
+
+def test_the_engine_dials_at_once_at_start_and_without_a_spread() -> None:
+    assert _engine_waits(50.0, after_a_lost_link=False) == []  # connect() is not delayed
+    assert [s for s in _engine_waits(0.0, after_a_lost_link=True) if s > 0] == []
