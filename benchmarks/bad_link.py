@@ -25,8 +25,9 @@ The implementations:
 
 A device_sdk run's detection bound is what its profile states: one publish
 period (a PUBACK is owed by then) plus the liveness deadline ceiling. raw
-paho's is two keepalives: it pings after one of silence and gives up one
-later. All runs go in parallel (their own threads, topics and proxies), so the
+paho's is two keepalives: it pings after one keepalive without a byte from
+the hub and gives up at a later keepalive check (one or two keepalives in
+all). All runs go in parallel (their own threads, topics and proxies), so the
 whole benchmark takes about duration + the longest detection bound + draining.
 """
 
