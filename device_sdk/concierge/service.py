@@ -328,6 +328,14 @@ class ConciergeService:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default listen queue is 5: a fleet polling at once overflows it, and
+    # every dropped SYN costs a device a retransmission of a second or more.
+    request_queue_size = socket.SOMAXCONN
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A device that gave up mid-answer is routine for a service polled by a fleet;
+        # socketserver would print its traceback to stderr.
+        logger.debug("concierge: a request from %s ended early", client_address, exc_info=True)
 
     def __init__(self, address: tuple[str, int], service: ConciergeService) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET

@@ -633,3 +633,26 @@ tls = false
 def test_set_active_refuses_plain_http_to_a_remote_host(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="plain-http"):
         concierge_cli.post_active("http://concierge.example.com", "secondary", TOKEN)
+
+
+def test_a_burst_of_devices_is_not_dropped_by_a_short_listen_queue(files: Files) -> None:
+    # socketserver's default queue of 5 made a burst of 100 fleet polls wait for SYN
+    # retransmissions (1 s and more); the concierge asks for the system's maximum.
+    from device_sdk.concierge import service as service_module
+
+    assert service_module._Server.request_queue_size >= 128
+    with ConciergeService(service_config(files)) as service:
+        host, port = service.url.removeprefix("http://").rsplit(":", 1)
+        answered: list[bool] = []
+
+        def fetch() -> None:
+            with socket.create_connection((host, int(port)), timeout=5) as sock:
+                sock.sendall(b"GET /v1/endpoint HTTP/1.0\r\n\r\n")
+                answered.append(sock.recv(12).startswith(b"HTTP/1.0 200"))
+
+        threads = [threading.Thread(target=fetch) for _ in range(100)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    assert answered.count(True) == 100
