@@ -83,6 +83,10 @@ RUNS = 15  # default of --runs (import time)
 MEMORY_RUNS = 3  # default of --memory-runs
 IMPORTTIME_RUNS = 3  # default of --importtime-runs
 TOP = 8  # rows in each -X importtime list
+# The targets of issue 14: import time as a ratio over paho's (whole process), and the
+# connected client's peak RSS over raw paho's.
+IMPORT_RATIO_TARGET = 1.3
+MEMORY_EXTRA_TARGET_KB = 5 * 1024
 
 IMPORT_TIMEOUT = 60.0  # one import-time child, start to exit
 MEMORY_TIMEOUT = 90.0  # one memory child: start, connect, K messages, every PUBACK, close
@@ -707,6 +711,43 @@ def format_cpu(rows: Sequence[dict[str, Any]], messages: int) -> str:
     return "\n".join(lines)
 
 
+def judge_targets(
+    imports: Sequence[dict[str, Any]], memory: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each target beside its figure: import ratios over paho, connected peak RSS over paho's."""
+    ratios = {row["variant"]: row["process_ratio"] for row in imports}
+    extra = {row["case"]: row["peak_rss_diff_kb"] for row in memory}
+    rows = [
+        {
+            "what": f"{label} / import paho.mqtt.client, process",
+            "figure": ratios[key],
+            "target": IMPORT_RATIO_TARGET,
+            "met": ratios[key] <= IMPORT_RATIO_TARGET,
+        }
+        for key, label in (("device_sdk", "import device_sdk"), ("sdk_client", "client names"))
+    ]
+    rows.extend(
+        {
+            "what": f"{key} peak RSS - raw paho connected, kB",
+            "figure": extra[key],
+            "target": MEMORY_EXTRA_TARGET_KB,
+            "met": extra[key] <= MEMORY_EXTRA_TARGET_KB,
+        }
+        for key in ("sdk_memory", "sdk_sqlite")
+    )
+    return rows
+
+
+def format_targets(rows: Sequence[dict[str, Any]]) -> str:
+    lines = [f"{'target':<56} {'figure':>8} {'at most':>8}   met", "-" * 80]
+    for row in rows:
+        lines.append(
+            f"{row['what']:<56} {row['figure']:>8g} {row['target']:>8g}   "
+            f"{'yes' if row['met'] else 'NO'}"
+        )
+    return "\n".join(lines)
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -766,6 +807,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     imports = summarise_imports(import_runs)
     memory = summarise_memory(memory_runs)
     cpu = summarise_cpu(memory_runs)
+    targets = judge_targets(imports, memory)
 
     def document() -> dict[str, Any]:
         return {
@@ -786,6 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "importtime": importtime,
             "memory": memory,
             "cpu_per_1000_messages": cpu,
+            "targets": targets,
             "import_runs": [asdict(r) for r in import_runs if r.index > 0],
             "memory_runs": [asdict(r) for r in memory_runs],
         }
@@ -796,6 +839,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sections.append(format_importtime(importtime))
         sections.append(format_memory(memory, args.messages))
         sections.append(format_cpu(cpu, args.messages))
+        sections.append(format_targets(targets))
         return "\n\n".join(sections)
 
     report.emit(tables, document, args.json)

@@ -67,3 +67,9 @@ def test_a_short_run_measures_every_row(tmp_path: Path, capsys: pytest.CaptureFi
     assert "import device_sdk" in printed
     assert "sdk sqlite NORMAL, connected" in printed
     assert "CPU time (ms per 1000 messages)" in printed
+
+    targets = {row["what"]: row for row in document["targets"]}
+    assert len(targets) == 4
+    sdk_memory = targets["sdk_memory peak RSS - raw paho connected, kB"]
+    assert sdk_memory["figure"] == memory["sdk_memory"]["peak_rss_diff_kb"]
+    assert sdk_memory["met"] is (sdk_memory["figure"] <= 5 * 1024)
