@@ -414,6 +414,9 @@ def test_the_first_attempt_is_spread_uniformly_over_the_window() -> None:
     assert min(tenths) > 150 and max(tenths) < 250, tenths
     again = random.Random(11)
     assert policy.first_attempt_delay(again) == delays[0]  # seeded: reproducible
+    # The window starts at 0: some devices dial almost at once, as without a spread.
+    short = RetryPolicy(first_attempt_spread=2.0)
+    assert min(short.first_attempt_delay(rng) for _ in range(500)) < 0.1
 
 
 def test_without_an_rng_the_spread_still_draws() -> None:
