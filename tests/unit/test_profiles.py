@@ -30,6 +30,7 @@ SHIPPED = (
     "industrial-gateway",
     "cellular-low-data",
     "battery-sensor",
+    "large-fleet",
     "test-fast",
 )
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "firmware_profiles"
