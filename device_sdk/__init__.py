@@ -1,8 +1,9 @@
 """device_sdk: keep a device connected to its cloud hub through outages and failovers,
 and never lose the telemetry it was handed."""
 
-import sys
 from typing import TYPE_CHECKING
+
+from device_sdk.lazy_names import load_name, public_dir
 
 if TYPE_CHECKING:
     from device_sdk import events
@@ -158,29 +159,16 @@ _HOMES = {
     "Transport": "device_sdk.transports",
     "AsyncDeviceClient": "device_sdk.aio",
     "X509Files": "device_sdk.identity.x509",
+    "events": "device_sdk.events",  # the module itself
 }
 
 
 def __getattr__(name: str) -> object:
-    if name == "events":
-        value: object = _imported("device_sdk.events")
-    elif name in _HOMES:
-        value = getattr(_imported(_HOMES[name]), name)
-    else:
-        raise AttributeError(f"module 'device_sdk' has no attribute {name!r}")
-    globals()[name] = value  # later lookups are plain attribute reads
-    return value
-
-
-def _imported(module: str) -> object:
-    # The import statement's own path (importlib.import_module is not it), so that
-    # python -X importtime still shows what each name loads.
-    __import__(module)
-    return sys.modules[module]
+    return load_name(globals(), __name__, _HOMES, name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return public_dir(globals(), __all__)
 
 
 __all__ = [

@@ -10,8 +10,9 @@ so that devices do not load an HTTP server) and its command line (:mod:`.cli`).
 ``FORMAT.md`` in this folder specifies the document format.
 """
 
-import sys
 from typing import TYPE_CHECKING
+
+from device_sdk.lazy_names import load_name, public_dir
 
 if TYPE_CHECKING:
     from device_sdk.concierge.document import (
@@ -59,16 +60,11 @@ _HOMES = {
 
 
 def __getattr__(name: str) -> object:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'device_sdk.concierge' has no attribute {name!r}")
-    __import__(_HOMES[name])  # as an import statement does, seen by python -X importtime
-    value: object = getattr(sys.modules[_HOMES[name]], name)
-    globals()[name] = value
-    return value
+    return load_name(globals(), __name__, _HOMES, name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return public_dir(globals(), __all__)
 
 
 __all__ = [

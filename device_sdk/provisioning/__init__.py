@@ -23,9 +23,9 @@ Where and when DPS is asked is described in :mod:`device_sdk.engine.hub_sources`
 the testbed's :class:`~device_sdk.testbed.dps_service.DpsService` plays DPS in tests.
 """
 
-import sys
 from typing import TYPE_CHECKING
 
+from device_sdk.lazy_names import load_name, public_dir
 from device_sdk.provisioning.settings import DEFAULT_ENDPOINT, DpsSettings
 
 if TYPE_CHECKING:
@@ -45,16 +45,11 @@ _HOMES = {
 
 
 def __getattr__(name: str) -> object:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'device_sdk.provisioning' has no attribute {name!r}")
-    __import__(_HOMES[name])  # as an import statement does, seen by python -X importtime
-    value: object = getattr(sys.modules[_HOMES[name]], name)
-    globals()[name] = value
-    return value
+    return load_name(globals(), __name__, _HOMES, name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return public_dir(globals(), __all__)
 
 
 __all__ = [
