@@ -35,6 +35,7 @@ import http
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -333,9 +334,13 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = socket.SOMAXCONN
 
     def handle_error(self, request: object, client_address: object) -> None:
-        # A device that gave up mid-answer is routine for a service polled by a fleet;
-        # socketserver would print its traceback to stderr.
-        logger.debug("concierge: a request from %s ended early", client_address, exc_info=True)
+        # A device that gave up mid-answer is routine for a service polled by a fleet
+        # (socketserver would print its traceback to stderr); anything else is a fault of
+        # ours, and is logged as one.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            logger.debug("concierge: %s went away mid-request", client_address)
+            return
+        logger.exception("concierge: a request from %s failed", client_address)
 
     def __init__(self, address: tuple[str, int], service: ConciergeService) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
