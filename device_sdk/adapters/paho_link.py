@@ -806,6 +806,16 @@ class PahoLink:
             ) from exc
 
     def _await_connack(self, deadline: float, cancel: CancelToken) -> None:
+        if self.fileno() < 0:
+            # paho closes the socket when sending CONNECT fails: a hub that reset the
+            # connection as it was accepted (a restarting broker, a load balancer
+            # shedding load). Found by the soak benchmark as an engine fault.
+            raise DialError(
+                f"{self.hub.name} at {self.address} closed the connection before CONNECT "
+                "was sent",
+                hub=self.hub.name,
+                address=self.address,
+            )
         with selectors.DefaultSelector() as selector:
             selector.register(self.fileno(), selectors.EVENT_READ)
             selector.register(cancel.fileno(), selectors.EVENT_READ)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
+import struct
 import threading
 import time
 import tracemalloc
@@ -599,3 +601,20 @@ def test_the_hostile_hub_only_listens_on_loopback() -> None:
 
     with pytest.raises(TestbedError, match="loopback only"):
         HostileHub([], host="192.0.2.1")
+
+
+def test_a_hub_that_resets_as_it_accepts_is_a_dial_error_not_an_engine_fault() -> None:
+    # Found by the soak: paho closes the socket when writing CONNECT fails, and the wait
+    # for CONNACK then had no socket to wait on (a ValueError on the engine thread).
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port), timeout=2)
+        accepted, _ = server.accept()
+        accepted.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        accepted.close()  # RST
+        time.sleep(0.1)  # the reset has reached the client's socket
+        hub = HubEndpoint(name="resetting", fqdn="127.0.0.1", port=port, tls=None)
+        link = PahoLink(hub, "127.0.0.1", _settings(V5))
+        client.setblocking(False)
+        with pytest.raises(DialError, match="closed the connection"):
+            link.open(time.monotonic() + 2.0, connected=client)
