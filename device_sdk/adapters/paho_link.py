@@ -811,8 +811,7 @@ class PahoLink:
             # connection as it was accepted (a restarting broker, a load balancer
             # shedding load). Found by the soak benchmark as an engine fault.
             raise DialError(
-                f"{self.hub.name} at {self.address} closed the connection before CONNECT "
-                "was sent",
+                f"{self.hub.name} at {self.address} closed the connection before CONNECT was sent",
                 hub=self.hub.name,
                 address=self.address,
             )
