@@ -40,7 +40,11 @@ a message acknowledged while nobody was subscribed would look lost.
 Every ``--sample-interval`` (60 s) the benchmark samples its own process (the
 device, and with it the testbed's DNS server, concierge, proxies and
 subscribers, all long-lived): VmRSS and Threads from ``/proc/self/status``,
-the open descriptors in ``/proc/self/fd`` and ``threading.active_count()``. The
+the open descriptors in ``/proc/self/fd``, ``threading.active_count()``, the
+live blocks of Python's own allocator (``sys.getallocatedblocks()``) and, with
+glibc, ``mallinfo2()``: what malloc has handed out and what it holds free. RSS
+that grows while both of those stay flat is the allocator's fragmentation, not
+a leak. The
 slopes are least squares over the samples after ``--warmup`` (120 s: the
 outbox, caches and the allocator settle first). The subscribers count into one
 preallocated array, and the publisher keeps no handles, so nothing of the
@@ -53,6 +57,7 @@ At the end the publisher stops, the outbox drains, and every number whose
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import itertools
 import math
@@ -449,6 +454,42 @@ class Sample:
     fds: int
     threads: int  # threading.active_count()
     os_threads: int  # /proc/self/status Threads
+    py_blocks: int  # sys.getallocatedblocks(): live objects of Python's own allocator
+    heap_used_kib: int | None  # glibc mallinfo2: bytes handed out by malloc (all arenas)
+    heap_free_kib: int | None  # glibc mallinfo2: bytes malloc holds but has not handed out
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [  # the ctypes layout of glibc's struct mallinfo2
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _mallinfo() -> Callable[[], _MallInfo2] | None:
+    """glibc's ``mallinfo2`` (2.33+), or None elsewhere (musl, macOS, older glibc)."""
+    try:
+        libc = ctypes.CDLL(None)
+        function = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    function.restype = _MallInfo2
+    function.argtypes = []
+    return function
+
+
+_MALLINFO = _mallinfo()
 
 
 def take_sample(origin: float) -> Sample:
@@ -457,12 +498,16 @@ def take_sample(origin: float) -> Sample:
         for line in lines:
             key, _sep, value = line.partition(":")
             status[key] = value.strip()
+    heap = None if _MALLINFO is None else _MALLINFO()
     return Sample(
         at=time.monotonic() - origin,
         rss_kib=int(status["VmRSS"].split()[0]),
         fds=len(os.listdir("/proc/self/fd")) - 1,  # less the one listdir itself opened
         threads=threading.active_count(),
         os_threads=int(status["Threads"]),
+        py_blocks=sys.getallocatedblocks(),
+        heap_used_kib=None if heap is None else (heap.uordblks + heap.hblkhd) // 1024,
+        heap_free_kib=None if heap is None else heap.fordblks // 1024,
     )
 
 
@@ -606,6 +651,11 @@ def _percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
+def _optional_slope(points: Sequence[tuple[float, int | None]]) -> float | None:
+    known = [(at, float(value)) for at, value in points if value is not None]
+    return slope_per_hour(known) if len(known) == len(points) else None
+
+
 def summarise(settings: Settings, outcome: Outcome) -> dict[str, Any]:
     steady = [s for s in outcome.samples if s.at >= settings.warmup]
     kinds: dict[str, Any] = {}
@@ -641,6 +691,9 @@ def summarise(settings: Settings, outcome: Outcome) -> dict[str, Any]:
         "fds_per_hour": slope_per_hour([(s.at, s.fds) for s in steady]),
         "threads_per_hour": slope_per_hour([(s.at, s.threads) for s in steady]),
         "os_threads_per_hour": slope_per_hour([(s.at, s.os_threads) for s in steady]),
+        "py_blocks_per_hour": slope_per_hour([(s.at, s.py_blocks) for s in steady]),
+        "heap_used_kib_per_hour": _optional_slope([(s.at, s.heap_used_kib) for s in steady]),
+        "heap_free_kib_per_hour": _optional_slope([(s.at, s.heap_free_kib) for s in steady]),
         "first_sample": None if first is None else dataclasses.asdict(first),
         "last_sample": None if last is None else dataclasses.asdict(last),
         "metrics": outcome.metrics,
@@ -716,6 +769,12 @@ def format_report(summary: dict[str, Any]) -> str:
         f"{_num(summary['os_threads_per_hour'], 2)}/hour (/proc) "
         f"({first.get('threads', '-')} -> {last.get('threads', '-')}, "
         f"{first.get('os_threads', '-')} -> {last.get('os_threads', '-')})",
+        f"  Python objects {_num(summary['py_blocks_per_hour'], 0)} blocks/hour "
+        f"({first.get('py_blocks', '-')} -> {last.get('py_blocks', '-')})",
+        f"  malloc in use {_num(summary['heap_used_kib_per_hour'])} KiB/hour "
+        f"({first.get('heap_used_kib', '-')} -> {last.get('heap_used_kib', '-')} KiB), "
+        f"held free {_num(summary['heap_free_kib_per_hour'])} KiB/hour "
+        f"({first.get('heap_free_kib', '-')} -> {last.get('heap_free_kib', '-')} KiB)",
         "",
         f"messages: published {summary['published']}, lost {summary['lost']}, "
         f"duplicates {summary['duplicates']}, drained {summary['drained']}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -60,4 +61,9 @@ def test_a_short_soak_recovers_from_every_fault_and_loses_nothing(
     assert samples[-1]["fds"] <= samples[0]["fds"] + 2, samples
     assert samples[-1]["threads"] <= samples[0]["threads"] + 1, samples
     assert summary["rss_kib_per_hour"] is not None
+    assert all(s["py_blocks"] > 10_000 for s in samples), samples
+    libc, version = platform.libc_ver()
+    if libc == "glibc" and tuple(map(int, version.split(".")[:2])) >= (2, 33):  # mallinfo2
+        assert all(s["heap_used_kib"] > 1024 and s["heap_free_kib"] >= 0 for s in samples)
+        assert summary["heap_used_kib_per_hour"] is not None
     assert "PASS: 0 lost" in capsys.readouterr().out
