@@ -13,7 +13,7 @@ from the repository root), so nothing the benchmark itself imported counts.
   the parent also times the whole child process, start to exit, and does the
   same for ``python -c pass`` (Python's bare start-up). N runs of each (default
   15), interleaved (the order rotates run by run) after one untimed warm-up each
-  (which also writes any missing ``.pyc`` files); median and minimum. Then
+  (which compiles every module's ``.pyc``: see `child_environment`); median and minimum. Then
   ``python -X importtime -c`` with the client names shows where the time goes:
   self time summed per top-level package, and the largest imports by cumulative
   time (median of a few runs; the instrumentation inflates the absolute times).
@@ -25,7 +25,8 @@ from the repository root), so nothing the benchmark itself imported counts.
   1000) were published and every PUBACK came; a ``DeviceClient`` (in-memory
   outbox) after the same; and one with the durable SQLite outbox
   (``OutboxSettings(path=..., synchronous="NORMAL")``). Each figure is the median
-  of M children per case (default 3), interleaved; the SDK rows are compared with
+  of M children per case (default 3), interleaved, after one untimed child per
+  case (bytecode, page cache); the SDK rows are compared with
   their raw-paho counterpart (difference and ratio), the paho rows with bare Python.
 * **CPU time per 1000 messages**: the same connected children read
   ``time.process_time()`` (user + sys of the whole process, every thread) before
@@ -277,11 +278,33 @@ class ChildFailed(RuntimeError):
     """A child process overran its timeout, failed, or printed no result."""
 
 
+def child_environment(pycache: Path) -> dict[str, str]:
+    """The children's environment: this one, with bytecode caching on, in ``pycache``.
+
+    A device runs the package as pip installed it, with ``.pyc`` files written at
+    install time. A developer's shell (or a CI image) may set
+    ``PYTHONDONTWRITEBYTECODE``, and then a source tree would be compiled again in
+    every child while paho and dnspython load their installed ``.pyc`` files: that
+    times the compiler, not the import. Every child writes and reads its bytecode
+    under one fresh prefix instead (``PYTHONPYCACHEPREFIX``), for every package
+    alike, so the warm-up compiles each module once and the timed runs load
+    bytecode, as on a device.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    return env
+
+
+# Set by main() for the run; None (tests calling the helpers) inherits this environment.
+CHILD_ENV: dict[str, str] | None = None
+
+
 def run_child(argv: Sequence[str], timeout: float, what: str) -> tuple[str, str, float]:
     """Run one child to its end: its stdout, its stderr, and the seconds from start to exit."""
     started = time.perf_counter()
     proc = subprocess.Popen(
         list(argv),
+        env=CHILD_ENV,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -510,6 +533,8 @@ def measure_memory(runs: int, messages: int, progress: Callable[[str], None]) ->
         MosquittoBroker(BrokerSpec(name="footprint", host="127.0.0.1")) as broker,
         tempfile.TemporaryDirectory(prefix="device-sdk-footprint-") as directory,
     ):
+        for case in MEMORY_CASES:  # untimed: compiles the modules only these cases load
+            memory_once(case, 0, broker, Path(directory), messages)
         for index in range(1, runs + 1):
             shift = (index - 1) % len(MEMORY_CASES)
             for case in MEMORY_CASES[shift:] + MEMORY_CASES[:shift]:
@@ -582,7 +607,9 @@ def format_header(info: dict[str, Any], args: argparse.Namespace) -> str:
             f"({info['device_sdk_source']}), paho-mqtt {info['paho_mqtt']}, {info['mosquitto']}",
             f"device_sdk's other dependencies: {deps}",
             f"import time: fresh `{Path(sys.executable).name} -c` processes (cwd {ROOT}), "
-            f"{args.runs} runs per statement, interleaved, after one warm-up each",
+            f"{args.runs} runs per statement, interleaved, after one warm-up each; every "
+            "child loads bytecode (compiled by the warm-up under one fresh "
+            "PYTHONPYCACHEPREFIX, as pip compiles at install)",
             f"memory: median of {args.memory_runs} fresh processes per case; connected cases "
             f"publish {args.messages} QoS 1 messages of {PAYLOAD_BYTES} bytes (MQTT 5, in-flight "
             "window 20) to a local mosquitto on 127.0.0.1 and wait for every PUBACK",
@@ -797,13 +824,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     def progress(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
+    global CHILD_ENV  # noqa: PLW0603 - one run's setting, read by every child it starts
     try:
-        import_runs = measure_imports(args.runs, progress)
-        importtime = measure_importtime(args.importtime_runs, progress)
-        memory_runs = measure_memory(args.memory_runs, args.messages, progress)
+        with tempfile.TemporaryDirectory(prefix="device-sdk-footprint-pyc-") as pycache:
+            CHILD_ENV = child_environment(Path(pycache))
+            import_runs = measure_imports(args.runs, progress)
+            importtime = measure_importtime(args.importtime_runs, progress)
+            memory_runs = measure_memory(args.memory_runs, args.messages, progress)
     except ChildFailed as exc:
         print(f"footprint benchmark failed: {exc}", file=sys.stderr)
         return 1
+    finally:
+        CHILD_ENV = None
     imports = summarise_imports(import_runs)
     memory = summarise_memory(memory_runs)
     cpu = summarise_cpu(memory_runs)
