@@ -512,7 +512,7 @@ class Simulation:
             return
         retry = self.contender.retry
         assert retry is not None
-        cohort.backoff = cohort.backoff.failed()
+        cohort.backoff = cohort.backoff.failed(busy=kind is FailureKind.BUSY)
         actions = cohort.machine.handle(fsm.AttemptFailed(hub=hub, kind=kind), at)
         cohort.attempt = _attempt_in(actions) or cohort.attempt
         # tenacity computes the wait before it checks the stop condition; so does this.

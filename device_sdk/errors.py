@@ -225,6 +225,15 @@ class TransientRefusal(ConnectRefused):
     """Server unavailable, busy, quota exceeded or rate limited: back off and retry."""
 
 
+class HubBusy(TransientRefusal):
+    """The hub is over its capacity or connection rate (CONNACK server busy, quota or
+    connection rate exceeded, server unavailable).
+
+    Retried like any transient refusal, over a wider window
+    (``RetryPolicy.busy_initial``): a throttling hub is usually taking a crowd.
+    """
+
+
 class PermanentRefusal(ConnectRefused):
     """Bad credentials, not authorised or banned on this hub.
 

@@ -64,17 +64,20 @@ from device_sdk.adapters.mqtt_rules import (
     varint,
 )
 from device_sdk.config import Credentials, HubEndpoint, TlsSettings, Will
-from device_sdk.core.outcomes import FailureKind, classify_connack, classify_disconnect
+from device_sdk.core.outcomes import (
+    REFUSAL_ERRORS,
+    FailureKind,
+    classify_connack,
+    classify_disconnect,
+)
 from device_sdk.dedup import wrap_envelope
 from device_sdk.errors import (
     ConnectError,
     ConnectTimeout,
     DialError,
     HandshakeProtocolError,
-    PermanentRefusal,
     Redirected,
     TlsError,
-    TransientRefusal,
 )
 from device_sdk.identity.provider import Identity
 from device_sdk.message import Message, PublishProperties
@@ -864,8 +867,7 @@ class PahoLink:
             raise Redirected(
                 text, hub=hub, address=address, reason_code=code, server_reference=reference
             )
-        error_type = PermanentRefusal if kind is FailureKind.PERMANENT else TransientRefusal
-        raise error_type(text, hub=hub, address=address, reason_code=code)
+        raise REFUSAL_ERRORS[kind](text, hub=hub, address=address, reason_code=code)
 
     # -- serving ---------------------------------------------------------------------------
 

@@ -19,6 +19,11 @@ The rules, in short:
 * A hub's failure streak is forgotten only when a link to some hub has stayed
   up for ``stable_after_seconds``: a hub that accepts and drops at once keeps
   its streak, so it is failed over and its retries back off.
+* A hub that answers "busy" (BUSY) counts as failing like any transient
+  failure (the retry policy widens the waits: see ``RetryPolicy.busy_initial``);
+  but a failback or concierge move it refuses keeps the dwell served on the hub
+  we stayed on, so a throttling home hub is tried again after fresh healthy
+  probes, not after another full dwell.
 """
 
 from __future__ import annotations
@@ -260,6 +265,10 @@ class FailoverMachine:
         self._connected_since: float | None = None
         self._healthy_probes = 0
         self._migrated_from: str | None = None
+        # (hub, since): the hub a move left, and when its link came up, while the move
+        # is being made; kept past a move refused as BUSY (see _on_connected).
+        self._left: tuple[str, float] | None = None
+        self._resume: tuple[str, float] | None = None
 
     # ---- read-only view
 
@@ -328,9 +337,14 @@ class FailoverMachine:
         # (see _end_link): a hub that accepts and drops at once must keep it.
         self._current = event.hub
         self._records[event.hub] = replace(self._records[event.hub], penalized_until=None)
-        self._connected_since = now
+        # Why resume: a move refused as busy leaves us on the link we had (the
+        # engine makes before it breaks); the home hub is alive and was healthy,
+        # so only fresh probes are owed, not another full dwell.
+        resume, self._resume = self._resume, None
+        self._connected_since = resume[1] if resume and resume[0] == event.hub else now
         self._healthy_probes = 0
         self._migrated_from = None
+        self._left = None
         return Phase.CONNECTED, ()
 
     def _on_link_down(self, event: LinkDown, now: float) -> Step:
@@ -435,10 +449,12 @@ class FailoverMachine:
 
     def _after_failure(self, kind: FailureKind, now: float) -> Actions:
         """Where to go after the current hub failed (its failure already counted)."""
-        back = self._migrated_from
-        self._migrated_from = None
+        back, left = self._migrated_from, self._left
+        self._migrated_from = self._left = None
         if back is not None and not self._records[back].is_penalized(now):
             # A failed failback/concierge move: the hub we left worked moments ago.
+            if kind is FailureKind.BUSY and left is not None and left[0] == back:
+                self._resume = left
             return self._switch_to(back, "migration failed", Delay.NONE)
         if kind is FailureKind.PERMANENT:
             return self._after_refusal(now)
@@ -492,6 +508,9 @@ class FailoverMachine:
 
     def _migrate(self, target: str, now: float, reason: str) -> Migrate:
         previous = self._current
+        since = self._connected_since
+        self._left = None if since is None else (previous, since)
+        self._resume = None
         self._end_link(now)
         self._current = target
         self._migrated_from = previous
@@ -513,6 +532,7 @@ class FailoverMachine:
 
     def _record_failure(self, hub: str, now: float) -> None:
         self._records[hub] = self._records[hub].failed(now)
+        self._resume = None  # the way back failed too: a dwell starts afresh
 
     def _check_hubs(self, event: Input) -> None:
         # The engine validates names against its list; an unknown one is a bug.

@@ -13,6 +13,7 @@ from types import MappingProxyType
 
 from device_sdk.errors import (
     ConnectRefused,
+    HubBusy,
     PermanentRefusal,
     Redirected,
     TransientRefusal,
@@ -30,11 +31,18 @@ class FailureKind(enum.Enum):
     """The hub told us to go elsewhere (MQTT 5 0x9C / 0x9D)."""
     UNRESPONSIVE = "unresponsive"
     """The hub stopped answering (connect, ack or ping deadline passed)."""
+    BUSY = "busy"
+    """The hub is up and answered, but is over its capacity or connection rate
+    (server busy, quota or connection rate exceeded, server unavailable). As
+    TRANSIENT, except that the retry waits over a wider window (a hub that
+    throttles is usually taking a crowd that arrived together), and a failback
+    or concierge move refused this way keeps the dwell already served."""
 
 
 _T = FailureKind.TRANSIENT
 _P = FailureKind.PERMANENT
 _R = FailureKind.REDIRECT
+_B = FailureKind.BUSY
 
 # Why unknown codes are TRANSIENT: a device in the field must never strand
 # itself on a code a newer broker invented. Backoff still protects the hub.
@@ -44,7 +52,7 @@ MQTT311_CONNACK: Mapping[int, FailureKind] = MappingProxyType(
     {
         1: _P,  # unacceptable protocol version
         2: _P,  # identifier rejected
-        3: _T,  # server unavailable
+        3: _B,  # server unavailable (what a throttling 3.1.1 hub answers)
         4: _P,  # bad user name or password
         5: _P,  # not authorized
     }
@@ -60,18 +68,18 @@ MQTT5_CONNACK: Mapping[int, FailureKind] = MappingProxyType(
         0x85: _P,  # client identifier not valid
         0x86: _P,  # bad user name or password
         0x87: _P,  # not authorized
-        0x88: _T,  # server unavailable
-        0x89: _T,  # server busy
+        0x88: _B,  # server unavailable
+        0x89: _B,  # server busy
         0x8A: _P,  # banned
         0x8C: _P,  # bad authentication method
         0x95: _P,  # packet too large
-        0x97: _T,  # quota exceeded
+        0x97: _B,  # quota exceeded
         0x99: _P,  # payload format invalid
         0x9A: _P,  # retain not supported
         0x9B: _P,  # QoS not supported
         0x9C: _R,  # use another server
         0x9D: _R,  # server moved
-        0x9F: _T,  # connection rate exceeded
+        0x9F: _B,  # connection rate exceeded
     }
 )
 
@@ -165,6 +173,7 @@ REFUSAL_ERRORS: Mapping[FailureKind, type[ConnectRefused]] = MappingProxyType(
     {
         FailureKind.TRANSIENT: TransientRefusal,
         FailureKind.UNRESPONSIVE: TransientRefusal,
+        FailureKind.BUSY: HubBusy,
         FailureKind.PERMANENT: PermanentRefusal,
         FailureKind.REDIRECT: Redirected,
     }

@@ -85,6 +85,17 @@ class RetryPolicy:
     # (about fleet size / the hub's admitted connects per second) lets the hub
     # take them as they come. 0 keeps a lone device's recovery immediate.
     first_attempt_spread: float = 0.0
+    # Why: a hub that answers "busy" (server busy, quota or connection rate
+    # exceeded, server unavailable) is usually taking a crowd that arrived
+    # together, e.g. a fleet whose other hub died. Retrying on the ordinary
+    # schedule (0.1 s, 0.2 s, ...) gets a device refused again and again before
+    # its window is wide enough for the hub's rate. Once n attempts since the
+    # last stable link were refused as busy, every backoff wait (to that hub or
+    # to the next) is drawn uniformly up to busy_initial * multiplier ** (n - 1)
+    # (capped at ``maximum``), or the ordinary draw when that is longer. A lone
+    # device never sees "busy" from a healthy hub, so its recovery is unchanged.
+    # 0 treats "busy" as any transient refusal.
+    busy_initial: float = 10.0
 
     def __post_init__(self) -> None:
         jittered = self.strategy in ("exponential_jitter", "decorrelated_jitter")
@@ -99,6 +110,7 @@ class RetryPolicy:
             ("stable_after", _finite(self.stable_after, 0), ">= 0"),
             ("max_attempts", attempts is None or _positive_int(attempts), "None or int >= 1"),
             ("first_attempt_spread", _finite(self.first_attempt_spread, 0), ">= 0"),
+            ("busy_initial", _finite(self.busy_initial, 0), ">= 0"),
         ):
             if not ok:
                 raise ConfigError(f"retry.{name}", getattr(self, name), allowed)
@@ -167,7 +179,19 @@ class RetryPolicy:
         state = tenacity.RetryCallState(_RETRYING, fn=None, args=(), kwargs={})
         state.attempt_number = max(1, backoff.failures)
         state.upcoming_sleep = backoff.last_delay
-        return float(self.tenacity_wait(rng)(state))
+        source = rng if rng is not None else random.Random()
+        seconds = float(self.tenacity_wait(source)(state))
+        if backoff.busy and self.busy_initial > 0 and self.maximum > 0:
+            seconds = max(seconds, source.uniform(0.0, self.busy_window(backoff.busy)))
+        return seconds
+
+    def busy_window(self, busy: int) -> float:
+        """The busy window after ``busy`` refusals that said "busy" (at least one):
+        ``busy_initial * multiplier ** (busy - 1)``, capped at ``maximum``."""
+        exponent = max(0, busy - 1)
+        if self.multiplier > 1 and exponent > 64:  # beyond any cap; no float overflow
+            return self.maximum
+        return min(self.maximum, self.busy_initial * self.multiplier**exponent)
 
     def first_attempt_delay(self, rng: random.Random | None = None) -> float:
         """Seconds to wait before the first attempt after a lost link: uniform in
@@ -200,21 +224,23 @@ _RETRYING = tenacity.Retrying()
 class Backoff:
     """Where the engine is in its backoff schedule, across reconnect cycles. Immutable.
 
-    ``failures`` counts failed attempts since the last *stable* link;
-    ``last_delay`` is the previous backoff sleep (for decorrelated jitter).
+    ``failures`` counts failed attempts since the last *stable* link, and ``busy``
+    those of them a hub refused as busy; ``last_delay`` is the previous backoff
+    sleep (for decorrelated jitter).
     """
 
     failures: int = 0
     up_since: float | None = None
     last_delay: float = 0.0
+    busy: int = 0
 
     @classmethod
     def start(cls) -> Backoff:
         return cls()
 
-    def failed(self) -> Backoff:
-        """One more failed attempt (or a link that died)."""
-        return replace(self, failures=self.failures + 1)
+    def failed(self, *, busy: bool = False) -> Backoff:
+        """One more failed attempt (or a link that died); ``busy``: the hub said so."""
+        return replace(self, failures=self.failures + 1, busy=self.busy + busy)
 
     def waited(self, seconds: float) -> Backoff:
         """Remember the backoff sleep just taken."""

@@ -73,6 +73,7 @@ from device_sdk.errors import (
     CredentialExpired,
     DeviceSDKError,
     EngineFailed,
+    HubBusy,
     LinkLost,
     NotConnected,
     PermanentRefusal,
@@ -674,15 +675,15 @@ class Engine:
             self._refused.refused(hub.name)  # the provider must be asked for a fresh one
         self._cycle_errors.append(error)
         self._cycle_attempts += 1
-        self._backoff = self._backoff.failed()
         self._emit(events.AttemptFailed(at=now, hub=hub.name, address=error.address, error=error))
         if isinstance(error, Redirected):
+            self._backoff = self._backoff.failed()
             target = self._sources.hub_for_reference(error.server_reference)
             actions = self._machine.handle(fsm.Redirect(hub=hub.name, target=target), now)
         else:
-            actions = self._machine.handle(
-                fsm.AttemptFailed(hub=hub.name, kind=self._failure_kind(hub, error)), now
-            )
+            kind = self._failure_kind(hub, error)
+            self._backoff = self._backoff.failed(busy=kind is FailureKind.BUSY)
+            actions = self._machine.handle(fsm.AttemptFailed(hub=hub.name, kind=kind), now)
         # An empty answer means "carry on as you were": keep the attempt already planned.
         self._next = self._single(actions) or self._next
 
@@ -1173,6 +1174,8 @@ def _failure_kind(error: ConnectError) -> FailureKind:
         return FailureKind.PERMANENT
     if isinstance(error, ConnectTimeout):
         return FailureKind.UNRESPONSIVE
+    if isinstance(error, HubBusy):
+        return FailureKind.BUSY
     return FailureKind.TRANSIENT
 
 

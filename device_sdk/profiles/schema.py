@@ -224,6 +224,8 @@ SCHEMA: Mapping[str, Key] = MappingProxyType({
                              "give up after this many attempts", none_as=0),
     "retry.first_attempt_spread": _k("float", _R, "first_attempt_spread", "seconds >= 0",
                                      "first attempt after a lost link: uniform in [0, this]"),
+    "retry.busy_initial": _k("float", _R, "busy_initial", "seconds >= 0",
+                             "after n busy refusals a wait is up to this x multiplier^(n-1)"),
     "failover.failover_after_failures": _k("int", _F, "failover_after_failures", "an integer >= 1",
                                            "failed attempts on a hub before moving on"),
     "failover.failover_after_seconds": _k("float", _F, "failover_after_seconds", "seconds > 0",

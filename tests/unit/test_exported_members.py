@@ -8,7 +8,7 @@ import device_sdk.testbed
 PUBLIC = {
     "AsyncDeviceClient", "ClientClosed", "ClientConfig", "ConfigError", "ConnectError",
     "ConnectRefused", "ConnectTimeout", "Credentials", "DeviceClient", "DeviceSDKError",
-    "DialError", "DnsSettings", "FailoverPolicy", "HubEndpoint", "LinkLost",
+    "DialError", "DnsSettings", "FailoverPolicy", "HubBusy", "HubEndpoint", "LinkLost",
     "LivenessPolicy", "MemoryOutbox", "Metrics", "NameNotFound", "NoAddress",
     "NotConnected", "Outbox", "OutboxFull", "OutboxSettings", "PermanentRefusal",
     "PublishError", "PublishHandle", "PublishRejected", "RecoveryFailed", "Redirected",

@@ -45,6 +45,7 @@ TWO = (PRIMARY, SECONDARY)
 THREE = (PRIMARY, SECONDARY, TERTIARY)
 TRANSIENT, PERMANENT = FailureKind.TRANSIENT, FailureKind.PERMANENT
 UNRESPONSIVE, REDIRECT = FailureKind.UNRESPONSIVE, FailureKind.REDIRECT
+BUSY = FailureKind.BUSY
 NONE, BACKOFF, LONG = Delay.NONE, Delay.BACKOFF, Delay.LONG
 
 Row = tuple[float, Input, tuple[Action, ...]]
@@ -479,6 +480,92 @@ def test_failed_failback_returns_to_the_hub_it_left() -> None:
             (330.0, ProbeResult(PRIMARY, healthy=True), ()),
         ],
         failback_dwell_seconds=300.0,
+    )
+
+
+def test_failback_refused_as_busy_keeps_the_dwell_already_served() -> None:
+    # A home hub that answers "busy" is alive and was probed healthy: back on the hub we
+    # stayed on (make before break), only fresh healthy probes are owed, not a new dwell.
+    run(
+        [
+            *on_secondary_since(10.0),
+            (300.0, ProbeResult(PRIMARY, healthy=True), ()),
+            (310.0, ProbeResult(PRIMARY, healthy=True), FAILBACK),
+            (310.1, AttemptFailed(PRIMARY, BUSY), over(PRIMARY, SECONDARY, "migration failed")),
+            (310.1, Connected(SECONDARY), ()),
+            (320.0, ProbeResult(PRIMARY, healthy=True), ()),  # the probe streak starts again
+            (330.0, ProbeResult(PRIMARY, healthy=True), FAILBACK),
+            (330.1, Connected(PRIMARY), ()),
+        ],
+        failback_dwell_seconds=300.0,
+    )
+
+
+@pytest.mark.parametrize("kind", [TRANSIENT, UNRESPONSIVE])
+def test_failback_failing_otherwise_serves_the_dwell_again(kind: FailureKind) -> None:
+    machine = run(
+        [
+            *on_secondary_since(10.0),
+            (300.0, ProbeResult(PRIMARY, healthy=True), ()),
+            (310.0, ProbeResult(PRIMARY, healthy=True), FAILBACK),
+            (311.0, AttemptFailed(PRIMARY, kind), over(PRIMARY, SECONDARY, "migration failed")),
+            (311.0, Connected(SECONDARY), ()),
+            (320.0, ProbeResult(PRIMARY, healthy=True), ()),
+            (330.0, ProbeResult(PRIMARY, healthy=True), ()),
+            (610.0, ProbeResult(PRIMARY, healthy=True), ()),  # 299 s after the return
+        ],
+        failback_dwell_seconds=300.0,
+    )
+    assert machine.handle(ProbeResult(PRIMARY, healthy=True), 611.0) == FAILBACK
+
+
+def test_a_busy_refusal_keeps_the_dwell_only_for_the_link_it_returns_to() -> None:
+    # After the refused failback the way back fails too, and a new link comes up later:
+    # that one serves a dwell of its own.
+    run(
+        [
+            *on_secondary_since(10.0),
+            (300.0, ProbeResult(PRIMARY, healthy=True), ()),
+            (310.0, ProbeResult(PRIMARY, healthy=True), FAILBACK),
+            (310.1, AttemptFailed(PRIMARY, BUSY), over(PRIMARY, SECONDARY, "migration failed")),
+            (310.2, AttemptFailed(SECONDARY, TRANSIENT), (Attempt(SECONDARY, BACKOFF, "retry"),)),
+            (311.0, Connected(SECONDARY), ()),
+            (320.0, ProbeResult(PRIMARY, healthy=True), ()),
+            (330.0, ProbeResult(PRIMARY, healthy=True), ()),  # dwell from 311 s: not yet
+        ],
+        failback_dwell_seconds=300.0,
+    )
+
+
+def test_a_concierge_move_refused_as_busy_keeps_the_dwell_too() -> None:
+    machine = run(
+        [
+            START,
+            UP,
+            (400.0, ConciergeNamed(SECONDARY), (Migrate(PRIMARY, SECONDARY, "concierge"),)),
+            (400.1, AttemptFailed(SECONDARY, BUSY), over(SECONDARY, PRIMARY, "migration failed")),
+            (400.1, Connected(PRIMARY), ()),
+            (410.0, ProbeResult(SECONDARY, healthy=True), ()),
+        ],
+        failback_dwell_seconds=300.0,
+    )
+    assert machine.handle(ProbeResult(SECONDARY, healthy=True), 420.0) == (
+        FailedBack(PRIMARY, SECONDARY),
+        Migrate(PRIMARY, SECONDARY, "failback"),
+    )
+
+
+def test_busy_refusals_make_a_streak_like_transient_ones() -> None:
+    run(
+        [
+            START,
+            (0.1, AttemptFailed(PRIMARY, BUSY), (Attempt(PRIMARY, BACKOFF, "retry"),)),
+            (
+                0.2,
+                AttemptFailed(PRIMARY, BUSY),
+                over(PRIMARY, SECONDARY, "2 consecutive failures"),
+            ),
+        ]
     )
 
 

@@ -14,11 +14,12 @@ from device_sdk.core.outcomes import (
     classify_disconnect,
     describe_reason,
 )
-from device_sdk.errors import PermanentRefusal, Redirected, TransientRefusal
+from device_sdk.errors import HubBusy, PermanentRefusal, Redirected, TransientRefusal
 
 T, P, R = FailureKind.TRANSIENT, FailureKind.PERMANENT, FailureKind.REDIRECT
+B = FailureKind.BUSY
 
-MQTT311_ROWS = [(0, None), (1, P), (2, P), (3, T), (4, P), (5, P), (6, T), (200, T)]
+MQTT311_ROWS = [(0, None), (1, P), (2, P), (3, B), (4, P), (5, P), (6, T), (200, T)]
 
 MQTT5_ROWS = [
     (0x00, None),
@@ -30,18 +31,18 @@ MQTT5_ROWS = [
     (0x85, P),
     (0x86, P),
     (0x87, P),
-    (0x88, T),
-    (0x89, T),
+    (0x88, B),
+    (0x89, B),
     (0x8A, P),
     (0x8C, P),
     (0x95, P),
-    (0x97, T),
+    (0x97, B),
     (0x99, P),
     (0x9A, P),
     (0x9B, P),
     (0x9C, R),
     (0x9D, R),
-    (0x9F, T),
+    (0x9F, B),
     (0xA7, T),  # unknown: never strand the device
 ]
 
@@ -101,3 +102,4 @@ def test_refusal_errors_cover_every_kind() -> None:
     assert REFUSAL_ERRORS[P] is PermanentRefusal
     assert REFUSAL_ERRORS[R] is Redirected
     assert REFUSAL_ERRORS[T] is TransientRefusal
+    assert REFUSAL_ERRORS[B] is HubBusy and issubclass(HubBusy, TransientRefusal)

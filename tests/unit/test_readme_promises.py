@@ -209,6 +209,7 @@ def test_the_prometheus_failover_counter_never_reports_failbacks() -> None:
 _TABLE_KINDS = {
     "permanent": "permanent",
     "transient": "transient",
+    "busy": "busy",
     "redirect": "redirect",
     "renewable provider": "renew",
 }

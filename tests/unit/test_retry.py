@@ -362,6 +362,10 @@ INF = float("inf")
         ({"first_attempt_spread": INF}, "first_attempt_spread", ">= 0"),
         ({"first_attempt_spread": float("nan")}, "first_attempt_spread", ">= 0"),
         ({"first_attempt_spread": "60"}, "first_attempt_spread", ">= 0"),
+        ({"busy_initial": -0.001}, "busy_initial", ">= 0"),
+        ({"busy_initial": INF}, "busy_initial", ">= 0"),
+        ({"busy_initial": float("nan")}, "busy_initial", ">= 0"),
+        ({"busy_initial": "10"}, "busy_initial", ">= 0"),
     ],
 )
 def test_refused_values_name_the_field_and_what_is_allowed(
@@ -386,6 +390,8 @@ def test_refused_values_name_the_field_and_what_is_allowed(
         {"initial": 1, "maximum": 30, "long_delay": 300, "stable_after": 10},  # ints from TOML
         {"first_attempt_spread": 0.0},
         {"first_attempt_spread": 600},
+        {"busy_initial": 0},
+        {"busy_initial": 3600.0},
     ],
 )
 def test_boundary_values_are_accepted(options: dict[str, Any]) -> None:
@@ -458,3 +464,81 @@ def test_the_engine_spreads_the_first_attempt_after_a_lost_link() -> None:
 def test_the_engine_dials_at_once_at_start_and_without_a_spread() -> None:
     assert _engine_waits(50.0, after_a_lost_link=False) == []  # connect() is not delayed
     assert [s for s in _engine_waits(0.0, after_a_lost_link=True) if s > 0] == []
+
+
+# --------------------------------------------------------------------------- busy hubs
+
+
+class Counting(random.Random):
+    """Counts its draws and returns the top of each range."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.draws = 0
+
+    def uniform(self, a: float, b: float) -> float:
+        self.draws += 1
+        return b
+
+
+def test_busy_refusals_are_counted_and_reset_only_by_a_stable_link() -> None:
+    backoff = Backoff.start().failed(busy=True).failed().failed(busy=True)
+    assert (backoff.failures, backoff.busy) == (3, 2)
+    policy = RetryPolicy(stable_after=10.0)
+    up = backoff.link_up(100.0)
+    assert up.link_down(105.0, policy).busy == 2  # a short link: still a crowd out there
+    assert up.link_down(110.0, policy) == Backoff()
+
+
+@pytest.mark.parametrize("busy", [1, 2, 3, 4, 5])
+def test_after_busy_refusals_the_window_starts_at_busy_initial_and_doubles(busy: int) -> None:
+    policy = RetryPolicy(initial=0.1, maximum=30.0, busy_initial=4.0)
+    backoff = Backoff(failures=busy, busy=busy)
+    expected = min(30.0, 4.0 * 2.0 ** (busy - 1))  # 4, 8, 16, 30, 30
+    assert policy.busy_window(busy) == expected
+    assert policy.delay_for(backoff, Delay.BACKOFF, Highest()) == expected
+    assert policy.delay_for(backoff, Delay.BACKOFF, Lowest()) == 0.0
+    # A draw from [0, window]: never more, and spread over all of it.
+    draws = [policy.delay_for(backoff, Delay.BACKOFF, random.Random(i)) for i in range(400)]
+    assert max(draws) <= expected and max(draws) > 0.9 * expected
+    assert min(draws) < 0.1 * expected
+
+
+def test_the_ordinary_draw_wins_when_it_is_longer() -> None:
+    policy = RetryPolicy(initial=1.0, maximum=60.0, busy_initial=2.0)
+    backoff = Backoff(failures=6, busy=1)  # ordinary window 32 s, busy window 2 s
+    assert policy.delay_for(backoff, Delay.BACKOFF, Highest()) == 32.0
+
+
+def test_without_busy_refusals_nothing_changes_and_nothing_more_is_drawn() -> None:
+    policy = RetryPolicy()
+    rng = Counting()
+    assert policy.delay_for(Backoff(failures=3), Delay.BACKOFF, rng) == pytest.approx(0.4)
+    assert rng.draws == 1
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        RetryPolicy(busy_initial=0),
+        RetryPolicy.immediate(),
+        RetryPolicy.fixed(0.5),
+    ],
+    ids=["busy_initial 0", "immediate", "fixed"],
+)
+def test_busy_never_stretches_a_policy_that_opts_out_or_has_no_room(policy: RetryPolicy) -> None:
+    plain = policy.delay_for(Backoff(failures=2), Delay.BACKOFF, Highest())
+    assert policy.delay_for(Backoff(failures=2, busy=2), Delay.BACKOFF, Highest()) == plain
+
+
+def test_busy_leaves_no_wait_and_long_waits_alone() -> None:
+    policy = RetryPolicy(busy_initial=10.0)
+    backoff = Backoff(failures=4, busy=4)
+    assert policy.delay_for(backoff, Delay.NONE, Highest()) == 0.0
+    assert policy.delay_for(backoff, Delay.LONG, Highest()) == policy.long_delay
+
+
+def test_the_busy_window_cannot_overflow() -> None:
+    policy = RetryPolicy(maximum=30.0, multiplier=10.0, busy_initial=5.0)
+    assert policy.busy_window(10_000) == 30.0
+    assert RetryPolicy(multiplier=1.0, maximum=30.0, busy_initial=5.0).busy_window(10_000) == 5.0
