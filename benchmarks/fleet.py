@@ -50,7 +50,8 @@ as a token bucket (R tokens a second, at most R saved: a second's burst, full at
 the start); a connect to a hub that is up but out of tokens is refused with MQTT
 5 CONNACK 0x9F "connection rate exceeded" (`REFUSAL_CODE`), and the machine gets
 what the engine gives it for that code: ``classify_connack(0x9F)``, which is
-``TRANSIENT`` (as are 0x89 "server busy" and MQTT 3.1.1's 3). A failback move so
+``BUSY`` (as are 0x89 "server busy" and MQTT 3.1.1's 3), and the device's
+``Backoff`` counts a busy refusal, as the engine's does. A failback move so
 refused is a failed move (the device stays on the old link). Probes are TCP
 only and are not limited. Three scenarios are then added (`THROTTLED`):
 
