@@ -344,7 +344,6 @@ class FailoverMachine:
         self._connected_since = resume[1] if resume and resume[0] == event.hub else now
         self._healthy_probes = 0
         self._migrated_from = None
-        self._left = None
         return Phase.CONNECTED, ()
 
     def _on_link_down(self, event: LinkDown, now: float) -> Step:
@@ -510,7 +509,6 @@ class FailoverMachine:
         previous = self._current
         since = self._connected_since
         self._left = None if since is None else (previous, since)
-        self._resume = None
         self._end_link(now)
         self._current = target
         self._migrated_from = previous

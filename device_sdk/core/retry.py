@@ -188,10 +188,11 @@ class RetryPolicy:
     def busy_window(self, busy: int) -> float:
         """The busy window after ``busy`` refusals that said "busy" (at least one):
         ``busy_initial * multiplier ** (busy - 1)``, capped at ``maximum``."""
-        exponent = max(0, busy - 1)
-        if self.multiplier > 1 and exponent > 64:  # beyond any cap; no float overflow
+        try:  # a float power, so a long busy streak overflows at once, never builds a huge int
+            window = self.busy_initial * float(self.multiplier) ** max(0, busy - 1)
+        except OverflowError:
             return self.maximum
-        return min(self.maximum, self.busy_initial * self.multiplier**exponent)
+        return min(self.maximum, window)
 
     def first_attempt_delay(self, rng: random.Random | None = None) -> float:
         """Seconds to wait before the first attempt after a lost link: uniform in

@@ -538,7 +538,46 @@ def test_busy_leaves_no_wait_and_long_waits_alone() -> None:
     assert policy.delay_for(backoff, Delay.LONG, Highest()) == policy.long_delay
 
 
-def test_the_busy_window_cannot_overflow() -> None:
-    policy = RetryPolicy(maximum=30.0, multiplier=10.0, busy_initial=5.0)
+@pytest.mark.parametrize("multiplier", [1.5, 2, 10.0])
+def test_the_busy_window_cannot_overflow(multiplier: float) -> None:
+    policy = RetryPolicy(maximum=30.0, multiplier=multiplier, busy_initial=5.0)
     assert policy.busy_window(10_000) == 30.0
+    assert policy.busy_window(10**9) == 30.0
     assert RetryPolicy(multiplier=1.0, maximum=30.0, busy_initial=5.0).busy_window(10_000) == 5.0
+
+
+def test_a_slow_multiplier_grows_the_busy_window_exactly() -> None:
+    policy = RetryPolicy(maximum=30.0, multiplier=1.01, busy_initial=10.0)
+    for busy in (64, 65, 66, 100):
+        assert policy.busy_window(busy) == pytest.approx(10.0 * 1.01 ** (busy - 1)), busy
+
+
+def test_a_busy_window_below_a_second_and_a_cap_of_a_second_still_apply() -> None:
+    policy = RetryPolicy(initial=0.01, maximum=1.0, busy_initial=0.5)
+    assert policy.delay_for(Backoff(failures=1, busy=1), Delay.BACKOFF, Highest()) == 0.5
+    assert policy.delay_for(Backoff(failures=2, busy=2), Delay.BACKOFF, Highest()) == 1.0
+
+
+def test_busy_draws_nothing_when_it_cannot_change_the_wait() -> None:
+    # busy_initial 0 opts out, and a policy capped at 0 has no room: neither takes a draw
+    # from the engine's random source (shared with its other draws).
+    for policy, draws in ((RetryPolicy(busy_initial=0), 1), (RetryPolicy.fixed(0.0), 0)):
+        rng = Counting()
+        policy.delay_for(Backoff(failures=2, busy=2), Delay.BACKOFF, rng)
+        assert rng.draws == draws, policy
+
+
+def test_without_an_rng_a_busy_wait_draws_its_own() -> None:
+    policy = RetryPolicy(initial=0.001, maximum=30.0, busy_initial=20.0)
+    waits = {policy.delay_for(Backoff(failures=1, busy=1), Delay.BACKOFF) for _ in range(20)}
+    assert len(waits) == 20 and all(0.0 <= w <= 20.0 for w in waits)
+    assert max(waits) > 1.0  # the busy window, not the 1 ms schedule
+
+
+@pytest.mark.parametrize("strategy", ["exponential_jitter", "decorrelated_jitter"])
+def test_a_tenacity_wait_without_an_rng_draws_its_own(strategy: Any) -> None:
+    policy = RetryPolicy(strategy=strategy, initial=1.0, maximum=30.0)
+    state = tenacity.RetryCallState(tenacity.Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = 3
+    waits = {policy.tenacity_wait()(state) for _ in range(20)}
+    assert len(waits) == 20 and all(0.0 <= w <= 30.0 for w in waits)
