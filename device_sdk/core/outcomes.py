@@ -83,14 +83,18 @@ MQTT5_CONNACK: Mapping[int, FailureKind] = MappingProxyType(
     }
 )
 
-# Server-sent DISCONNECT: anything not listed is TRANSIENT (shutting down, busy,
-# quota, rate, keep-alive timeout, session taken over, ...): reconnect with backoff.
+# Server-sent DISCONNECT: anything not listed is TRANSIENT (shutting down, keep-alive
+# timeout, session taken over, ...): reconnect with backoff. A hub shedding load says
+# busy, quota or rate: BUSY, so the whole crowd it dropped does not come straight back.
 MQTT5_DISCONNECT: Mapping[int, FailureKind] = MappingProxyType(
     {
         0x87: _P,  # not authorized
+        0x89: _B,  # server busy
         0x8A: _P,  # banned
+        0x97: _B,  # quota exceeded
         0x9C: _R,  # use another server
         0x9D: _R,  # server moved
+        0x9F: _B,  # connection rate exceeded
     }
 )
 

@@ -194,15 +194,23 @@ class RetryPolicy:
             return self.maximum
         return min(self.maximum, window)
 
-    def first_attempt_delay(self, rng: random.Random | None = None) -> float:
+    def first_attempt_delay(
+        self, rng: random.Random | None = None, backoff: Backoff | None = None
+    ) -> float:
         """Seconds to wait before the first attempt after a lost link: uniform in
         ``[0, first_attempt_spread]``, and 0 without drawing when there is no spread
         (so a seeded ``rng`` shared with other draws gives them what it gave before).
+        When ``backoff`` counts busy answers (the hub dropped the link saying it was
+        busy, or refused us so since the last stable link), the longer of that and a
+        draw over the busy window (`busy_window`).
         """
-        if self.first_attempt_spread == 0:
-            return 0.0
         source = rng if rng is not None else random.Random()
-        return source.uniform(0.0, self.first_attempt_spread)
+        seconds = 0.0
+        if self.first_attempt_spread > 0:
+            seconds = source.uniform(0.0, self.first_attempt_spread)
+        if backoff is not None and backoff.busy and self.busy_initial > 0 and self.maximum > 0:
+            seconds = max(seconds, source.uniform(0.0, self.busy_window(backoff.busy)))
+        return seconds
 
     def next_delay(
         self, backoff: Backoff, delay: Delay, rng: random.Random | None = None
@@ -250,16 +258,17 @@ class Backoff:
     def link_up(self, now: float) -> Backoff:
         return replace(self, up_since=now)
 
-    def link_down(self, now: float, policy: RetryPolicy) -> Backoff:
+    def link_down(self, now: float, policy: RetryPolicy, *, busy: bool = False) -> Backoff:
         """The link ended: reset only if it stayed up for ``policy.stable_after``.
 
         A link that ended sooner counts as a failed attempt, so the schedule keeps
         growing: a hub that accepts and then drops at once (or over one message)
-        gets ever longer waits, never a storm of reconnects.
+        gets ever longer waits, never a storm of reconnects. ``busy``: the hub's
+        DISCONNECT said busy, quota or rate exceeded; counted even after a stable link.
         """
         if self.up_since is not None and now - self.up_since >= policy.stable_after:
-            return Backoff()
-        return replace(self, up_since=None, failures=self.failures + 1)
+            return Backoff(busy=int(busy))
+        return replace(self, up_since=None, failures=self.failures + 1, busy=self.busy + busy)
 
 
 def _finite(value: object, minimum: object) -> bool:

@@ -50,6 +50,7 @@ class LinkEnd:
     protocol_error: bool = False  # the hub broke MQTT: reported as ProtocolError
     renew: bool = False  # the identity is due for renewal: make a new link, then close this one
     refused: bool = False  # the hub's DISCONNECT said not authorised (or banned)
+    busy: bool = False  # the hub's DISCONNECT said busy, quota or rate exceeded
     way_back: bool = False  # with renew: the hub's first way in opened; move back to it
 
 
@@ -378,4 +379,8 @@ class LinkSession:
                 reason=f"redirected: {reason}", redirect=True, server_reference=server_reference
             )
         else:
-            self.end = LinkEnd(reason=reason, refused=kind is FailureKind.PERMANENT)
+            self.end = LinkEnd(
+                reason=reason,
+                refused=kind is FailureKind.PERMANENT,
+                busy=kind is FailureKind.BUSY,
+            )

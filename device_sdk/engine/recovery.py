@@ -583,8 +583,9 @@ class Engine:
                 self._sleep(self._wait_before_next(None))
             elif self._outage_started is not None:
                 # A lost link (not the start): a fleet loses it all at once when a hub
-                # dies, so its first attempts are spread (retry.first_attempt_spread).
-                self._waited = self.config.retry.first_attempt_delay(self._rng)
+                # dies, so its first attempts are spread (retry.first_attempt_spread),
+                # and over the busy window when the hub dropped us saying it was busy.
+                self._waited = self.config.retry.first_attempt_delay(self._rng, self._backoff)
                 self._sleep(self._waited)
             return retrying(self._attempt_once)
         except ConnectError as exc:
@@ -1025,7 +1026,7 @@ class Engine:
         self._set_status(connected=False)
         self._metrics.set(current_hub=None)
         self._outage_started = now
-        self._backoff = self._backoff.link_down(now, self.config.retry)
+        self._backoff = self._backoff.link_down(now, self.config.retry, busy=end.busy)
         if end.refused:  # e.g. a token the hub now takes for expired: ask for a fresh one
             self._refused.refused(link.hub.name)
         self._metrics.add(disconnects=1)

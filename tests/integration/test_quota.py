@@ -30,11 +30,18 @@ _PINGRESP = bytes([0xD0, 0x00])
 
 class QuotaHub:
     """An MQTT 5 hub that answers PUBACK 0x97 to the first PUBLISH of ``refuse_once``,
-    and the first CONNECTs with the CONNACK reason codes in ``refuse_connects``."""
+    the first CONNECTs with the CONNACK reason codes in ``refuse_connects``, and drops the
+    next sessions, right after their CONNACK, with the DISCONNECT codes in ``drop_with``."""
 
-    def __init__(self, refuse_once: bytes, refuse_connects: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        refuse_once: bytes,
+        refuse_connects: tuple[int, ...] = (),
+        drop_with: tuple[int, ...] = (),
+    ) -> None:
         self._refuse = refuse_once
         self._refuse_connects = list(refuse_connects)
+        self._drop_with = list(drop_with)
         self._refused = False
         self.acknowledged: list[bytes] = []  # payloads, in the order they were acknowledged
         self.connections = 0
@@ -69,6 +76,9 @@ class QuotaHub:
             kind = header & 0xF0
             if kind == 0x10 and self._refuse_connects:  # CONNECT, refused
                 conn.sendall(bytes([0x20, 0x03, 0x00, self._refuse_connects.pop(0), 0x00]))
+                return
+            if kind == 0x10 and self._drop_with:  # CONNECT, accepted, then dropped
+                conn.sendall(_CONNACK + bytes([0xE0, 0x01, self._drop_with.pop(0)]))
                 return
             if kind == 0x10:  # CONNECT
                 conn.sendall(_CONNACK)
@@ -194,3 +204,36 @@ def test_a_busy_hub_is_retried_over_the_busy_window_and_nothing_is_lost() -> Non
     # schedule cannot reach it; nor can they pass 9 s, plus the dials.
     assert 0.36 < waited < 11, waited
     assert time.monotonic() - started < 15
+
+
+def test_a_hub_that_drops_the_link_saying_busy_is_not_redialled_at_once() -> None:
+    # Three sessions end with the hub's DISCONNECT 0x89 (server busy), 0x9F (connection
+    # rate exceeded) and 0x97 (quota exceeded), right after their CONNACK: a hub shedding
+    # load. Each redial waits over the busy window (up to 3 s here), not at once and then
+    # the test schedule (0.05 s, 0.1 s: well under 0.36 s for all three).
+    log = EventLog()
+    retry = dataclasses.replace(FAST_RETRY, busy_initial=3.0, maximum=3.0)
+    with QuotaHub(refuse_once=b"", drop_with=(0x89, 0x9F, 0x97)) as hub:
+        config = ClientConfig(
+            client_id="shed-device",
+            hubs=(HubEndpoint(name="hub", fqdn="127.0.0.1", port=hub.port, tls=None),),
+            retry=retry,
+            failover=FAST_FAILOVER,
+            liveness=FAST_LIVENESS,
+        )
+        with DeviceClient(config, on_event=log) as client:
+            client.publish("telemetry", "0").wait(15)  # acknowledged by the fourth session
+        assert hub.connections == 4
+    dropped = log.of(events.Disconnected)
+    assert len(dropped) == 3, dropped
+    for error, reason in zip(
+        (e.error for e in dropped),  # type: ignore[attr-defined]
+        ("server busy", "connection rate exceeded", "quota exceeded"),
+        strict=True,
+    ):
+        assert reason in str(error).lower(), error
+    last = log.of(events.Connected)[-1]
+    waited = last.at - dropped[0].at
+    # Three draws from [0, 3 s] sum below 0.36 s once in 3 500 runs.
+    assert 0.36 < waited < 11, waited
+    assert hub.acknowledged == [b"0"]

@@ -581,3 +581,29 @@ def test_a_tenacity_wait_without_an_rng_draws_its_own(strategy: Any) -> None:
     state.attempt_number = 3
     waits = {policy.tenacity_wait()(state) for _ in range(20)}
     assert len(waits) == 20 and all(0.0 <= w <= 30.0 for w in waits)
+
+
+def test_a_hub_that_drops_us_saying_busy_counts_even_after_a_stable_link() -> None:
+    policy = RetryPolicy(stable_after=10.0)
+    up = Backoff.start().link_up(100.0)
+    assert up.link_down(200.0, policy, busy=True) == Backoff(busy=1)
+    assert up.link_down(200.0, policy) == Backoff()
+    short = up.link_down(105.0, policy, busy=True)
+    assert (short.failures, short.busy) == (1, 1)
+
+
+def test_the_first_attempt_after_a_busy_drop_waits_over_the_busy_window() -> None:
+    policy = RetryPolicy(busy_initial=8.0, maximum=30.0)
+    assert policy.first_attempt_delay(Highest(), Backoff(busy=1)) == 8.0
+    assert policy.first_attempt_delay(Highest(), Backoff(busy=3)) == 30.0
+    assert policy.first_attempt_delay(Lowest(), Backoff(busy=1)) == 0.0
+    # No busy answer: still no wait and no draw (a lone device's recovery is immediate).
+    rng = Counting()
+    assert policy.first_attempt_delay(rng, Backoff(failures=2)) == 0.0
+    assert policy.first_attempt_delay(rng) == 0.0
+    assert rng.draws == 0
+    # With a spread too, the longer of the two draws.
+    spread = RetryPolicy(busy_initial=8.0, first_attempt_spread=100.0)
+    assert spread.first_attempt_delay(Highest(), Backoff(busy=1)) == 100.0
+    assert RetryPolicy(busy_initial=0).first_attempt_delay(Highest(), Backoff(busy=5)) == 0.0
+    assert RetryPolicy.immediate().first_attempt_delay(Highest(), Backoff(busy=5)) == 0.0
