@@ -180,9 +180,13 @@ class RetryPolicy:
         state.attempt_number = max(1, backoff.failures)
         state.upcoming_sleep = backoff.last_delay
         source = rng if rng is not None else random.Random()
-        seconds = float(self.tenacity_wait(source)(state))
-        if backoff.busy and self.busy_initial > 0 and self.maximum > 0:
-            seconds = max(seconds, source.uniform(0.0, self.busy_window(backoff.busy)))
+        return self._stretched(float(self.tenacity_wait(source)(state)), backoff.busy, source)
+
+    def _stretched(self, seconds: float, busy: int, source: random.Random) -> float:
+        """``seconds``, or a longer draw over the busy window after ``busy`` busy answers;
+        no draw at all when that cannot change the wait (no busy answer, no window)."""
+        if busy and self.busy_initial > 0 and self.maximum > 0:
+            return max(seconds, source.uniform(0.0, self.busy_window(busy)))
         return seconds
 
     def busy_window(self, busy: int) -> float:
@@ -208,9 +212,7 @@ class RetryPolicy:
         seconds = 0.0
         if self.first_attempt_spread > 0:
             seconds = source.uniform(0.0, self.first_attempt_spread)
-        if backoff is not None and backoff.busy and self.busy_initial > 0 and self.maximum > 0:
-            seconds = max(seconds, source.uniform(0.0, self.busy_window(backoff.busy)))
-        return seconds
+        return self._stretched(seconds, 0 if backoff is None else backoff.busy, source)
 
     def next_delay(
         self, backoff: Backoff, delay: Delay, rng: random.Random | None = None

@@ -607,3 +607,8 @@ def test_the_first_attempt_after_a_busy_drop_waits_over_the_busy_window() -> Non
     assert spread.first_attempt_delay(Highest(), Backoff(busy=1)) == 100.0
     assert RetryPolicy(busy_initial=0).first_attempt_delay(Highest(), Backoff(busy=5)) == 0.0
     assert RetryPolicy.immediate().first_attempt_delay(Highest(), Backoff(busy=5)) == 0.0
+
+
+def test_a_first_attempt_spread_under_a_second_is_drawn_too() -> None:
+    assert RetryPolicy(first_attempt_spread=0.5).first_attempt_delay(Highest()) == 0.5
+    assert RetryPolicy(first_attempt_spread=0.5).first_attempt_delay(Lowest()) == 0.0
