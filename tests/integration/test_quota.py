@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from device_sdk import ClientConfig, DeviceClient, HubBusy, HubEndpoint, events
+from device_sdk import ClientConfig, DeviceClient, HubBusy, HubEndpoint, RetryPolicy, events
 from device_sdk.testbed import FAST_FAILOVER, FAST_LIVENESS, FAST_RETRY
 from tests.integration.support import EventLog
 
@@ -150,16 +150,25 @@ def _parse_publish(body: bytes) -> tuple[bytes, bytes]:
     return mid, body[at + properties :]
 
 
+# The busy tests: every busy wait drawn from [0, 3 s], where the test schedule's are tiny.
+BUSY_RETRY = dataclasses.replace(FAST_RETRY, busy_initial=3.0, maximum=3.0)
+
+
+def _config(client_id: str, port: int, retry: RetryPolicy = FAST_RETRY) -> ClientConfig:
+    hub = HubEndpoint(name="hub", fqdn="127.0.0.1", port=port, tls=None)
+    return ClientConfig(
+        client_id=client_id,
+        hubs=(hub,),
+        retry=retry,
+        failover=FAST_FAILOVER,
+        liveness=FAST_LIVENESS,
+    )
+
+
 def test_a_hub_over_quota_is_backed_off_from_and_nothing_is_dropped() -> None:
     log = EventLog()
     with QuotaHub(refuse_once=b"1") as hub:
-        config = ClientConfig(
-            client_id="quota-device",
-            hubs=(HubEndpoint(name="hub", fqdn="127.0.0.1", port=hub.port, tls=None),),
-            retry=FAST_RETRY,
-            failover=FAST_FAILOVER,
-            liveness=FAST_LIVENESS,
-        )
+        config = _config("quota-device", hub.port)
         with DeviceClient(config, on_event=log) as client:
             for payload in ("0", "1", "2"):  # one at a time: the order is the hub's to keep
                 client.publish("telemetry", payload).wait(10)
@@ -178,15 +187,8 @@ def test_a_busy_hub_is_retried_over_the_busy_window_and_nothing_is_lost() -> Non
     # the busy window (uniform up to busy_initial, capped at maximum: 3 s each), not the
     # test schedule (up to 0.05 s, 0.1 s, 0.2 s: 0.35 s at the most for all three).
     log = EventLog()
-    retry = dataclasses.replace(FAST_RETRY, busy_initial=3.0, maximum=3.0)
     with QuotaHub(refuse_once=b"", refuse_connects=(0x9F, 0x89, 0x97)) as hub:
-        config = ClientConfig(
-            client_id="busy-device",
-            hubs=(HubEndpoint(name="hub", fqdn="127.0.0.1", port=hub.port, tls=None),),
-            retry=retry,
-            failover=FAST_FAILOVER,
-            liveness=FAST_LIVENESS,
-        )
+        config = _config("busy-device", hub.port, BUSY_RETRY)
         started = time.monotonic()
         with DeviceClient(config, on_event=log) as client:
             client.publish("telemetry", "0").wait(10)
@@ -212,15 +214,8 @@ def test_a_hub_that_drops_the_link_saying_busy_is_not_redialled_at_once() -> Non
     # load. Each redial waits over the busy window (up to 3 s here), not at once and then
     # the test schedule (0.05 s, 0.1 s: well under 0.36 s for all three).
     log = EventLog()
-    retry = dataclasses.replace(FAST_RETRY, busy_initial=3.0, maximum=3.0)
     with QuotaHub(refuse_once=b"", drop_with=(0x89, 0x9F, 0x97)) as hub:
-        config = ClientConfig(
-            client_id="shed-device",
-            hubs=(HubEndpoint(name="hub", fqdn="127.0.0.1", port=hub.port, tls=None),),
-            retry=retry,
-            failover=FAST_FAILOVER,
-            liveness=FAST_LIVENESS,
-        )
+        config = _config("shed-device", hub.port, BUSY_RETRY)
         with DeviceClient(config, on_event=log) as client:
             client.publish("telemetry", "0").wait(15)  # acknowledged by the fourth session
         assert hub.connections == 4
