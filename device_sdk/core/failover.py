@@ -265,9 +265,9 @@ class FailoverMachine:
         self._connected_since: float | None = None
         self._healthy_probes = 0
         self._migrated_from: str | None = None
-        # (hub, since): the hub a move left, and when its link came up, while the move
-        # is being made; kept past a move refused as BUSY (see _on_connected).
-        self._left: tuple[str, float] | None = None
+        # When the link a move left (to _migrated_from) came up; past a move refused as
+        # BUSY it is kept, with that hub, as _resume (see _on_connected).
+        self._left_since: float | None = None
         self._resume: tuple[str, float] | None = None
 
     # ---- read-only view
@@ -448,12 +448,12 @@ class FailoverMachine:
 
     def _after_failure(self, kind: FailureKind, now: float) -> Actions:
         """Where to go after the current hub failed (its failure already counted)."""
-        back, left = self._migrated_from, self._left
-        self._migrated_from = self._left = None
+        back = self._migrated_from
+        self._migrated_from = None
         if back is not None and not self._records[back].is_penalized(now):
             # A failed failback/concierge move: the hub we left worked moments ago.
-            if kind is FailureKind.BUSY and left is not None and left[0] == back:
-                self._resume = left
+            if kind is FailureKind.BUSY and self._left_since is not None:
+                self._resume = (back, self._left_since)
             return self._switch_to(back, "migration failed", Delay.NONE)
         if kind is FailureKind.PERMANENT:
             return self._after_refusal(now)
@@ -507,8 +507,7 @@ class FailoverMachine:
 
     def _migrate(self, target: str, now: float, reason: str) -> Migrate:
         previous = self._current
-        since = self._connected_since
-        self._left = None if since is None else (previous, since)
+        self._left_since = self._connected_since
         self._end_link(now)
         self._current = target
         self._migrated_from = previous
